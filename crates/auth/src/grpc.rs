@@ -1,0 +1,65 @@
+//! The `Auth` gRPC adapter.
+
+use std::future::Future;
+
+use switchboard_proto::v1::auth_server::{Auth, AuthServer};
+use switchboard_proto::v1::{LoginReply, LoginRequest};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+
+use crate::config::Config;
+use crate::service::{AuthError, Authenticator};
+
+/// The tonic service around an [`Authenticator`].
+#[derive(Debug, Clone)]
+pub struct GrpcAuthService {
+    authenticator: Authenticator,
+}
+
+impl GrpcAuthService {
+    /// Wraps an authenticator.
+    pub fn new(authenticator: Authenticator) -> Self {
+        Self { authenticator }
+    }
+}
+
+impl From<AuthError> for Status {
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::InvalidCredentials => Status::unauthenticated("invalid credentials"),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Auth for GrpcAuthService {
+    async fn login(&self, request: Request<LoginRequest>) -> Result<Response<LoginReply>, Status> {
+        let request = request.into_inner();
+        let identity =
+            self.authenticator
+                .login(&request.user, &request.password, &request.session_id)?;
+        tracing::debug!(user = %identity.user, session.id = %identity.session_id, "login accepted");
+        Ok(Response::new(LoginReply {
+            user: identity.user,
+            session_id: identity.session_id,
+            roles: identity.roles,
+        }))
+    }
+}
+
+/// Serves the auth service on `listener` until `shutdown` completes.
+///
+/// # Errors
+/// Returns the transport error that stopped the server.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let service = GrpcAuthService::new(Authenticator::new(config));
+    tonic::transport::Server::builder()
+        .add_service(AuthServer::new(service))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}

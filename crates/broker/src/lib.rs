@@ -1,0 +1,97 @@
+//! The pub/sub engine that carries events from the event bus to the gateways.
+//!
+//! The bus [`Broker::publish`]es an event to the channels of the subscription keys it can match;
+//! a gateway holds one [`Subscriber`] and subscribes a channel when its first local
+//! subscription with that key appears, unsubscribing after the last one goes. Each message is
+//! handed to the gateway's [`Deliver`] sink, which routes it to local connections.
+//!
+//! [`MemoryBroker`] serves single-process mode (`switchboard dev`); the Redis engine of the
+//! scaled deployment plugs in behind the same [`Broker`] and [`Subscriber`] types.
+
+mod memory;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+pub use memory::MemoryBroker;
+
+/// Why a broker operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The engine cannot be reached; the operation may be retried.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Receives the messages of the channels a [`Subscriber`] subscribed.
+///
+/// Called on the broker's delivery path: implementations must not block.
+pub trait Deliver: Send + Sync + 'static {
+    /// Handles one message published on `channel`.
+    fn deliver(&self, channel: &str, payload: &Bytes);
+}
+
+/// The publishing side of the engine, cheap to clone.
+#[derive(Debug, Clone)]
+pub enum Broker {
+    /// In-process engine for single-process mode.
+    Memory(MemoryBroker),
+}
+
+impl Broker {
+    /// Publishes `payload` on every channel of `channels`.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the engine cannot be reached.
+    pub async fn publish(&self, channels: &[String], payload: Bytes) -> Result<(), BrokerError> {
+        match self {
+            Self::Memory(memory) => {
+                memory.publish(channels, &payload);
+                Ok(())
+            }
+        }
+    }
+
+    /// Creates the subscribing side for one gateway, delivering into `sink`.
+    pub fn subscriber(&self, sink: Arc<dyn Deliver>) -> Subscriber {
+        match self {
+            Self::Memory(memory) => Subscriber::Memory(memory.subscriber(sink)),
+        }
+    }
+}
+
+/// One gateway's subscription to broker channels.
+#[derive(Debug)]
+pub enum Subscriber {
+    /// In-process engine.
+    Memory(memory::MemorySubscriber),
+}
+
+impl Subscriber {
+    /// Subscribes `channel`; once this returns, every message published after it is delivered.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the engine cannot be reached.
+    pub async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
+        match self {
+            Self::Memory(memory) => {
+                memory.subscribe(channel);
+                Ok(())
+            }
+        }
+    }
+
+    /// Unsubscribes `channel`.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the engine cannot be reached.
+    pub async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError> {
+        match self {
+            Self::Memory(memory) => {
+                memory.unsubscribe(channel);
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! gRPC clients of the internal services, each call with a deadline.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use switchboard_proto::v1::auth_client::AuthClient;
+use switchboard_proto::v1::event_bus_client::EventBusClient;
+use switchboard_proto::v1::session_control_client::SessionControlClient;
+use switchboard_proto::v1::session_registry_client::SessionRegistryClient;
+use switchboard_protocol::{ApiError, ErrorCode};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+/// Why a client could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid service address {address:?}: {source}")]
+pub struct AddressError {
+    address: String,
+    #[source]
+    source: tonic::transport::Error,
+}
+
+fn lazy_channel(address: &str) -> Result<Channel, AddressError> {
+    let url = if address.contains("://") {
+        address.to_owned()
+    } else {
+        format!("http://{address}")
+    };
+    Endpoint::from_shared(url)
+        .map(|endpoint| {
+            endpoint
+                .connect_timeout(Duration::from_secs(2))
+                .tcp_nodelay(true)
+                .connect_lazy()
+        })
+        .map_err(|source| AddressError {
+            address: address.to_owned(),
+            source,
+        })
+}
+
+/// Clients of auth, registry, bus and other gateways' SessionControl.
+#[derive(Debug, Clone)]
+pub struct Services {
+    /// Auth service.
+    pub auth: AuthClient<Channel>,
+    /// Session registry.
+    pub registry: SessionRegistryClient<Channel>,
+    /// Event bus.
+    pub bus: EventBusClient<Channel>,
+    controls: Arc<Mutex<HashMap<String, SessionControlClient<Channel>>>>,
+    /// Deadline of every call but `session cmd`.
+    pub rpc_timeout: Duration,
+}
+
+impl Services {
+    /// Creates lazily-connecting clients; nothing is dialled until the first call.
+    ///
+    /// # Errors
+    /// [`AddressError`] for an address that is not a valid URI.
+    pub fn new(
+        auth_url: &str,
+        registry_url: &str,
+        bus_url: &str,
+        rpc_timeout: Duration,
+    ) -> Result<Self, AddressError> {
+        Ok(Self {
+            auth: AuthClient::new(lazy_channel(auth_url)?),
+            registry: SessionRegistryClient::new(lazy_channel(registry_url)?),
+            bus: EventBusClient::new(lazy_channel(bus_url)?),
+            controls: Arc::new(Mutex::new(HashMap::new())),
+            rpc_timeout,
+        })
+    }
+
+    /// Wraps `message` in a request carrying the default deadline.
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.rpc_timeout);
+        request
+    }
+
+    /// Returns the SessionControl client of the gateway at `address`.
+    ///
+    /// # Errors
+    /// `internal_error` when the registry holds an invalid address.
+    pub fn control(&self, address: &str) -> Result<SessionControlClient<Channel>, ApiError> {
+        let mut controls = self.controls.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(client) = controls.get(address) {
+            return Ok(client.clone());
+        }
+        let channel = lazy_channel(address).map_err(|error| {
+            tracing::error!(%error, "bad gateway address in the registry");
+            ApiError::new(ErrorCode::InternalError, "bad gateway address")
+        })?;
+        let client = SessionControlClient::new(channel);
+        controls.insert(address.to_owned(), client.clone());
+        Ok(client)
+    }
+}
+
+/// Maps a failed internal call to the client's answer; `service` names the callee.
+pub fn status_to_api_error(status: &Status, service: &str) -> ApiError {
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
+            tracing::warn!(service, code = ?status.code(), "internal call failed");
+            ApiError::unavailable(service)
+        }
+        Code::PermissionDenied => ApiError::unauthorized(),
+        Code::InvalidArgument => ApiError::new(ErrorCode::SyntaxError, status.message()),
+        code => {
+            let reference = uuid::Uuid::new_v4();
+            tracing::error!(service, ?code, message = status.message(), %reference, "unexpected internal error");
+            ApiError::new(
+                ErrorCode::InternalError,
+                format!("internal error, reference {reference}"),
+            )
+        }
+    }
+}

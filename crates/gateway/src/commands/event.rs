@@ -1,0 +1,157 @@
+//! `event subscribe`, `event unsubscribe`, `event get_subscriptions`, `event send_event`.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+use switchboard_protocol::event::{EventKey, WILDCARD};
+use switchboard_protocol::fields::Fields;
+use switchboard_protocol::policy;
+use switchboard_protocol::{ApiError, ErrorCode};
+
+use super::publish;
+use crate::connection::ConnState;
+use crate::dispatch::CommandResult;
+use crate::gateway::Gateway;
+use crate::session::Identity;
+
+/// Reads (service, class, subclass, type, obj_id) with defaults applied.
+fn event_key(state: &ConnState, data: &Map<String, Value>) -> Result<EventKey, ApiError> {
+    let fields = Fields(data);
+    let class = fields.required_str("class")?;
+    if class == WILDCARD {
+        return Err(ApiError::syntax("class", "a class name, not *"));
+    }
+    let service = fields
+        .optional_str("service")?
+        .unwrap_or(&state.session.service);
+    Ok(EventKey {
+        service: service.to_owned(),
+        class: class.to_owned(),
+        subclass: fields.str_or("subclass", WILDCARD)?.to_owned(),
+        type_: fields.str_or("type", WILDCARD)?.to_owned(),
+        obj_id: fields.str_or("obj_id", WILDCARD)?.to_owned(),
+    })
+}
+
+fn check_event_policy(
+    identity: &Identity,
+    state: &ConnState,
+    key: &EventKey,
+) -> Result<(), ApiError> {
+    if policy::event_allowed(
+        &identity.roles,
+        &key.class,
+        &key.service,
+        &state.session.service,
+    ) {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized())
+    }
+}
+
+/// Adds (or replaces the body of) a subscription of this connection.
+pub(crate) async fn add_subscription(
+    gateway: &Gateway,
+    state: &mut ConnState,
+    key: EventKey,
+    body: Map<String, Value>,
+) -> Result<(), ApiError> {
+    let body = Arc::new(body);
+    let existing = state
+        .subscriptions
+        .iter()
+        .position(|(known, _)| *known == key);
+    if existing.is_none() && state.subscriptions.len() >= gateway.config.max_subscriptions {
+        return Err(ApiError::new(
+            ErrorCode::LimitExceeded,
+            format!(
+                "at most {} subscriptions per session",
+                gateway.config.max_subscriptions
+            ),
+        ));
+    }
+    gateway
+        .hub
+        .add_route(&key.channel(), &state.session, Arc::clone(&body))
+        .await
+        .map_err(|error| {
+            tracing::warn!(%error, "subscribe failed");
+            ApiError::unavailable("event broker")
+        })?;
+    match existing {
+        Some(index) => state.subscriptions[index].1 = body,
+        None => state.subscriptions.insert(0, (key, body)),
+    }
+    Ok(())
+}
+
+/// `event subscribe`.
+pub(crate) async fn subscribe(
+    gateway: &Gateway,
+    state: &mut ConnState,
+    identity: &Identity,
+    data: &Map<String, Value>,
+) -> CommandResult {
+    let key = event_key(state, data)?;
+    check_event_policy(identity, state, &key)?;
+    let body = Fields(data)
+        .optional_object("body")?
+        .cloned()
+        .unwrap_or_default();
+    add_subscription(gateway, state, key, body).await?;
+    Ok(json!({}))
+}
+
+/// `event unsubscribe`: ok whether or not the subscription existed.
+pub(crate) async fn unsubscribe(
+    gateway: &Gateway,
+    state: &mut ConnState,
+    data: &Map<String, Value>,
+) -> CommandResult {
+    let key = event_key(state, data)?;
+    if let Some(index) = state
+        .subscriptions
+        .iter()
+        .position(|(known, _)| *known == key)
+    {
+        state.subscriptions.remove(index);
+        gateway
+            .hub
+            .remove_route(&key.channel(), state.session.conn_id)
+            .await;
+    }
+    Ok(json!({}))
+}
+
+/// `event get_subscriptions`: newest first.
+pub(crate) fn get_subscriptions(state: &ConnState) -> Value {
+    Value::Array(
+        state
+            .subscriptions
+            .iter()
+            .map(|(key, body)| key.describe(body))
+            .collect(),
+    )
+}
+
+/// `event send_event` (alias `send`).
+pub(crate) async fn send_event(
+    gateway: &Gateway,
+    state: &ConnState,
+    identity: &Identity,
+    data: &Map<String, Value>,
+) -> CommandResult {
+    let key = event_key(state, data)?;
+    check_event_policy(identity, state, &key)?;
+    publish(
+        gateway,
+        key,
+        Fields(data).optional_value("body"),
+        &identity.roles,
+        &state.session.service,
+        false,
+    )
+    .await?;
+    Ok(json!({}))
+}

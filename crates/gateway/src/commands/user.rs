@@ -1,0 +1,209 @@
+//! `user login`, `user list`, `user get`, `user send_event`.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+use switchboard_proto::v1::{GetUserRequest, ListUsersRequest, LoginRequest, RegisterRequest};
+use switchboard_protocol::event::{EventKey, WILDCARD};
+use switchboard_protocol::fields::Fields;
+use switchboard_protocol::{ApiError, ErrorCode, MAX_SESSION_ID_LEN, MAX_USER_LEN};
+use tonic::Code;
+
+use super::publish;
+use crate::clients::status_to_api_error;
+use crate::commands::event::add_subscription;
+use crate::connection::ConnState;
+use crate::dispatch::CommandResult;
+use crate::gateway::Gateway;
+use crate::session::Identity;
+
+/// Class of the automatic subscriptions' events.
+pub(crate) const CORE_CLASS: &str = "core";
+
+/// `user login`: authenticate, register, subscribe the automatic subscriptions.
+pub(crate) async fn login(
+    gateway: &Arc<Gateway>,
+    state: &mut ConnState,
+    data: &Map<String, Value>,
+) -> CommandResult {
+    let fields = Fields(data);
+    let user = fields.required_str("user")?;
+    if user.len() > MAX_USER_LEN {
+        return Err(ApiError::syntax("user", "at most 256 bytes").into());
+    }
+    let password = match (
+        fields.optional_str("password")?,
+        fields.optional_str("pass")?,
+    ) {
+        (Some(password), _) | (None, Some(password)) => password,
+        (None, None) => return Err(ApiError::missing_field("password").into()),
+    };
+    let requested_id = fields.optional_str("session_id")?.unwrap_or_default();
+    if requested_id.len() > MAX_SESSION_ID_LEN {
+        return Err(ApiError::syntax("session_id", "at most 128 bytes").into());
+    }
+    let meta_json = fields
+        .optional_object("meta")?
+        .map(|meta| Value::Object(meta.clone()).to_string())
+        .unwrap_or_default();
+    let session = Arc::clone(&state.session);
+    let reply = gateway
+        .services
+        .auth
+        .clone()
+        .login(gateway.services.request(LoginRequest {
+            service: session.service.clone(),
+            user: user.to_owned(),
+            password: password.to_owned(),
+            session_id: requested_id.to_owned(),
+            remote: session.remote.clone(),
+        }))
+        .await
+        .map_err(|status| match status.code() {
+            Code::Unauthenticated => ApiError::new(
+                ErrorCode::InvalidCredentials,
+                "unknown user or wrong password",
+            ),
+            Code::ResourceExhausted => ApiError::new(
+                ErrorCode::TooManyAttempts,
+                "too many login attempts, retry later",
+            ),
+            _ => status_to_api_error(&status, "auth"),
+        })?
+        .into_inner();
+    let duplicated = || ApiError::new(ErrorCode::DuplicatedSessionId, "session id is in use");
+    if !gateway
+        .hub
+        .insert_session(&reply.session_id, Arc::clone(&session))
+    {
+        return Err(duplicated().into());
+    }
+    let info = gateway.session_info(
+        &reply.session_id,
+        &reply.user,
+        &session.service,
+        &session.remote,
+        meta_json,
+    );
+    let registered = gateway
+        .services
+        .registry
+        .clone()
+        .register(gateway.services.request(RegisterRequest {
+            session: Some(info),
+        }))
+        .await;
+    if let Err(status) = registered {
+        gateway.hub.remove_session(&reply.session_id);
+        return Err(match status.code() {
+            Code::AlreadyExists => duplicated(),
+            _ => status_to_api_error(&status, "session registry"),
+        }
+        .into());
+    }
+    session.set_identity(Identity {
+        session_id: reply.session_id.clone(),
+        user: reply.user.clone(),
+        roles: reply.roles,
+    });
+    // Oldest first, so `get_subscriptions` (newest first) lists the session's first.
+    for (subclass, obj_id) in [
+        ("user_event", &reply.user),
+        ("session_event", &reply.session_id),
+    ] {
+        let key = EventKey {
+            service: session.service.clone(),
+            class: CORE_CLASS.to_owned(),
+            subclass: subclass.to_owned(),
+            type_: WILDCARD.to_owned(),
+            obj_id: obj_id.clone(),
+        };
+        add_subscription(gateway, state, key, Map::new()).await?;
+    }
+    tracing::debug!(conn.id = session.conn_id, session.id = %reply.session_id, user = %reply.user, "logged in");
+    Ok(json!({"session_id": reply.session_id}))
+}
+
+/// `user list`.
+pub(crate) async fn list(gateway: &Gateway, state: &ConnState) -> CommandResult {
+    let reply = gateway
+        .services
+        .registry
+        .clone()
+        .list_users(gateway.services.request(ListUsersRequest {
+            service: state.session.service.clone(),
+        }))
+        .await
+        .map_err(|status| status_to_api_error(&status, "session registry"))?
+        .into_inner();
+    let users: Map<String, Value> = reply
+        .users
+        .into_iter()
+        .map(|entry| (entry.user, json!(entry.session_ids)))
+        .collect();
+    Ok(Value::Object(users))
+}
+
+/// `user get`.
+pub(crate) async fn get(
+    gateway: &Gateway,
+    state: &ConnState,
+    data: &Map<String, Value>,
+) -> CommandResult {
+    let user = Fields(data).required_str("user")?;
+    let reply = gateway
+        .services
+        .registry
+        .clone()
+        .get_user(gateway.services.request(GetUserRequest {
+            service: state.session.service.clone(),
+            user: user.to_owned(),
+        }))
+        .await
+        .map_err(|status| match status.code() {
+            Code::NotFound => ApiError::new(ErrorCode::UserNotFound, "user has no session"),
+            _ => status_to_api_error(&status, "session registry"),
+        })?
+        .into_inner();
+    let sessions: Map<String, Value> = reply
+        .sessions
+        .into_iter()
+        .map(|session| {
+            let meta = serde_json::from_str::<Value>(&session.meta_json)
+                .unwrap_or_else(|_| Value::Object(Map::new()));
+            (
+                session.session_id,
+                json!({"type": session.r#type, "remote": session.remote, "meta": meta}),
+            )
+        })
+        .collect();
+    Ok(Value::Object(sessions))
+}
+
+/// `user send_event`: fires `core/user_event/<type>/<user>`.
+pub(crate) async fn send_event(
+    gateway: &Gateway,
+    state: &ConnState,
+    data: &Map<String, Value>,
+) -> CommandResult {
+    let fields = Fields(data);
+    let user = fields.required_str("user")?;
+    let type_ = fields.str_or("type", WILDCARD)?;
+    let key = EventKey {
+        service: state.session.service.clone(),
+        class: CORE_CLASS.to_owned(),
+        subclass: "user_event".to_owned(),
+        type_: type_.to_owned(),
+        obj_id: user.to_owned(),
+    };
+    publish(
+        gateway,
+        key,
+        fields.optional_value("body"),
+        &[],
+        &state.session.service,
+        true,
+    )
+    .await?;
+    Ok(json!({}))
+}

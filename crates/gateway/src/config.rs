@@ -1,0 +1,126 @@
+//! Gateway configuration.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Default largest inbound frame (PROTOCOL.md §1); a bigger one closes with 1009.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 1024 * 1024;
+/// Default deepest JSON nesting of an inbound frame.
+pub const DEFAULT_MAX_JSON_DEPTH: usize = 64;
+/// Default number of subscriptions per session.
+pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 1024;
+/// Default number of frames queued towards one connection before it is closed with 1008.
+pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
+/// Default interval of WebSocket pings.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(25);
+/// Default time without traffic after which a connection is closed.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default time a `session cmd` waits for its answer; each ack extends it by as much.
+pub const DEFAULT_CMD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default longest a `session cmd` may wait in all.
+pub const DEFAULT_CMD_MAX_TIMEOUT: Duration = Duration::from_secs(180);
+/// Default deadline of a call to an internal service.
+pub const DEFAULT_RPC_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default interval of heartbeats to the registry.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// Default number of `session cmd` a connection may have waiting at once.
+pub const DEFAULT_MAX_PENDING_CMDS: usize = 64;
+/// Default time a socket write may take before the connection is dropped.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where `session log` sends GELF messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GelfTarget {
+    /// GELF over UDP to `host:port` (gzip, chunked).
+    Udp(String),
+    /// GELF over TCP to `host:port` (NUL-terminated JSON).
+    Tcp(String),
+}
+
+impl FromStr for GelfTarget {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if let Some(address) = text.strip_prefix("udp://") {
+            Ok(Self::Udp(address.to_owned()))
+        } else if let Some(address) = text.strip_prefix("tcp://") {
+            Ok(Self::Tcp(address.to_owned()))
+        } else {
+            Err(format!(
+                "GELF target {text:?} must be udp://host:port or tcp://host:port"
+            ))
+        }
+    }
+}
+
+/// Gateway settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This gateway's identity in the registry.
+    pub gateway_id: String,
+    /// Address other replicas use to reach this gateway's SessionControl ("host:port").
+    pub control_addr: String,
+    /// gRPC address of the auth service ("http://host:port").
+    pub auth_url: String,
+    /// gRPC address of the session registry.
+    pub registry_url: String,
+    /// gRPC address of the event bus.
+    pub bus_url: String,
+    /// Largest inbound frame in bytes.
+    pub max_frame_bytes: usize,
+    /// Deepest JSON nesting of an inbound frame.
+    pub max_json_depth: usize,
+    /// Subscriptions per session.
+    pub max_subscriptions: usize,
+    /// Frames queued towards one connection before it is closed with 1008.
+    pub outbound_queue: usize,
+    /// Interval of WebSocket pings.
+    pub ping_interval: Duration,
+    /// Time without traffic after which a connection is closed.
+    pub idle_timeout: Duration,
+    /// `session cmd` wait, extended by as much by each ack.
+    pub cmd_timeout: Duration,
+    /// Longest `session cmd` wait in all.
+    pub cmd_max_timeout: Duration,
+    /// Deadline of internal calls.
+    pub rpc_timeout: Duration,
+    /// Interval of heartbeats to the registry.
+    pub heartbeat_interval: Duration,
+    /// `session cmd` a connection may have waiting at once.
+    pub max_pending_cmds: usize,
+    /// Time a socket write may take before the connection is dropped.
+    pub write_timeout: Duration,
+    /// Where `session log` goes; `None` drops log messages.
+    pub gelf: Option<GelfTarget>,
+}
+
+impl Config {
+    /// Creates a configuration with every default and the given service addresses.
+    pub fn new(
+        control_addr: String,
+        auth_url: String,
+        registry_url: String,
+        bus_url: String,
+    ) -> Self {
+        Self {
+            gateway_id: uuid::Uuid::new_v4().to_string(),
+            control_addr,
+            auth_url,
+            registry_url,
+            bus_url,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            max_json_depth: DEFAULT_MAX_JSON_DEPTH,
+            max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
+            outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+            ping_interval: DEFAULT_PING_INTERVAL,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            cmd_timeout: DEFAULT_CMD_TIMEOUT,
+            cmd_max_timeout: DEFAULT_CMD_MAX_TIMEOUT,
+            rpc_timeout: DEFAULT_RPC_TIMEOUT,
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            max_pending_cmds: DEFAULT_MAX_PENDING_CMDS,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
+            gelf: None,
+        }
+    }
+}

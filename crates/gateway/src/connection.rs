@@ -1,0 +1,361 @@
+//! One WebSocket connection: the handshake, a reader that dispatches requests in order, a
+//! writer that batches queued frames into few writes, and the cleanup that runs on every path.
+//!
+//! The reader and writer are two tasks rather than one `select!` loop because the reader
+//! awaits internal calls per request (in order, as PROTOCOL.md §6 requires for events from one
+//! publisher) while the writer must keep draining events and pinging meanwhile.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Map, Value};
+use switchboard_protocol::event::EventKey;
+use switchboard_protocol::frame::{self, Inbound};
+use switchboard_protocol::{ApiError, ErrorCode};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_util::sync::CancellationToken;
+
+use crate::dispatch;
+use crate::gateway::Gateway;
+use crate::session::{CLOSE_GOING_AWAY, CLOSE_TOO_BIG, CmdAnswer, Outbound, SessionHandle};
+
+/// The WebSocket path of the default service; `/api/ws/<service>` selects a named one.
+pub const WS_PATH: &str = "/api/ws";
+
+/// Most frames the writer batches into one flush.
+const WRITE_BATCH: usize = 256;
+
+/// Connection state owned by the reader.
+#[derive(Debug)]
+pub(crate) struct ConnState {
+    pub(crate) session: Arc<SessionHandle>,
+    /// Subscriptions, newest first.
+    pub(crate) subscriptions: Vec<(EventKey, Arc<Map<String, Value>>)>,
+    /// `session cmd` calls in flight; aborted when the connection ends.
+    pub(crate) cmd_tasks: JoinSet<()>,
+    /// Set by a `session stop` of the connection's own session: close after the reply.
+    pub(crate) stop_after_reply: bool,
+}
+
+fn service_from_path(path: &str) -> Option<String> {
+    let path = path.split('?').next().unwrap_or_default();
+    let rest = path.strip_prefix(WS_PATH)?;
+    if rest.is_empty() || rest == "/" {
+        return Some(String::new());
+    }
+    let service = rest.strip_prefix('/')?.trim_end_matches('/');
+    (!service.is_empty() && !service.contains('/')).then(|| service.to_owned())
+}
+
+/// Serves one accepted TCP connection until it ends.
+pub(crate) async fn handle(
+    gateway: Arc<Gateway>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut service = None;
+    let callback = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
+        match service_from_path(request.uri().path()) {
+            Some(found) => {
+                service = Some(found);
+                Ok(response)
+            }
+            None => {
+                let mut error = ErrorResponse::new(Some("no such path".to_owned()));
+                *error.status_mut() = StatusCode::NOT_FOUND;
+                Err(error)
+            }
+        }
+    };
+    let mut ws_config = WebSocketConfig::default();
+    ws_config.max_message_size = Some(gateway.config.max_frame_bytes);
+    ws_config.max_frame_size = Some(gateway.config.max_frame_bytes);
+    let handshake =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config));
+    let socket = match tokio::time::timeout(Duration::from_secs(10), handshake).await {
+        Ok(Ok(socket)) => socket,
+        Ok(Err(error)) => {
+            tracing::debug!(peer.addr = %peer, %error, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(peer.addr = %peer, "handshake timed out");
+            return;
+        }
+    };
+    let service = service.unwrap_or_default();
+    run(gateway, socket, service, format!("ws:{peer}"), shutdown).await;
+}
+
+async fn run(
+    gateway: Arc<Gateway>,
+    socket: WebSocketStream<TcpStream>,
+    service: String,
+    remote: String,
+    shutdown: CancellationToken,
+) {
+    let conn_id = gateway.hub.next_conn_id();
+    let (outbound_tx, outbound_rx) = mpsc::channel(gateway.config.outbound_queue);
+    let session = Arc::new(SessionHandle::new(conn_id, service, remote, outbound_tx));
+    tracing::debug!(conn.id = conn_id, peer.addr = %session.remote, "connected");
+    let (sink, stream) = socket.split();
+    let last_seen = Arc::new(AtomicU64::new(0));
+    let epoch = Instant::now();
+    let writer = tokio::spawn(write_loop(
+        sink,
+        outbound_rx,
+        Arc::clone(&session),
+        Arc::clone(&gateway),
+        Arc::clone(&last_seen),
+        epoch,
+    ));
+    let mut state = ConnState {
+        session: Arc::clone(&session),
+        subscriptions: Vec::new(),
+        cmd_tasks: JoinSet::new(),
+        stop_after_reply: false,
+    };
+    let shutdown_watch = {
+        let session = Arc::clone(&session);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = shutdown.cancelled() => session.close(CLOSE_GOING_AWAY, "gateway shutting down"),
+                () = session.kill_token().cancelled() => {}
+            }
+        })
+    };
+    read_loop(&gateway, &mut state, stream, &last_seen, epoch).await;
+    // The writer ends after a queued close or on kill; make sure it does either way.
+    session.kill(CLOSE_GOING_AWAY, "");
+    shutdown_watch.abort();
+    if tokio::time::timeout(gateway.config.write_timeout, writer)
+        .await
+        .is_err()
+    {
+        tracing::debug!(conn.id = conn_id, "writer did not stop in time");
+    }
+    cleanup(&gateway, &mut state).await;
+    tracing::debug!(conn.id = conn_id, "disconnected");
+}
+
+async fn read_loop(
+    gateway: &Arc<Gateway>,
+    state: &mut ConnState,
+    mut stream: futures_util::stream::SplitStream<WebSocketStream<TcpStream>>,
+    last_seen: &AtomicU64,
+    epoch: Instant,
+) {
+    let kill = state.session.kill_token().clone();
+    loop {
+        let message = tokio::select! {
+            () = kill.cancelled() => return,
+            message = stream.next() => message,
+        };
+        last_seen.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let message = match message {
+            None => return,
+            Some(Ok(message)) => message,
+            Some(Err(WsError::Capacity(error))) => {
+                tracing::debug!(conn.id = state.session.conn_id, %error, "frame over the limit");
+                state.session.kill(CLOSE_TOO_BIG, "frame too large");
+                return;
+            }
+            Some(Err(error)) => {
+                tracing::debug!(conn.id = state.session.conn_id, %error, "read failed");
+                return;
+            }
+        };
+        match message {
+            Message::Text(text) => handle_text(gateway, state, text.as_str()).await,
+            Message::Binary(_) => {
+                let error =
+                    ApiError::new(ErrorCode::InvalidFrame, "binary frames are not supported");
+                reply(state, frame::error_response(None, &error)).await;
+            }
+            Message::Close(_) => return,
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+        }
+        if state.stop_after_reply {
+            state
+                .session
+                .close(crate::session::CLOSE_NORMAL, "session stopped");
+            state.stop_after_reply = false;
+        }
+    }
+}
+
+async fn reply(state: &ConnState, text: String) {
+    state.session.send(Outbound::Text(text)).await;
+}
+
+async fn handle_text(gateway: &Arc<Gateway>, state: &mut ConnState, text: &str) {
+    match frame::decode(text, gateway.config.max_json_depth) {
+        Err(rejected) => {
+            reply(
+                state,
+                frame::error_response(rejected.tid.as_ref(), &rejected.error),
+            )
+            .await;
+        }
+        Ok(Inbound::Request(request)) => {
+            if let Some(text) = dispatch::dispatch(gateway, state, request).await {
+                reply(state, text).await;
+            }
+        }
+        Ok(Inbound::Response(response)) => {
+            if let Some(tid) = server_tid(&response.tid) {
+                state.session.answer(
+                    tid,
+                    CmdAnswer {
+                        ok: response.ok,
+                        data: response.data,
+                    },
+                );
+            }
+        }
+        Ok(Inbound::Ack(tid)) => {
+            if let Some(tid) = server_tid(&tid) {
+                state.session.ack(tid);
+            }
+        }
+    }
+}
+
+/// Reads a tid the server issued (a number, or a numeric string).
+fn server_tid(tid: &Value) -> Option<u64> {
+    match tid {
+        Value::Number(number) => number.as_u64(),
+        Value::String(text) => text.parse().ok(),
+        _ => None,
+    }
+}
+
+async fn write_loop(
+    mut sink: futures_util::stream::SplitSink<WebSocketStream<TcpStream>, Message>,
+    mut outbound_rx: mpsc::Receiver<Outbound>,
+    session: Arc<SessionHandle>,
+    gateway: Arc<Gateway>,
+    last_seen: Arc<AtomicU64>,
+    epoch: Instant,
+) {
+    let config = &gateway.config;
+    let mut ping =
+        tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
+    let kill = session.kill_token().clone();
+    loop {
+        tokio::select! {
+            () = kill.cancelled() => {
+                if let Some((code, reason)) = session.take_kill_reason()
+                    && !reason.is_empty()
+                {
+                    let _ = tokio::time::timeout(config.write_timeout, sink.send(close_message(code, &reason))).await;
+                }
+                return;
+            }
+            next = outbound_rx.recv() => {
+                let Some(first) = next else { return };
+                let mut closing = false;
+                let mut batch = 0;
+                let mut pending = Some(first);
+                while let Some(frame) = pending.take() {
+                    let message = match frame {
+                        Outbound::Text(text) => Message::Text(text.into()),
+                        Outbound::Event(data) => Message::Text(frame::event_frame(session.next_tid(), &data).into()),
+                        Outbound::Close(code, reason) => {
+                            closing = true;
+                            close_message(code, &reason)
+                        }
+                    };
+                    if sink.feed(message).await.is_err() {
+                        session.kill(CLOSE_GOING_AWAY, "");
+                        return;
+                    }
+                    batch += 1;
+                    if closing || batch >= WRITE_BATCH {
+                        break;
+                    }
+                    pending = outbound_rx.try_recv().ok();
+                }
+                match tokio::time::timeout(config.write_timeout, sink.flush()).await {
+                    Ok(Ok(())) => {}
+                    _ => {
+                        session.kill(CLOSE_GOING_AWAY, "");
+                        return;
+                    }
+                }
+                if closing {
+                    session.kill(CLOSE_GOING_AWAY, "");
+                    return;
+                }
+            }
+            _ = ping.tick() => {
+                let idle_ms = (epoch.elapsed().as_millis() as u64).saturating_sub(last_seen.load(Ordering::Relaxed));
+                if Duration::from_millis(idle_ms) > config.idle_timeout {
+                    let _ = tokio::time::timeout(config.write_timeout, sink.send(close_message(CLOSE_GOING_AWAY, "idle timeout"))).await;
+                    session.kill(CLOSE_GOING_AWAY, "");
+                    return;
+                }
+                if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
+                    session.kill(CLOSE_GOING_AWAY, "");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn close_message(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.to_owned().into(),
+    }))
+}
+
+async fn cleanup(gateway: &Arc<Gateway>, state: &mut ConnState) {
+    state.cmd_tasks.abort_all();
+    state.session.drop_pending();
+    for (key, _) in std::mem::take(&mut state.subscriptions) {
+        gateway
+            .hub
+            .remove_route(&key.channel(), state.session.conn_id)
+            .await;
+    }
+    if let Some(identity) = state.session.identity() {
+        gateway.hub.remove_session(&identity.session_id);
+        gateway.unregister(&identity.session_id).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_service_from_path() {
+        assert_eq!(service_from_path("/api/ws"), Some(String::new()));
+        assert_eq!(service_from_path("/api/ws/"), Some(String::new()));
+        assert_eq!(service_from_path("/api/ws/media"), Some("media".to_owned()));
+        assert_eq!(
+            service_from_path("/api/ws/media?x=1"),
+            Some("media".to_owned())
+        );
+        assert_eq!(service_from_path("/api/wsx"), None);
+        assert_eq!(service_from_path("/other"), None);
+        assert_eq!(service_from_path("/api/ws/a/b"), None);
+    }
+}

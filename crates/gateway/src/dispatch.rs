@@ -1,0 +1,111 @@
+//! Routes a decoded request to its command, applying login state and the policy.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use switchboard_protocol::frame::{self, Request};
+use switchboard_protocol::policy::{self, Access};
+use switchboard_protocol::{ApiError, ErrorCode};
+
+use crate::commands;
+use crate::connection::ConnState;
+use crate::gateway::Gateway;
+
+/// What a command answers.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// A Switchboard error.
+    Api(ApiError),
+    /// An error `data` object forwarded unchanged (a `session cmd` target's answer).
+    Forwarded(Value),
+}
+
+impl From<ApiError> for Failure {
+    fn from(error: ApiError) -> Self {
+        Self::Api(error)
+    }
+}
+
+/// The result of a command.
+pub(crate) type CommandResult = Result<Value, Failure>;
+
+/// Encodes a command's result as the response frame for `tid`.
+pub(crate) fn encode(tid: &Value, result: CommandResult) -> String {
+    match result {
+        Ok(data) => frame::ok_response(tid, data),
+        Err(Failure::Api(error)) => frame::error_response(Some(tid), &error),
+        Err(Failure::Forwarded(data)) => frame::error_response_with_data(Some(tid), data),
+    }
+}
+
+fn unknown_command(request: &Request) -> ApiError {
+    ApiError::new(
+        ErrorCode::UnknownCommand,
+        format!(
+            "unknown command {}/{}/{}",
+            request.class, request.subclass, request.cmd
+        ),
+    )
+}
+
+/// Handles one request; returns the response frame, or `None` when the answer comes later.
+pub(crate) async fn dispatch(
+    gateway: &Arc<Gateway>,
+    state: &mut ConnState,
+    request: Request,
+) -> Option<String> {
+    let tid = request.tid.clone();
+    if request.class != "core" {
+        return Some(encode(&tid, Err(unknown_command(&request).into())));
+    }
+    let known = commands::is_known(&request.subclass, &request.cmd);
+    if !known {
+        return Some(encode(&tid, Err(unknown_command(&request).into())));
+    }
+    let Some(identity) = state.session.identity().cloned() else {
+        let result = if (request.subclass.as_str(), request.cmd.as_str()) == ("user", "login") {
+            commands::user::login(gateway, state, &request.data).await
+        } else {
+            Err(ApiError::new(ErrorCode::NotAuthenticated, "log in first").into())
+        };
+        return Some(encode(&tid, result));
+    };
+    let access = policy::command_access(&identity.roles, &request.subclass, &request.cmd);
+    if access == Access::Denied {
+        return Some(encode(&tid, Err(ApiError::unauthorized().into())));
+    }
+    let own_user_only = access == Access::OwnUserOnly;
+    let result = match (request.subclass.as_str(), request.cmd.as_str()) {
+        ("user", "login") => Err(ApiError::new(
+            ErrorCode::AlreadyAuthenticated,
+            "this connection is logged in",
+        )
+        .into()),
+        ("user", "list") => commands::user::list(gateway, state).await,
+        ("user", "get") => commands::user::get(gateway, state, &request.data).await,
+        ("user", "send_event") => commands::user::send_event(gateway, state, &request.data).await,
+        ("session", "stop") => {
+            commands::session::stop(gateway, state, &identity, own_user_only, &request.data).await
+        }
+        ("session", "send_event") => {
+            commands::session::send_event(gateway, state, &request.data).await
+        }
+        ("session", "cmd") => {
+            return commands::session::cmd(gateway, state, &identity, own_user_only, request);
+        }
+        ("session", "log") => commands::session::log(gateway, state, &identity, &request.data),
+        ("session" | "core", "ping") => Ok(commands::session::ping()),
+        ("event", "subscribe") => {
+            commands::event::subscribe(gateway, state, &identity, &request.data).await
+        }
+        ("event", "unsubscribe") => {
+            commands::event::unsubscribe(gateway, state, &request.data).await
+        }
+        ("event", "get_subscriptions") => Ok(commands::event::get_subscriptions(state)),
+        ("event", "send_event" | "send") => {
+            commands::event::send_event(gateway, state, &identity, &request.data).await
+        }
+        _ => Err(unknown_command(&request).into()),
+    };
+    Some(encode(&tid, result))
+}

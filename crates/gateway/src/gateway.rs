@@ -1,0 +1,70 @@
+//! The gateway's shared context: configuration, local state, service clients, GELF sender.
+
+use std::sync::Arc;
+
+use switchboard_proto::v1::{HeartbeatRequest, SessionInfo, UnregisterRequest};
+
+use crate::clients::Services;
+use crate::config::Config;
+use crate::gelf::GelfSender;
+use crate::hub::Hub;
+
+/// Session `type` of WebSocket clients (PROTOCOL.md §4).
+pub const SESSION_TYPE: &str = "api_server";
+
+/// Everything a connection task or the SessionControl service needs.
+#[derive(Debug)]
+pub struct Gateway {
+    /// Settings.
+    pub config: Config,
+    /// Local sessions and subscriptions.
+    pub hub: Arc<Hub>,
+    /// Clients of the internal services.
+    pub services: Services,
+    /// Where `session log` goes.
+    pub gelf: GelfSender,
+}
+
+impl Gateway {
+    /// Builds the registry record of a local session.
+    pub fn session_info(
+        &self,
+        session_id: &str,
+        user: &str,
+        service: &str,
+        remote: &str,
+        meta_json: String,
+    ) -> SessionInfo {
+        SessionInfo {
+            session_id: session_id.to_owned(),
+            service: service.to_owned(),
+            user: user.to_owned(),
+            r#type: SESSION_TYPE.to_owned(),
+            remote: remote.to_owned(),
+            meta_json,
+            gateway_id: self.config.gateway_id.clone(),
+            control_addr: self.config.control_addr.clone(),
+        }
+    }
+
+    /// Removes a session from the registry; failures are logged, the reaper catches up.
+    pub async fn unregister(&self, session_id: &str) {
+        let request = self.services.request(UnregisterRequest {
+            session_id: session_id.to_owned(),
+        });
+        if let Err(status) = self.services.registry.clone().unregister(request).await {
+            tracing::warn!(session.id = session_id, code = ?status.code(), "unregister failed");
+        }
+    }
+
+    /// Sends one heartbeat with every local session, so a restarted registry re-learns them.
+    pub async fn heartbeat(&self, sessions: Vec<SessionInfo>) {
+        let request = self.services.request(HeartbeatRequest {
+            gateway_id: self.config.gateway_id.clone(),
+            sessions,
+        });
+        if let Err(status) = self.services.registry.clone().heartbeat(request).await {
+            tracing::warn!(code = ?status.code(), "heartbeat failed");
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! The gateway-wide state: local sessions by id and the local subscription index.
+//!
+//! The broker delivers each event once per channel to [`Hub::deliver`]; the hub parses it
+//! once, serialises its frame data once per distinct subscription body and queues it to
+//! every local subscriber of that channel.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+use switchboard_broker::{Broker, BrokerError, Deliver, Subscriber};
+use switchboard_protocol::event::EventMessage;
+use switchboard_protocol::frame;
+use switchboard_protocol::{ApiError, ErrorCode};
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+
+use crate::session::{CLOSE_NORMAL, CmdAnswer, Outbound, PendingRequest, SessionHandle};
+
+/// One local subscription in the index.
+#[derive(Debug, Clone)]
+struct Route {
+    session: Arc<SessionHandle>,
+    body: Arc<Map<String, Value>>,
+}
+
+/// channel → connection id → route.
+type RouteIndex = HashMap<String, HashMap<u64, Route>>;
+
+/// Shared gateway state.
+///
+/// Both maps sit behind std mutexes held only for map edits or to copy a channel's routes,
+/// never across `.await`. `channel_ops` is an async mutex that orders broker (un)subscribe
+/// calls so a channel's first subscribe and last unsubscribe cannot overtake each other.
+#[derive(Debug)]
+pub struct Hub {
+    sessions: Mutex<HashMap<String, Arc<SessionHandle>>>,
+    routes: Mutex<RouteIndex>,
+    channel_ops: tokio::sync::Mutex<Option<Subscriber>>,
+    next_conn_id: AtomicU64,
+    deliveries: AtomicU64,
+}
+
+/// The broker's view of the hub: a weak reference, so the subscriber does not keep it alive.
+struct HubSink(std::sync::Weak<Hub>);
+
+impl Deliver for HubSink {
+    fn deliver(&self, channel: &str, payload: &Bytes) {
+        if let Some(hub) = self.0.upgrade() {
+            hub.deliver(channel, payload);
+        }
+    }
+}
+
+impl Hub {
+    /// Creates a hub subscribed to `broker`.
+    pub fn new(broker: &Broker) -> Arc<Self> {
+        let hub = Arc::new(Self {
+            sessions: Mutex::new(HashMap::new()),
+            routes: Mutex::new(HashMap::new()),
+            channel_ops: tokio::sync::Mutex::new(None),
+            next_conn_id: AtomicU64::new(1),
+            deliveries: AtomicU64::new(0),
+        });
+        let subscriber = broker.subscriber(Arc::new(HubSink(Arc::downgrade(&hub))));
+        if let Ok(mut slot) = hub.channel_ops.try_lock() {
+            *slot = Some(subscriber);
+        }
+        hub
+    }
+
+    fn sessions(&self) -> MutexGuard<'_, HashMap<String, Arc<SessionHandle>>> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn routes(&self) -> MutexGuard<'_, RouteIndex> {
+        self.routes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Returns a new gateway-local connection id.
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Returns the number of event frames queued so far.
+    pub fn deliveries(&self) -> u64 {
+        self.deliveries.load(Ordering::Relaxed)
+    }
+
+    /// Makes a logged-in session reachable by id; false when the id is already held here.
+    pub fn insert_session(&self, session_id: &str, session: Arc<SessionHandle>) -> bool {
+        let mut sessions = self.sessions();
+        if sessions.contains_key(session_id) {
+            return false;
+        }
+        sessions.insert(session_id.to_owned(), session);
+        true
+    }
+
+    /// Forgets a session.
+    pub fn remove_session(&self, session_id: &str) {
+        self.sessions().remove(session_id);
+    }
+
+    /// Returns a local session.
+    pub fn session(&self, session_id: &str) -> Option<Arc<SessionHandle>> {
+        self.sessions().get(session_id).cloned()
+    }
+
+    /// Returns every local session.
+    pub fn all_sessions(&self) -> Vec<Arc<SessionHandle>> {
+        self.sessions().values().cloned().collect()
+    }
+
+    /// Adds or replaces the route of `session` on `channel`; the broker subscription is in
+    /// effect when this returns.
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the channel had to be subscribed and the broker failed.
+    pub async fn add_route(
+        &self,
+        channel: &str,
+        session: &Arc<SessionHandle>,
+        body: Arc<Map<String, Value>>,
+    ) -> Result<(), BrokerError> {
+        let subscriber = self.channel_ops.lock().await;
+        let first = {
+            let mut routes = self.routes();
+            let entry = routes.entry(channel.to_owned()).or_default();
+            let first = entry.is_empty();
+            entry.insert(
+                session.conn_id,
+                Route {
+                    session: Arc::clone(session),
+                    body,
+                },
+            );
+            first
+        };
+        if first && let Some(subscriber) = subscriber.as_ref() {
+            if let Err(error) = subscriber.subscribe(channel).await {
+                self.remove_route_entry(channel, session.conn_id);
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the route of connection `conn_id` on `channel`, unsubscribing the channel
+    /// after its last route.
+    pub async fn remove_route(&self, channel: &str, conn_id: u64) {
+        let subscriber = self.channel_ops.lock().await;
+        if self.remove_route_entry(channel, conn_id)
+            && let Some(subscriber) = subscriber.as_ref()
+            && let Err(error) = subscriber.unsubscribe(channel).await
+        {
+            tracing::warn!(%error, "broker unsubscribe failed");
+        }
+    }
+
+    /// Removes one entry; true when the channel has no route left.
+    fn remove_route_entry(&self, channel: &str, conn_id: u64) -> bool {
+        let mut routes = self.routes();
+        let Some(entry) = routes.get_mut(channel) else {
+            return false;
+        };
+        if entry.remove(&conn_id).is_none() {
+            return false;
+        }
+        if entry.is_empty() {
+            routes.remove(channel);
+            return true;
+        }
+        false
+    }
+
+    /// Routes one broker message to the local subscribers of `channel`.
+    pub fn deliver(&self, channel: &str, payload: &Bytes) {
+        let routes: Vec<Route> = match self.routes().get(channel) {
+            Some(entry) => entry.values().cloned().collect(),
+            None => return,
+        };
+        let event: EventMessage = match serde_json::from_slice(payload) {
+            Ok(event) => event,
+            Err(error) => {
+                tracing::error!(%error, channel, "undecodable event from the broker");
+                return;
+            }
+        };
+        // Frames for an empty subscription body only differ by the subscriber's service.
+        let mut shared: HashMap<bool, Arc<str>> = HashMap::new();
+        let empty = Map::new();
+        for route in routes {
+            let own_service = route.session.service == event.key.service;
+            let data = if route.body.is_empty() {
+                Arc::clone(shared.entry(own_service).or_insert_with(|| {
+                    Arc::from(event.frame_data(&empty, &route.session.service).to_string())
+                }))
+            } else {
+                Arc::from(
+                    event
+                        .frame_data(&route.body, &route.session.service)
+                        .to_string(),
+                )
+            };
+            route.session.push_event(data);
+            self.deliveries.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Stops a local session with close code 1000; returns its user.
+    ///
+    /// # Errors
+    /// `session_not_found` when this gateway does not hold it.
+    pub fn stop(&self, session_id: &str) -> Result<String, ApiError> {
+        let session = self.session(session_id).ok_or_else(session_not_found)?;
+        let user = session
+            .identity()
+            .map(|identity| identity.user.clone())
+            .unwrap_or_default();
+        session.close(CLOSE_NORMAL, "session stopped");
+        Ok(user)
+    }
+
+    /// Sends a request to a local session and waits for its answer (PROTOCOL.md `session cmd`).
+    ///
+    /// # Errors
+    /// `session_not_found`, `session_stopped` or `timeout`.
+    pub async fn session_cmd(
+        &self,
+        session_id: &str,
+        request: CmdRequest<'_>,
+        timing: CmdTiming,
+    ) -> Result<CmdAnswer, ApiError> {
+        let session = self.session(session_id).ok_or_else(session_not_found)?;
+        let tid = session.next_tid();
+        let (answer_tx, mut answer_rx) = oneshot::channel();
+        let ack = Arc::new(Notify::new());
+        session.add_pending(
+            tid,
+            PendingRequest {
+                answer_tx,
+                ack: Arc::clone(&ack),
+            },
+        );
+        let text = frame::server_request(
+            request.class,
+            request.subclass,
+            request.cmd,
+            request.data,
+            tid,
+        );
+        if !session.send(Outbound::Text(text)).await {
+            session.remove_pending(tid);
+            return Err(session_stopped());
+        }
+        let started = Instant::now();
+        let hard_deadline = started + timing.max;
+        let mut deadline = (started + timing.first).min(hard_deadline);
+        loop {
+            tokio::select! {
+                answer = &mut answer_rx => {
+                    return answer.map_err(|_| session_stopped());
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    session.remove_pending(tid);
+                    return Err(ApiError::new(ErrorCode::Timeout, "the session did not answer in time"));
+                }
+                () = ack.notified() => {
+                    deadline = (Instant::now() + timing.first).min(hard_deadline);
+                }
+            }
+        }
+    }
+}
+
+/// The request `session cmd` forwards.
+#[derive(Debug, Clone, Copy)]
+pub struct CmdRequest<'a> {
+    /// `class`.
+    pub class: &'a str,
+    /// `subclass`.
+    pub subclass: &'a str,
+    /// `cmd`.
+    pub cmd: &'a str,
+    /// `data`.
+    pub data: &'a Value,
+}
+
+/// How long `session cmd` waits.
+#[derive(Debug, Clone, Copy)]
+pub struct CmdTiming {
+    /// First wait, and the extension granted by each ack.
+    pub first: Duration,
+    /// Longest wait in all.
+    pub max: Duration,
+}
+
+fn session_not_found() -> ApiError {
+    ApiError::new(ErrorCode::SessionNotFound, "session not found")
+}
+
+fn session_stopped() -> ApiError {
+    ApiError::new(
+        ErrorCode::SessionStopped,
+        "the session ended before it answered",
+    )
+}

@@ -1,0 +1,33 @@
+//! The gateway: terminates client WebSockets and owns everything that dies with a
+//! connection: the session, its subscriptions, its outbound queue and its pending server
+//! requests.
+//!
+//! Calls `Auth` (login), `SessionRegistry` (register, list, get, lookup, heartbeat) and
+//! `EventBus` (publish) over gRPC; subscribes broker channels for its local subscriptions;
+//! serves `SessionControl` (stop, cmd) to other replicas and backends.
+//!
+//! # Layout
+//! - [`server`]: [`build`] and [`serve`]: accept loop, SessionControl server, heartbeat, drain.
+//! - [`connection`]: one WebSocket: reader, batching writer, cleanup.
+//! - `dispatch` and `commands`: request routing and the `core` commands.
+//! - [`hub`]: local sessions, the subscription index and event fan-out.
+//! - [`session`]: the per-connection handle other tasks use.
+//! - [`control`]: the SessionControl gRPC service.
+//! - [`gelf`]: `session log` as GELF over UDP or TCP.
+//! - [`clients`]: gRPC clients with deadlines and error mapping.
+
+pub mod clients;
+mod commands;
+pub mod config;
+pub mod connection;
+pub mod control;
+mod dispatch;
+pub mod gateway;
+pub mod gelf;
+pub mod hub;
+pub mod server;
+pub mod session;
+
+pub use config::{Config, GelfTarget};
+pub use gateway::Gateway;
+pub use server::{build, serve};

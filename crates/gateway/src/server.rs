@@ -1,0 +1,128 @@
+//! The gateway's entry point: the WebSocket accept loop, the SessionControl server, the
+//! registry heartbeat and the drain on shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchboard_broker::Broker;
+use switchboard_proto::v1::session_control_server::SessionControlServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clients::{AddressError, Services};
+use crate::config::Config;
+use crate::connection;
+use crate::control::GrpcSessionControl;
+use crate::gateway::Gateway;
+use crate::gelf::GelfSender;
+use crate::hub::Hub;
+
+/// How long connections get to close after shutdown begins.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Builds the gateway's shared context (hub subscribed to `broker`, service clients, GELF).
+///
+/// # Errors
+/// [`AddressError`] when a service address is not a valid URI.
+pub fn build(config: Config, broker: &Broker) -> Result<Arc<Gateway>, AddressError> {
+    let services = Services::new(
+        &config.auth_url,
+        &config.registry_url,
+        &config.bus_url,
+        config.rpc_timeout,
+    )?;
+    Ok(Arc::new(Gateway {
+        hub: Hub::new(broker),
+        services,
+        gelf: GelfSender::start(config.gelf.clone()),
+        config,
+    }))
+}
+
+/// Serves WebSocket clients on `ws_listener` and SessionControl on `control_listener` until
+/// `shutdown` is cancelled, then drains: stops accepting, closes every socket with 1001,
+/// unregisters its sessions and returns.
+///
+/// # Errors
+/// Returns the SessionControl server's transport error.
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    ws_listener: TcpListener,
+    control_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let control = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(SessionControlServer::new(GrpcSessionControl::new(
+                Arc::clone(&gateway),
+            )))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(control_listener),
+                shutdown.clone().cancelled_owned(),
+            ),
+    );
+    let heartbeat = tokio::spawn(heartbeat_loop(Arc::clone(&gateway), shutdown.clone()));
+    let tracker = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = ws_listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                tracker.spawn(connection::handle(
+                    Arc::clone(&gateway),
+                    stream,
+                    peer,
+                    shutdown.clone(),
+                ));
+            }
+            Err(error) => {
+                // EMFILE and friends return at once: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    drop(ws_listener);
+    tracker.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections did not drain in time");
+    }
+    heartbeat.abort();
+    match control.await {
+        Ok(result) => result,
+        Err(_) => Ok(()),
+    }
+}
+
+async fn heartbeat_loop(gateway: Arc<Gateway>, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(gateway.config.heartbeat_interval);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let sessions = gateway
+            .hub
+            .all_sessions()
+            .into_iter()
+            .filter_map(|session| {
+                let identity = session.identity()?;
+                Some(gateway.session_info(
+                    &identity.session_id,
+                    &identity.user,
+                    &session.service,
+                    &session.remote,
+                    String::new(),
+                ))
+            })
+            .collect();
+        gateway.heartbeat(sessions).await;
+    }
+}

@@ -1,0 +1,204 @@
+//! The shared handle of one connection: its outbound queue, server tids and pending requests.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use serde_json::Value;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// Close code of a normal close (`session stop`).
+pub const CLOSE_NORMAL: u16 = 1000;
+/// Close code of a gateway going away (shutdown, idle).
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code for a client that does not read fast enough.
+pub const CLOSE_POLICY: u16 = 1008;
+/// Close code for a frame over the size limit.
+pub const CLOSE_TOO_BIG: u16 = 1009;
+
+/// A frame waiting for the connection's writer.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A complete text frame (response or server request).
+    Text(String),
+    /// An event's `data` object, shared between subscribers; the writer adds the tid.
+    Event(Arc<str>),
+    /// Close the connection with this code and reason after the frames before it.
+    Close(u16, String),
+}
+
+/// The answer of a session to a server request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CmdAnswer {
+    /// `result == "ok"`.
+    pub ok: bool,
+    /// The `data` of the answer.
+    pub data: Value,
+}
+
+/// A server request waiting for its answer.
+#[derive(Debug)]
+pub(crate) struct PendingRequest {
+    pub(crate) answer_tx: oneshot::Sender<CmdAnswer>,
+    pub(crate) ack: Arc<Notify>,
+}
+
+/// Who a logged-in session is.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Session id.
+    pub session_id: String,
+    /// User.
+    pub user: String,
+    /// Roles from the auth service.
+    pub roles: Vec<String>,
+}
+
+/// The part of a connection other tasks may touch: fan-out, `session stop`, `session cmd`.
+#[derive(Debug)]
+pub struct SessionHandle {
+    /// Gateway-local connection number.
+    pub conn_id: u64,
+    /// Service the connection belongs to ("" for the default one).
+    pub service: String,
+    /// "ws:IP:PORT".
+    pub remote: String,
+    identity: OnceLock<Identity>,
+    outbound_tx: mpsc::Sender<Outbound>,
+    /// Server tids (events and server requests) of this connection.
+    next_server_tid: AtomicU64,
+    pending: Mutex<HashMap<u64, PendingRequest>>,
+    /// Cancelled when the connection must end at once (slow consumer, oversized frame).
+    kill: CancellationToken,
+    kill_reason: Mutex<Option<(u16, String)>>,
+    closing: AtomicBool,
+}
+
+impl SessionHandle {
+    /// Creates the handle of a new connection with its outbound queue sender.
+    pub(crate) fn new(
+        conn_id: u64,
+        service: String,
+        remote: String,
+        outbound_tx: mpsc::Sender<Outbound>,
+    ) -> Self {
+        Self {
+            conn_id,
+            service,
+            remote,
+            identity: OnceLock::new(),
+            outbound_tx,
+            next_server_tid: AtomicU64::new(1),
+            pending: Mutex::new(HashMap::new()),
+            kill: CancellationToken::new(),
+            kill_reason: Mutex::new(None),
+            closing: AtomicBool::new(false),
+        }
+    }
+
+    /// Returns the identity once logged in.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.get()
+    }
+
+    pub(crate) fn set_identity(&self, identity: Identity) {
+        // Login happens once per connection; a second set is impossible by construction.
+        let _ = self.identity.set(identity);
+    }
+
+    /// Allocates the next server tid.
+    pub(crate) fn next_tid(&self) -> u64 {
+        self.next_server_tid.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Queues an event without waiting; a full queue closes the connection with 1008.
+    pub(crate) fn push_event(&self, data: Arc<str>) {
+        if self.closing.load(Ordering::Relaxed) {
+            return;
+        }
+        match self.outbound_tx.try_send(Outbound::Event(data)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(conn.id = self.conn_id, "slow consumer disconnected");
+                self.kill(CLOSE_POLICY, "slow consumer: outbound queue full");
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Queues a frame, waiting for room; false when the connection is gone.
+    pub(crate) async fn send(&self, frame: Outbound) -> bool {
+        self.outbound_tx.send(frame).await.is_ok()
+    }
+
+    /// Closes the connection after the frames already queued.
+    pub(crate) fn close(&self, code: u16, reason: &str) {
+        if self.closing.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        if self
+            .outbound_tx
+            .try_send(Outbound::Close(code, reason.to_owned()))
+            .is_err()
+        {
+            self.kill(code, reason);
+        }
+    }
+
+    /// Ends the connection at once with `code`.
+    pub(crate) fn kill(&self, code: u16, reason: &str) {
+        self.closing.store(true, Ordering::Relaxed);
+        let mut slot = self
+            .kill_reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if slot.is_none() {
+            *slot = Some((code, reason.to_owned()));
+        }
+        drop(slot);
+        self.kill.cancel();
+    }
+
+    pub(crate) fn kill_token(&self) -> &CancellationToken {
+        &self.kill
+    }
+
+    pub(crate) fn take_kill_reason(&self) -> Option<(u16, String)> {
+        self.kill_reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, PendingRequest>> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn add_pending(&self, tid: u64, request: PendingRequest) {
+        self.pending().insert(tid, request);
+    }
+
+    pub(crate) fn remove_pending(&self, tid: u64) {
+        self.pending().remove(&tid);
+    }
+
+    /// Hands a client's answer to the waiting request; answers to events are ignored.
+    pub(crate) fn answer(&self, tid: u64, answer: CmdAnswer) {
+        if let Some(request) = self.pending().remove(&tid) {
+            let _ = request.answer_tx.send(answer);
+        }
+    }
+
+    /// Extends the wait of server request `tid`.
+    pub(crate) fn ack(&self, tid: u64) {
+        if let Some(request) = self.pending().get(&tid) {
+            request.ack.notify_one();
+        }
+    }
+
+    /// Fails every pending server request with `session_stopped`.
+    pub(crate) fn drop_pending(&self) {
+        self.pending().clear();
+    }
+}

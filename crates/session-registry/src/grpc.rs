@@ -1,0 +1,153 @@
+//! The `SessionRegistry` gRPC adapter and the reaper.
+
+use std::future::Future;
+
+use switchboard_proto::v1::session_registry_server::{SessionRegistry, SessionRegistryServer};
+use switchboard_proto::v1::{
+    GetUserReply, GetUserRequest, HeartbeatReply, HeartbeatRequest, ListUsersReply,
+    ListUsersRequest, LookupReply, LookupRequest, RegisterReply, RegisterRequest, UnregisterReply,
+    UnregisterRequest, UserSessions,
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::config::Config;
+use crate::store::{MemoryStore, RegistryError};
+
+/// The tonic service around a [`MemoryStore`].
+#[derive(Debug, Clone)]
+pub struct GrpcRegistryService {
+    store: MemoryStore,
+}
+
+impl GrpcRegistryService {
+    /// Wraps a store.
+    pub fn new(store: MemoryStore) -> Self {
+        Self { store }
+    }
+}
+
+impl From<RegistryError> for Status {
+    fn from(error: RegistryError) -> Self {
+        match error {
+            RegistryError::DuplicateSession => Status::already_exists("session id in use"),
+            RegistryError::NotFound => Status::not_found("not found"),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl SessionRegistry for GrpcRegistryService {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterReply>, Status> {
+        let session = request
+            .into_inner()
+            .session
+            .ok_or_else(|| Status::invalid_argument("session is required"))?;
+        if session.session_id.is_empty() {
+            return Err(Status::invalid_argument("session_id is required"));
+        }
+        self.store.register(session)?;
+        Ok(Response::new(RegisterReply {}))
+    }
+
+    async fn unregister(
+        &self,
+        request: Request<UnregisterRequest>,
+    ) -> Result<Response<UnregisterReply>, Status> {
+        self.store.unregister(&request.into_inner().session_id);
+        Ok(Response::new(UnregisterReply {}))
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<ListUsersRequest>,
+    ) -> Result<Response<ListUsersReply>, Status> {
+        let users = self
+            .store
+            .list_users(&request.into_inner().service)
+            .into_iter()
+            .map(|(user, session_ids)| UserSessions { user, session_ids })
+            .collect();
+        Ok(Response::new(ListUsersReply { users }))
+    }
+
+    async fn get_user(
+        &self,
+        request: Request<GetUserRequest>,
+    ) -> Result<Response<GetUserReply>, Status> {
+        let request = request.into_inner();
+        let sessions = self.store.get_user(&request.service, &request.user)?;
+        Ok(Response::new(GetUserReply { sessions }))
+    }
+
+    async fn lookup(
+        &self,
+        request: Request<LookupRequest>,
+    ) -> Result<Response<LookupReply>, Status> {
+        let session = self.store.lookup(&request.into_inner().session_id)?;
+        Ok(Response::new(LookupReply {
+            session: Some(session),
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatReply>, Status> {
+        let request = request.into_inner();
+        self.store.heartbeat(&request.gateway_id, request.sessions);
+        Ok(Response::new(HeartbeatReply {}))
+    }
+}
+
+/// Serves the registry on `listener` until `shutdown` is cancelled, reaping silent gateways.
+///
+/// # Errors
+/// Returns the transport error that stopped the server.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let store = MemoryStore::new();
+    let reaper = tokio::spawn(reap_until(store.clone(), config.clone(), shutdown.clone()));
+    let result = serve_store(store, listener, shutdown.cancelled_owned()).await;
+    reaper.abort();
+    result
+}
+
+/// Serves an existing store (tests and embedding) until `shutdown` completes.
+///
+/// # Errors
+/// Returns the transport error that stopped the server.
+pub async fn serve_store(
+    store: MemoryStore,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .add_service(SessionRegistryServer::new(GrpcRegistryService::new(store)))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+async fn reap_until(store: MemoryStore, config: Config, shutdown: CancellationToken) {
+    let period = (config.gateway_timeout / 4).max(std::time::Duration::from_millis(100));
+    let mut interval = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = interval.tick() => {
+                let reaped = store.reap(config.gateway_timeout);
+                if reaped > 0 {
+                    tracing::warn!(sessions = reaped, "reaped sessions of a silent gateway");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! `switchboard dev`: every service in one process.
+//!
+//! Auth, registry and bus each serve gRPC on their own loopback port; the gateways reach them
+//! (and each other's SessionControl) through real gRPC clients, exactly as separate processes
+//! would. The broker is the in-memory one and the registry keeps its index in memory.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use switchboard_broker::{Broker, MemoryBroker};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct DevConfig {
+    /// WebSocket address of the first gateway; further gateways take a free loopback port.
+    pub listen: String,
+    /// Auth service settings.
+    pub auth: switchboard_auth::Config,
+    /// Registry settings.
+    pub registry: switchboard_session_registry::Config,
+    /// Gateway settings; the service addresses are filled in by [`start`].
+    pub gateway: switchboard_gateway::Config,
+    /// Number of gateways (1 for `switchboard dev`).
+    pub gateways: usize,
+}
+
+impl DevConfig {
+    /// Creates a configuration with every default and the given admin password.
+    pub fn new(listen: &str, admin_password: &str) -> Self {
+        Self {
+            listen: listen.to_owned(),
+            auth: switchboard_auth::Config {
+                admin_password: Some(admin_password.to_owned()),
+                ..switchboard_auth::Config::default()
+            },
+            registry: switchboard_session_registry::Config::default(),
+            gateway: switchboard_gateway::Config::new(
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ),
+            gateways: 1,
+        }
+    }
+}
+
+/// The running services.
+#[derive(Debug)]
+pub struct Running {
+    /// WebSocket address of each gateway.
+    pub ws_addrs: Vec<SocketAddr>,
+    /// gRPC address of the auth service.
+    pub auth_addr: SocketAddr,
+    /// gRPC address of the registry.
+    pub registry_addr: SocketAddr,
+    /// gRPC address of the bus.
+    pub bus_addr: SocketAddr,
+    /// SessionControl address of each gateway.
+    pub control_addrs: Vec<SocketAddr>,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+    gateway_shutdowns: Vec<CancellationToken>,
+}
+
+impl Running {
+    /// Returns the WebSocket URL of gateway `index` for the default service.
+    pub fn ws_url(&self, index: usize) -> String {
+        format!("ws://{}/api/ws", self.ws_addrs[index])
+    }
+
+    /// Drains gateway `index` as on SIGTERM (close 1001) while the rest keeps running.
+    pub fn stop_gateway(&self, index: usize) {
+        self.gateway_shutdowns[index].cancel();
+    }
+
+    /// Stops everything and waits for it.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Waits until the first service ends (it should not before shutdown).
+    pub async fn wait(&mut self) {
+        self.tasks.join_next().await;
+    }
+
+    /// Returns the shutdown token.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+async fn bind(address: &str, what: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot bind {what} on {address}"))?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
+
+fn log_exit(what: &'static str, result: Result<(), tonic::transport::Error>) {
+    if let Err(error) = result {
+        tracing::error!(service = what, %error, "service stopped with an error");
+    }
+}
+
+/// Binds every listener, then starts the services.
+///
+/// # Errors
+/// When a listener cannot be bound or an address is invalid.
+pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let broker = Broker::Memory(MemoryBroker::new());
+
+    let (auth_listener, auth_addr) = bind("127.0.0.1:0", "auth").await?;
+    let (registry_listener, registry_addr) = bind("127.0.0.1:0", "registry").await?;
+    let (bus_listener, bus_addr) = bind("127.0.0.1:0", "event bus").await?;
+
+    let token = shutdown.clone();
+    tasks.spawn(async move {
+        log_exit(
+            "auth",
+            switchboard_auth::serve(config.auth, auth_listener, token.cancelled_owned()).await,
+        );
+    });
+    let token = shutdown.clone();
+    let registry_config = config.registry.clone();
+    tasks.spawn(async move {
+        log_exit(
+            "registry",
+            switchboard_session_registry::serve(registry_config, registry_listener, token).await,
+        );
+    });
+    let token = shutdown.clone();
+    let bus_broker = broker.clone();
+    tasks.spawn(async move {
+        log_exit(
+            "bus",
+            switchboard_event_bus::serve(bus_broker, bus_listener, token.cancelled_owned()).await,
+        );
+    });
+
+    let mut ws_addrs = Vec::new();
+    let mut control_addrs = Vec::new();
+    let mut gateway_shutdowns = Vec::new();
+    for index in 0..config.gateways.max(1) {
+        let ws_address = if index == 0 {
+            config.listen.as_str()
+        } else {
+            "127.0.0.1:0"
+        };
+        let (ws_listener, ws_addr) = bind(ws_address, "WebSocket listener").await?;
+        let (control_listener, control_addr) = bind("127.0.0.1:0", "session control").await?;
+        let mut gateway_config = config.gateway.clone();
+        gateway_config.gateway_id = format!("gateway-{index}-{}", uuid_suffix());
+        gateway_config.control_addr = control_addr.to_string();
+        gateway_config.auth_url = format!("http://{auth_addr}");
+        gateway_config.registry_url = format!("http://{registry_addr}");
+        gateway_config.bus_url = format!("http://{bus_addr}");
+        let gateway = switchboard_gateway::build(gateway_config, &broker)?;
+        let token = shutdown.child_token();
+        gateway_shutdowns.push(token.clone());
+        tasks.spawn(async move {
+            log_exit(
+                "gateway",
+                switchboard_gateway::serve(gateway, ws_listener, control_listener, token).await,
+            );
+        });
+        ws_addrs.push(ws_addr);
+        control_addrs.push(control_addr);
+    }
+    Ok(Running {
+        ws_addrs,
+        auth_addr,
+        registry_addr,
+        bus_addr,
+        control_addrs,
+        shutdown,
+        tasks,
+        gateway_shutdowns,
+    })
+}
+
+fn uuid_suffix() -> String {
+    std::process::id().to_string()
+}

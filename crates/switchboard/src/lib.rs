@@ -1,0 +1,12 @@
+//! The `switchboard` binary's library: settings (flags, `SWITCHBOARD_*` variables, a TOML
+//! file) and the wiring of the services.
+//!
+//! # Layout
+//! - [`settings`]: every setting with its flag, variable, file key and default.
+//! - [`dev`]: `switchboard dev`: auth, registry, bus and one gateway in one process, talking
+//!   over real gRPC on loopback, with the in-memory broker and registry.
+//!
+//! Depends on every service crate; no service crate depends on it.
+
+pub mod dev;
+pub mod settings;

@@ -1,0 +1,111 @@
+//! `switchboard`: the one binary. `switchboard dev` runs every service in one process.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use switchboard::dev::{self, DevConfig};
+use switchboard::settings::{DEFAULT_LISTEN, DEV_ADMIN_PASSWORD, Settings};
+
+/// Switchboard: a real-time WebSocket API platform.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// TOML settings file; flags and SWITCHBOARD_* variables override its keys.
+    #[arg(long, env = "SWITCHBOARD_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs auth, registry, bus and a gateway in one process, in memory (no Redis).
+    Dev(Settings),
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        // Orchestrators (docker, Kubernetes) stop containers with SIGTERM.
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn run_dev(settings: Settings) -> anyhow::Result<()> {
+    let admin_password = match &settings.admin_password {
+        Some(password) => password.clone(),
+        None => {
+            tracing::warn!(
+                "no admin password configured (--admin-password or SWITCHBOARD_ADMIN_PASSWORD): using \"admin\", for development only"
+            );
+            DEV_ADMIN_PASSWORD.to_owned()
+        }
+    };
+    let listen = settings
+        .listen
+        .clone()
+        .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+    let mut config = DevConfig::new(&listen, &admin_password);
+    if let Some(user) = &settings.admin_user {
+        config.auth.admin_user = user.clone();
+    }
+    settings.apply_to_gateway(&mut config.gateway)?;
+    let mut running = dev::start(config).await?;
+    tracing::info!(auth = %running.auth_addr, registry = %running.registry_addr, bus = %running.bus_addr, "internal gRPC services listening");
+    println!(
+        "switchboard dev listening on ws://{}/api/ws",
+        running.ws_addrs[0]
+    );
+    let token = running.shutdown_token();
+    tokio::select! {
+        () = shutdown_signal() => tracing::info!("shutting down"),
+        () = running.wait() => tracing::error!("a service stopped unexpectedly"),
+    }
+    token.cancel();
+    running.stop().await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let result = match cli.command {
+        Command::Dev(settings) => match settings.resolve(cli.config.as_ref()) {
+            Ok(settings) => run_dev(settings).await,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                return ExitCode::from(64);
+            }
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

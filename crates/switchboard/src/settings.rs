@@ -1,0 +1,210 @@
+//! Settings: a flag, a `SWITCHBOARD_<NAME>` environment variable and a key of the TOML file
+//! given with `--config`, in that order of precedence, then the default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+use switchboard_gateway::GelfTarget;
+
+/// Default WebSocket listener of `switchboard dev`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9010";
+/// Password of the admin in `switchboard dev` when none is configured.
+pub const DEV_ADMIN_PASSWORD: &str = "admin";
+
+/// Every setting of `switchboard dev`; unset ones fall back to the file, then the default.
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// WebSocket listen address [default: 127.0.0.1:9010].
+    #[arg(long, env = "SWITCHBOARD_LISTEN")]
+    pub listen: Option<String>,
+    /// Admin user name [default: admin].
+    #[arg(long, env = "SWITCHBOARD_ADMIN_USER")]
+    pub admin_user: Option<String>,
+    /// Admin password [dev default: admin, with a warning].
+    #[arg(long, env = "SWITCHBOARD_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+    /// GELF server for `session log`: udp://host:port or tcp://host:port [default: none].
+    #[arg(long, env = "SWITCHBOARD_GELF")]
+    pub gelf: Option<String>,
+    /// Largest inbound frame in bytes; a bigger one closes with 1009 [default: 1048576].
+    #[arg(long, env = "SWITCHBOARD_MAX_FRAME_BYTES")]
+    pub max_frame_bytes: Option<usize>,
+    /// Deepest JSON nesting of an inbound frame [default: 64].
+    #[arg(long, env = "SWITCHBOARD_MAX_JSON_DEPTH")]
+    pub max_json_depth: Option<usize>,
+    /// Subscriptions per session [default: 1024].
+    #[arg(long, env = "SWITCHBOARD_MAX_SUBSCRIPTIONS")]
+    pub max_subscriptions: Option<usize>,
+    /// Frames queued to one connection before it is closed with 1008 [default: 1024].
+    #[arg(long, env = "SWITCHBOARD_OUTBOUND_QUEUE")]
+    pub outbound_queue: Option<usize>,
+    /// Interval of WebSocket pings, e.g. "25s" [default: 25s].
+    #[arg(long, env = "SWITCHBOARD_PING_INTERVAL")]
+    pub ping_interval: Option<String>,
+    /// Silence after which a connection is closed [default: 60s].
+    #[arg(long, env = "SWITCHBOARD_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<String>,
+    /// `session cmd` wait, and the extension each ack grants [default: 30s].
+    #[arg(long, env = "SWITCHBOARD_CMD_TIMEOUT")]
+    pub cmd_timeout: Option<String>,
+    /// Longest `session cmd` wait in all [default: 180s].
+    #[arg(long, env = "SWITCHBOARD_CMD_MAX_TIMEOUT")]
+    pub cmd_max_timeout: Option<String>,
+    /// Deadline of calls between services [default: 5s].
+    #[arg(long, env = "SWITCHBOARD_RPC_TIMEOUT")]
+    pub rpc_timeout: Option<String>,
+}
+
+macro_rules! or_file {
+    ($cli:ident, $file:ident, $($field:ident),+ $(,)?) => {
+        Settings { $($field: $cli.$field.or($file.$field)),+ }
+    };
+}
+
+impl Settings {
+    /// Reads a TOML settings file.
+    ///
+    /// # Errors
+    /// When the file cannot be read, is not TOML or has an unknown key.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read settings file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid settings file {}", path.display()))
+    }
+
+    /// Returns these settings with unset ones taken from `file`.
+    pub fn or_file(self, file: Settings) -> Settings {
+        let cli = self;
+        or_file!(
+            cli,
+            file,
+            listen,
+            admin_user,
+            admin_password,
+            gelf,
+            max_frame_bytes,
+            max_json_depth,
+            max_subscriptions,
+            outbound_queue,
+            ping_interval,
+            idle_timeout,
+            cmd_timeout,
+            cmd_max_timeout,
+            rpc_timeout,
+        )
+    }
+
+    /// Merges the optional settings file into flags and environment.
+    ///
+    /// # Errors
+    /// When the file is unreadable or invalid.
+    pub fn resolve(self, config_file: Option<&PathBuf>) -> anyhow::Result<Settings> {
+        Ok(match config_file {
+            Some(path) => self.or_file(Settings::from_file(path)?),
+            None => self,
+        })
+    }
+
+    /// Applies the gateway settings to `config`.
+    ///
+    /// # Errors
+    /// When a value does not parse.
+    pub fn apply_to_gateway(&self, config: &mut switchboard_gateway::Config) -> anyhow::Result<()> {
+        if let Some(gelf) = &self.gelf {
+            config.gelf = Some(gelf.parse::<GelfTarget>().map_err(anyhow::Error::msg)?);
+        }
+        if let Some(value) = self.max_frame_bytes {
+            config.max_frame_bytes = value;
+        }
+        if let Some(value) = self.max_json_depth {
+            config.max_json_depth = value;
+        }
+        if let Some(value) = self.max_subscriptions {
+            config.max_subscriptions = value;
+        }
+        if let Some(value) = self.outbound_queue {
+            anyhow::ensure!(value > 0, "outbound_queue must be at least 1");
+            config.outbound_queue = value;
+        }
+        for (text, slot, name) in [
+            (
+                &self.ping_interval,
+                &mut config.ping_interval,
+                "ping_interval",
+            ),
+            (&self.idle_timeout, &mut config.idle_timeout, "idle_timeout"),
+            (&self.cmd_timeout, &mut config.cmd_timeout, "cmd_timeout"),
+            (
+                &self.cmd_max_timeout,
+                &mut config.cmd_max_timeout,
+                "cmd_max_timeout",
+            ),
+            (&self.rpc_timeout, &mut config.rpc_timeout, "rpc_timeout"),
+        ] {
+            if let Some(text) = text {
+                *slot = parse_duration(text).with_context(|| format!("invalid {name}"))?;
+            }
+        }
+        anyhow::ensure!(
+            !config.ping_interval.is_zero(),
+            "ping_interval must be above zero"
+        );
+        Ok(())
+    }
+}
+
+fn parse_duration(text: &str) -> anyhow::Result<Duration> {
+    Ok(humantime::parse_duration(text)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_flags_win_over_file() {
+        let cli = Settings {
+            listen: Some("a".into()),
+            ..Settings::default()
+        };
+        let file: Settings = toml::from_str("listen = \"b\"\nadmin_user = \"root\"").expect("toml");
+        let merged = cli.or_file(file);
+        assert_eq!(merged.listen.as_deref(), Some("a"));
+        assert_eq!(merged.admin_user.as_deref(), Some("root"));
+    }
+
+    #[test]
+    fn test_unknown_file_key_is_refused() {
+        assert!(toml::from_str::<Settings>("nope = 1").is_err());
+    }
+
+    #[test]
+    fn test_bad_values_are_refused() {
+        let mut config = switchboard_gateway::Config::new(
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+        );
+        let bad_gelf = Settings {
+            gelf: Some("http://x".into()),
+            ..Settings::default()
+        };
+        assert!(bad_gelf.apply_to_gateway(&mut config).is_err());
+        let bad_duration = Settings {
+            cmd_timeout: Some("soon".into()),
+            ..Settings::default()
+        };
+        assert!(bad_duration.apply_to_gateway(&mut config).is_err());
+        let good = Settings {
+            cmd_timeout: Some("2s".into()),
+            gelf: Some("udp://127.0.0.1:12201".into()),
+            ..Settings::default()
+        };
+        good.apply_to_gateway(&mut config).expect("valid");
+        assert_eq!(config.cmd_timeout, Duration::from_secs(2));
+    }
+}
