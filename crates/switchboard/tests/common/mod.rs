@@ -1,0 +1,201 @@
+//! Test harness: starts the services in-process on loopback ports and drives them with a real
+//! WebSocket client.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use switchboard::dev::{self, DevConfig, Running};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+/// Admin password used by the tests.
+pub const ADMIN_PASSWORD: &str = "test-admin-password";
+/// How long a test waits for one frame.
+pub const WAIT: Duration = Duration::from_secs(10);
+/// How long a test waits to be sure nothing arrives.
+pub const QUIET: Duration = Duration::from_millis(300);
+
+/// Starts the services with one gateway and test defaults.
+pub async fn start() -> Running {
+    start_with(|_| {}).await
+}
+
+/// Starts the services after `tune` adjusts the configuration.
+pub async fn start_with(tune: impl FnOnce(&mut DevConfig)) -> Running {
+    let mut config = DevConfig::new("127.0.0.1:0", ADMIN_PASSWORD);
+    config.auth.users.push(switchboard_auth::StaticUser {
+        user: "alice".into(),
+        password: "alice-pw".into(),
+        roles: vec![],
+    });
+    config.auth.users.push(switchboard_auth::StaticUser {
+        user: "bob".into(),
+        password: "bob-pw".into(),
+        roles: vec![],
+    });
+    tune(&mut config);
+    dev::start(config).await.expect("services start")
+}
+
+/// A WebSocket client that keeps unsolicited frames aside while it waits for a response.
+pub struct Client {
+    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_tid: u64,
+    /// Frames received while waiting for something else (events, server requests).
+    backlog: VecDeque<Value>,
+    pub session_id: String,
+}
+
+impl Client {
+    /// Connects to `url`.
+    pub async fn connect(url: &str) -> Client {
+        let (socket, _) = tokio::time::timeout(WAIT, connect_async(url))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        Client {
+            socket,
+            next_tid: 1,
+            backlog: VecDeque::new(),
+            session_id: String::new(),
+        }
+    }
+
+    /// Connects to gateway `index` and logs in as `user`.
+    pub async fn login_to(running: &Running, index: usize, user: &str, password: &str) -> Client {
+        let mut client = Client::connect(&running.ws_url(index)).await;
+        let reply = client
+            .request("user", "login", json!({"user": user, "password": password}))
+            .await;
+        assert_eq!(reply["result"], "ok", "login of {user}: {reply}");
+        client.session_id = reply["data"]["session_id"]
+            .as_str()
+            .expect("session id")
+            .to_owned();
+        client
+    }
+
+    /// Connects to the first gateway and logs in as admin.
+    pub async fn admin(running: &Running) -> Client {
+        Client::login_to(running, 0, "admin", ADMIN_PASSWORD).await
+    }
+
+    /// Sends a text frame as is.
+    pub async fn send_text(&mut self, text: &str) {
+        self.socket
+            .send(Message::Text(text.to_owned().into()))
+            .await
+            .expect("send");
+    }
+
+    /// Sends a JSON value as a text frame.
+    pub async fn send_json(&mut self, value: &Value) {
+        self.send_text(&value.to_string()).await;
+    }
+
+    /// Sends a core request and waits for the response with its tid.
+    pub async fn request(&mut self, subclass: &str, cmd: &str, data: Value) -> Value {
+        let tid = self.next_tid;
+        self.next_tid += 1;
+        self.send_json(
+            &json!({"class": "core", "subclass": subclass, "cmd": cmd, "data": data, "tid": tid}),
+        )
+        .await;
+        self.response_for(json!(tid)).await
+    }
+
+    /// Sends a request and returns the error code of its error response.
+    pub async fn error_code(&mut self, subclass: &str, cmd: &str, data: Value) -> String {
+        let reply = self.request(subclass, cmd, data).await;
+        assert_eq!(reply["result"], "error", "expected an error: {reply}");
+        reply["data"]["code"].as_str().expect("code").to_owned()
+    }
+
+    /// Sends a request and asserts it succeeds; returns its data.
+    pub async fn ok(&mut self, subclass: &str, cmd: &str, data: Value) -> Value {
+        let reply = self.request(subclass, cmd, data).await;
+        assert_eq!(reply["result"], "ok", "{subclass} {cmd}: {reply}");
+        reply["data"].clone()
+    }
+
+    /// Waits for the response carrying `tid`, keeping other frames in the backlog.
+    pub async fn response_for(&mut self, tid: Value) -> Value {
+        loop {
+            let frame = self.next_from_socket().await;
+            if frame.get("result").is_some() && frame.get("tid") == Some(&tid) {
+                return frame;
+            }
+            self.backlog.push_back(frame);
+        }
+    }
+
+    /// Returns the next frame (backlog first).
+    pub async fn next(&mut self) -> Value {
+        if let Some(frame) = self.backlog.pop_front() {
+            return frame;
+        }
+        self.next_from_socket().await
+    }
+
+    async fn next_from_socket(&mut self) -> Value {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.socket.next())
+                .await
+                .expect("a frame in time")
+                .expect("connection open")
+                .expect("frame");
+            match message {
+                Message::Text(text) => {
+                    return serde_json::from_str(text.as_str()).expect("JSON frame");
+                }
+                Message::Close(frame) => panic!("connection closed: {frame:?}"),
+                _ => {}
+            }
+        }
+    }
+
+    /// Waits for the next event frame; returns its `data`.
+    pub async fn event(&mut self) -> Value {
+        let frame = self.next().await;
+        assert_eq!(frame["cmd"], "event", "expected an event: {frame}");
+        assert!(frame["tid"].is_u64(), "events carry a server tid: {frame}");
+        frame["data"].clone()
+    }
+
+    /// Asserts no frame arrives for a short while.
+    pub async fn assert_quiet(&mut self) {
+        if let Some(frame) = self.backlog.pop_front() {
+            panic!("unexpected frame {frame}");
+        }
+        if let Ok(Some(Ok(message))) = tokio::time::timeout(QUIET, self.socket.next()).await {
+            if let Message::Text(text) = message {
+                panic!("unexpected frame {text}");
+            }
+        }
+    }
+
+    /// Waits for the server to close the connection; returns the close code.
+    pub async fn closed(&mut self) -> u16 {
+        loop {
+            match tokio::time::timeout(WAIT, self.socket.next())
+                .await
+                .expect("close in time")
+            {
+                Some(Ok(Message::Close(Some(frame)))) => return frame.code.into(),
+                Some(Ok(Message::Close(None))) | None => return 1005,
+                Some(Ok(_)) => {}
+                Some(Err(error)) => panic!("connection failed without a close frame: {error}"),
+            }
+        }
+    }
+
+    /// Sends a raw WebSocket message.
+    pub async fn send_message(&mut self, message: Message) {
+        self.socket.send(message).await.expect("send");
+    }
+}
