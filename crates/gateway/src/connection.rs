@@ -68,6 +68,8 @@ pub(crate) async fn handle(
 ) {
     let _ = stream.set_nodelay(true);
     let mut service = None;
+    // The handshake API fixes the callback's error type.
+    #[allow(clippy::result_large_err)]
     let callback = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
         match service_from_path(request.uri().path()) {
             Some(found) => {

@@ -140,11 +140,12 @@ impl Hub {
             );
             first
         };
-        if first && let Some(subscriber) = subscriber.as_ref() {
-            if let Err(error) = subscriber.subscribe(channel).await {
-                self.remove_route_entry(channel, session.conn_id);
-                return Err(error);
-            }
+        if first
+            && let Some(subscriber) = subscriber.as_ref()
+            && let Err(error) = subscriber.subscribe(channel).await
+        {
+            self.remove_route_entry(channel, session.conn_id);
+            return Err(error);
         }
         Ok(())
     }

@@ -31,12 +31,11 @@ pub(crate) async fn login(
     if user.len() > MAX_USER_LEN {
         return Err(ApiError::syntax("user", "at most 256 bytes").into());
     }
-    let password = match (
-        fields.optional_str("password")?,
-        fields.optional_str("pass")?,
-    ) {
-        (Some(password), _) | (None, Some(password)) => password,
-        (None, None) => return Err(ApiError::missing_field("password").into()),
+    let Some(password) = fields
+        .optional_str("password")?
+        .or(fields.optional_str("pass")?)
+    else {
+        return Err(ApiError::missing_field("password").into());
     };
     let requested_id = fields.optional_str("session_id")?.unwrap_or_default();
     if requested_id.len() > MAX_SESSION_ID_LEN {

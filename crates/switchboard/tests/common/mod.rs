@@ -172,10 +172,10 @@ impl Client {
         if let Some(frame) = self.backlog.pop_front() {
             panic!("unexpected frame {frame}");
         }
-        if let Ok(Some(Ok(message))) = tokio::time::timeout(QUIET, self.socket.next()).await {
-            if let Message::Text(text) = message {
-                panic!("unexpected frame {text}");
-            }
+        if let Ok(Some(Ok(Message::Text(text)))) =
+            tokio::time::timeout(QUIET, self.socket.next()).await
+        {
+            panic!("unexpected frame {text}");
         }
     }
 

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs Switchboard's whole test suite: formatting, lints, then every unit and integration test.
+# Installs what the tests need when it is missing (on Debian/Ubuntu, through apt-get).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
+if ((${#need_apt[@]})); then
+    sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    $sudo_cmd apt-get install -y -qq "${need_apt[@]}"
+fi
+rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
+
+jobs="${CARGO_BUILD_JOBS:-$(nproc)}"
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy"
+cargo clippy -j "$jobs" --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+cargo test -j "$jobs" --workspace --locked 2>&1 | tee "$log"
+# One closing line for the whole suite (cargo prints one per test binary).
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "summary: %d passed, %d failed\n", passed, failed }' "$log"
