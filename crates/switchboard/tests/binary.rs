@@ -114,3 +114,65 @@ async fn test_slow_consumer_is_closed_1008_and_others_keep_receiving() {
         .expect("the healthy subscriber got every event in order");
     running.stop().await;
 }
+
+/// Reads server frames from a raw socket until EOF; returns (pings seen, close code).
+async fn raw_frames_until_eof(stream: &mut tokio::net::TcpStream) -> (usize, Option<u16>) {
+    use tokio::io::AsyncReadExt;
+    let mut bytes = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut bytes)).await;
+    let (mut pings, mut close) = (0, None);
+    let mut at = 0;
+    while at + 2 <= bytes.len() {
+        let opcode = bytes[at] & 0x0f;
+        let length = usize::from(bytes[at + 1] & 0x7f);
+        assert!(length < 126, "control frames only");
+        let payload = &bytes[at + 2..(at + 2 + length).min(bytes.len())];
+        match opcode {
+            0x9 => pings += 1,
+            0x8 if payload.len() >= 2 => close = Some(u16::from_be_bytes([payload[0], payload[1]])),
+            _ => {}
+        }
+        at += 2 + length;
+    }
+    (pings, close)
+}
+
+#[tokio::test]
+async fn test_idle_connection_is_closed_and_live_one_kept() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let running = start_with(|config| {
+        config.gateway.ping_interval = Duration::from_millis(100);
+        config.gateway.idle_timeout = Duration::from_millis(400);
+    })
+    .await;
+    // This client reads (and so answers pings) all along.
+    let mut live = Client::admin(&running).await;
+    // This one completes the handshake and then never answers a ping.
+    let mut silent = tokio::net::TcpStream::connect(running.ws_addrs[0])
+        .await
+        .expect("connect");
+    silent
+        .write_all(
+            b"GET /api/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .expect("handshake");
+    let mut reader = tokio::io::BufReader::new(&mut silent);
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).await.expect("response line");
+        if line == "\r\n" {
+            break;
+        }
+    }
+    for _ in 0..8 {
+        live.ok("session", "ping", json!({})).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (pings, close) = raw_frames_until_eof(&mut silent).await;
+    assert!(pings >= 2, "the server pinged: {pings}");
+    assert_eq!(close, Some(1001), "the silent connection is closed as idle");
+    live.ok("session", "ping", json!({})).await;
+    running.stop().await;
+}

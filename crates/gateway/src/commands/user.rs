@@ -100,11 +100,6 @@ pub(crate) async fn login(
         }
         .into());
     }
-    session.set_identity(Identity {
-        session_id: reply.session_id.clone(),
-        user: reply.user.clone(),
-        roles: reply.roles,
-    });
     // Oldest first, so `get_subscriptions` (newest first) lists the session's first.
     for (subclass, obj_id) in [
         ("user_event", &reply.user),
@@ -117,8 +112,23 @@ pub(crate) async fn login(
             type_: WILDCARD.to_owned(),
             obj_id: obj_id.clone(),
         };
-        add_subscription(gateway, state, key, Map::new()).await?;
+        if let Err(error) = add_subscription(gateway, state, key, Map::new()).await {
+            for (key, _) in std::mem::take(&mut state.subscriptions) {
+                gateway
+                    .hub
+                    .remove_route(&key.channel(), session.conn_id)
+                    .await;
+            }
+            gateway.hub.remove_session(&reply.session_id);
+            gateway.unregister(&reply.session_id).await;
+            return Err(error.into());
+        }
     }
+    session.set_identity(Identity {
+        session_id: reply.session_id.clone(),
+        user: reply.user.clone(),
+        roles: reply.roles,
+    });
     tracing::debug!(conn.id = session.conn_id, session.id = %reply.session_id, user = %reply.user, "logged in");
     Ok(json!({"session_id": reply.session_id}))
 }
