@@ -5,16 +5,18 @@
 //! subscription with that key appears, unsubscribing after the last one goes. Each message is
 //! handed to the gateway's [`Deliver`] sink, which routes it to local connections.
 //!
-//! [`MemoryBroker`] serves single-process mode (`switchboard dev`); the Redis engine of the
-//! scaled deployment plugs in behind the same [`Broker`] and [`Subscriber`] types.
+//! [`MemoryBroker`] serves single-process mode (`switchboard dev`); [`RedisBroker`] serves the
+//! scaled deployment, one Redis channel per subscription key.
 
 mod memory;
+mod redis_engine;
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 pub use memory::MemoryBroker;
+pub use redis_engine::{RedisBroker, RedisSubscriber};
 
 /// Why a broker operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +39,8 @@ pub trait Deliver: Send + Sync + 'static {
 pub enum Broker {
     /// In-process engine for single-process mode.
     Memory(MemoryBroker),
+    /// Redis pub/sub.
+    Redis(RedisBroker),
 }
 
 impl Broker {
@@ -50,6 +54,7 @@ impl Broker {
                 memory.publish(channels, &payload);
                 Ok(())
             }
+            Self::Redis(redis) => redis.publish(channels, &payload).await,
         }
     }
 
@@ -57,6 +62,7 @@ impl Broker {
     pub fn subscriber(&self, sink: Arc<dyn Deliver>) -> Subscriber {
         match self {
             Self::Memory(memory) => Subscriber::Memory(memory.subscriber(sink)),
+            Self::Redis(redis) => Subscriber::Redis(redis.subscriber(sink)),
         }
     }
 }
@@ -66,6 +72,8 @@ impl Broker {
 pub enum Subscriber {
     /// In-process engine.
     Memory(memory::MemorySubscriber),
+    /// Redis pub/sub connection.
+    Redis(RedisSubscriber),
 }
 
 impl Subscriber {
@@ -79,6 +87,7 @@ impl Subscriber {
                 memory.subscribe(channel);
                 Ok(())
             }
+            Self::Redis(redis) => redis.subscribe(channel).await,
         }
     }
 
@@ -92,6 +101,7 @@ impl Subscriber {
                 memory.unsubscribe(channel);
                 Ok(())
             }
+            Self::Redis(redis) => redis.unsubscribe(channel).await,
         }
     }
 }

@@ -14,17 +14,17 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::config::Config;
-use crate::store::{MemoryStore, RegistryError};
+use crate::store::{RegistryError, Store};
 
-/// The tonic service around a [`MemoryStore`].
+/// The tonic service around a [`Store`].
 #[derive(Debug, Clone)]
 pub struct GrpcRegistryService {
-    store: MemoryStore,
+    store: Store,
 }
 
 impl GrpcRegistryService {
     /// Wraps a store.
-    pub fn new(store: MemoryStore) -> Self {
+    pub fn new(store: Store) -> Self {
         Self { store }
     }
 }
@@ -34,6 +34,10 @@ impl From<RegistryError> for Status {
         match error {
             RegistryError::DuplicateSession => Status::already_exists("session id in use"),
             RegistryError::NotFound => Status::not_found("not found"),
+            RegistryError::Unavailable(reason) => {
+                tracing::warn!(%reason, "registry store unavailable");
+                Status::unavailable("registry store unavailable")
+            }
         }
     }
 }
@@ -51,7 +55,7 @@ impl SessionRegistry for GrpcRegistryService {
         if session.session_id.is_empty() {
             return Err(Status::invalid_argument("session_id is required"));
         }
-        self.store.register(session)?;
+        self.store.register(session).await?;
         Ok(Response::new(RegisterReply {}))
     }
 
@@ -59,7 +63,9 @@ impl SessionRegistry for GrpcRegistryService {
         &self,
         request: Request<UnregisterRequest>,
     ) -> Result<Response<UnregisterReply>, Status> {
-        self.store.unregister(&request.into_inner().session_id);
+        self.store
+            .unregister(&request.into_inner().session_id)
+            .await?;
         Ok(Response::new(UnregisterReply {}))
     }
 
@@ -70,6 +76,7 @@ impl SessionRegistry for GrpcRegistryService {
         let users = self
             .store
             .list_users(&request.into_inner().service)
+            .await?
             .into_iter()
             .map(|(user, session_ids)| UserSessions { user, session_ids })
             .collect();
@@ -81,7 +88,7 @@ impl SessionRegistry for GrpcRegistryService {
         request: Request<GetUserRequest>,
     ) -> Result<Response<GetUserReply>, Status> {
         let request = request.into_inner();
-        let sessions = self.store.get_user(&request.service, &request.user)?;
+        let sessions = self.store.get_user(&request.service, &request.user).await?;
         Ok(Response::new(GetUserReply { sessions }))
     }
 
@@ -89,7 +96,7 @@ impl SessionRegistry for GrpcRegistryService {
         &self,
         request: Request<LookupRequest>,
     ) -> Result<Response<LookupReply>, Status> {
-        let session = self.store.lookup(&request.into_inner().session_id)?;
+        let session = self.store.lookup(&request.into_inner().session_id).await?;
         Ok(Response::new(LookupReply {
             session: Some(session),
         }))
@@ -100,21 +107,24 @@ impl SessionRegistry for GrpcRegistryService {
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatReply>, Status> {
         let request = request.into_inner();
-        self.store.heartbeat(&request.gateway_id, request.sessions);
+        self.store
+            .heartbeat(&request.gateway_id, request.sessions)
+            .await?;
         Ok(Response::new(HeartbeatReply {}))
     }
 }
 
-/// Serves the registry on `listener` until `shutdown` is cancelled, reaping silent gateways.
+/// Serves the registry over `store` on `listener` until `shutdown` is cancelled, reaping
+/// silent gateways.
 ///
 /// # Errors
 /// Returns the transport error that stopped the server.
 pub async fn serve(
     config: Config,
+    store: Store,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    let store = MemoryStore::new();
     let reaper = tokio::spawn(reap_until(store.clone(), config.clone(), shutdown.clone()));
     let result = serve_store(store, listener, shutdown.cancelled_owned()).await;
     reaper.abort();
@@ -126,7 +136,7 @@ pub async fn serve(
 /// # Errors
 /// Returns the transport error that stopped the server.
 pub async fn serve_store(
-    store: MemoryStore,
+    store: Store,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
@@ -136,16 +146,17 @@ pub async fn serve_store(
         .await
 }
 
-async fn reap_until(store: MemoryStore, config: Config, shutdown: CancellationToken) {
+async fn reap_until(store: Store, config: Config, shutdown: CancellationToken) {
     let period = (config.gateway_timeout / 4).max(std::time::Duration::from_millis(100));
     let mut interval = tokio::time::interval(period);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = interval.tick() => {
-                let reaped = store.reap(config.gateway_timeout);
-                if reaped > 0 {
-                    tracing::warn!(sessions = reaped, "reaped sessions of a silent gateway");
+                match store.reap(config.gateway_timeout).await {
+                    Ok(0) => {}
+                    Ok(reaped) => tracing::warn!(sessions = reaped, "reaped sessions of a silent gateway"),
+                    Err(error) => tracing::debug!(?error, "reaper could not reach the store"),
                 }
             }
         }

@@ -6,7 +6,7 @@
 //!
 //! # Layout
 //! - [`config`]: [`Config`], heartbeat timeout.
-//! - [`store`]: [`MemoryStore`], the index, free of gRPC.
+//! - [`store`]: [`Store`], the index in memory or in Redis, free of gRPC.
 //! - [`grpc`]: the tonic adapter, the reaper task and [`serve`].
 
 pub mod config;
@@ -15,4 +15,4 @@ pub mod store;
 
 pub use config::Config;
 pub use grpc::serve;
-pub use store::{MemoryStore, RegistryError};
+pub use store::{MemoryStore, RedisStore, RegistryError, Store};

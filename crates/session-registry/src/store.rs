@@ -1,11 +1,15 @@
-//! The in-memory session index.
+//! The session index behind the registry: in memory, or in Redis so that registry replicas
+//! are interchangeable and survive restarts.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, PoisonError};
+mod memory;
+mod redis_store;
+
 use std::time::Duration;
 
 use switchboard_proto::v1::SessionInfo;
-use tokio::time::Instant;
+
+pub use memory::MemoryStore;
+pub use redis_store::RedisStore;
 
 /// Why a registry operation failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,201 +18,111 @@ pub enum RegistryError {
     DuplicateSession,
     /// No such session or user.
     NotFound,
+    /// The backing store cannot be reached; the call may be retried.
+    Unavailable(String),
 }
 
-#[derive(Debug, Default)]
-struct State {
-    sessions: HashMap<String, SessionInfo>,
-    /// (service, user) → session ids in login order.
-    by_user: BTreeMap<(String, String), Vec<String>>,
-    /// gateway id → last heartbeat.
-    gateways: HashMap<String, Instant>,
+/// Where the index lives.
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// In this process.
+    Memory(MemoryStore),
+    /// In Redis, shared by every registry replica.
+    Redis(RedisStore),
 }
 
-impl State {
-    fn insert(&mut self, session: SessionInfo) {
-        self.by_user
-            .entry((session.service.clone(), session.user.clone()))
-            .or_default()
-            .push(session.session_id.clone());
-        self.gateways
-            .entry(session.gateway_id.clone())
-            .or_insert_with(Instant::now);
-        self.sessions.insert(session.session_id.clone(), session);
-    }
-
-    fn remove(&mut self, session_id: &str) -> Option<SessionInfo> {
-        let session = self.sessions.remove(session_id)?;
-        let user_key = (session.service.clone(), session.user.clone());
-        if let Some(ids) = self.by_user.get_mut(&user_key) {
-            ids.retain(|id| id != session_id);
-            if ids.is_empty() {
-                self.by_user.remove(&user_key);
-            }
-        }
-        Some(session)
-    }
-}
-
-/// The session index, a cheap-to-clone handle.
-///
-/// A std mutex guards the state: every critical section is a few map operations and none
-/// spans an `.await`.
-#[derive(Debug, Clone, Default)]
-pub struct MemoryStore {
-    state: Arc<Mutex<State>>,
-}
-
-impl MemoryStore {
-    /// Creates an empty index.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
+impl Store {
     /// Registers a session.
     ///
     /// # Errors
     /// [`RegistryError::DuplicateSession`] when its id is taken.
-    pub fn register(&self, session: SessionInfo) -> Result<(), RegistryError> {
-        let mut state = self.lock();
-        if state.sessions.contains_key(&session.session_id) {
-            return Err(RegistryError::DuplicateSession);
+    pub async fn register(&self, session: SessionInfo) -> Result<(), RegistryError> {
+        match self {
+            Self::Memory(store) => store.register(session),
+            Self::Redis(store) => store.register(&session).await,
         }
-        state.insert(session);
-        Ok(())
     }
 
     /// Removes a session, if present.
-    pub fn unregister(&self, session_id: &str) {
-        self.lock().remove(session_id);
+    ///
+    /// # Errors
+    /// [`RegistryError::Unavailable`] when Redis cannot be reached.
+    pub async fn unregister(&self, session_id: &str) -> Result<(), RegistryError> {
+        match self {
+            Self::Memory(store) => {
+                store.unregister(session_id);
+                Ok(())
+            }
+            Self::Redis(store) => store.unregister(session_id).await,
+        }
     }
 
     /// Returns every user of `service` with their session ids.
-    pub fn list_users(&self, service: &str) -> Vec<(String, Vec<String>)> {
-        let state = self.lock();
-        state
-            .by_user
-            .iter()
-            .filter(|((session_service, _), _)| session_service == service)
-            .map(|((_, user), ids)| (user.clone(), ids.clone()))
-            .collect()
+    ///
+    /// # Errors
+    /// [`RegistryError::Unavailable`] when Redis cannot be reached.
+    pub async fn list_users(
+        &self,
+        service: &str,
+    ) -> Result<Vec<(String, Vec<String>)>, RegistryError> {
+        match self {
+            Self::Memory(store) => Ok(store.list_users(service)),
+            Self::Redis(store) => store.list_users(service).await,
+        }
     }
 
     /// Returns the sessions of one user.
     ///
     /// # Errors
     /// [`RegistryError::NotFound`] when the user has none.
-    pub fn get_user(&self, service: &str, user: &str) -> Result<Vec<SessionInfo>, RegistryError> {
-        let state = self.lock();
-        let ids = state
-            .by_user
-            .get(&(service.to_owned(), user.to_owned()))
-            .ok_or(RegistryError::NotFound)?;
-        Ok(ids
-            .iter()
-            .filter_map(|id| state.sessions.get(id).cloned())
-            .collect())
+    pub async fn get_user(
+        &self,
+        service: &str,
+        user: &str,
+    ) -> Result<Vec<SessionInfo>, RegistryError> {
+        match self {
+            Self::Memory(store) => store.get_user(service, user),
+            Self::Redis(store) => store.get_user(service, user).await,
+        }
     }
 
     /// Returns one session.
     ///
     /// # Errors
     /// [`RegistryError::NotFound`] when it does not exist.
-    pub fn lookup(&self, session_id: &str) -> Result<SessionInfo, RegistryError> {
-        self.lock()
-            .sessions
-            .get(session_id)
-            .cloned()
-            .ok_or(RegistryError::NotFound)
+    pub async fn lookup(&self, session_id: &str) -> Result<SessionInfo, RegistryError> {
+        match self {
+            Self::Memory(store) => store.lookup(session_id),
+            Self::Redis(store) => store.lookup(session_id).await,
+        }
     }
 
     /// Records a heartbeat; re-learns sessions the gateway holds that the index lost.
-    pub fn heartbeat(&self, gateway_id: &str, sessions: Vec<SessionInfo>) {
-        let mut state = self.lock();
-        state.gateways.insert(gateway_id.to_owned(), Instant::now());
-        for session in sessions {
-            if !state.sessions.contains_key(&session.session_id) {
-                state.insert(session);
+    ///
+    /// # Errors
+    /// [`RegistryError::Unavailable`] when Redis cannot be reached.
+    pub async fn heartbeat(
+        &self,
+        gateway_id: &str,
+        sessions: Vec<SessionInfo>,
+    ) -> Result<(), RegistryError> {
+        match self {
+            Self::Memory(store) => {
+                store.heartbeat(gateway_id, sessions);
+                Ok(())
             }
+            Self::Redis(store) => store.heartbeat(gateway_id, &sessions).await,
         }
     }
 
     /// Removes the sessions of every gateway silent for longer than `timeout`; returns how many.
-    pub fn reap(&self, timeout: Duration) -> usize {
-        let mut state = self.lock();
-        let now = Instant::now();
-        let dead: Vec<String> = state
-            .gateways
-            .iter()
-            .filter(|(_, last)| now.duration_since(**last) > timeout)
-            .map(|(id, _)| id.clone())
-            .collect();
-        if dead.is_empty() {
-            return 0;
+    ///
+    /// # Errors
+    /// [`RegistryError::Unavailable`] when Redis cannot be reached.
+    pub async fn reap(&self, timeout: Duration) -> Result<usize, RegistryError> {
+        match self {
+            Self::Memory(store) => Ok(store.reap(timeout)),
+            Self::Redis(store) => store.reap(timeout).await,
         }
-        for gateway in &dead {
-            state.gateways.remove(gateway);
-        }
-        let doomed: Vec<String> = state
-            .sessions
-            .values()
-            .filter(|session| dead.contains(&session.gateway_id))
-            .map(|session| session.session_id.clone())
-            .collect();
-        for session_id in &doomed {
-            state.remove(session_id);
-        }
-        doomed.len()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn session(id: &str, user: &str, gateway: &str) -> SessionInfo {
-        SessionInfo {
-            session_id: id.into(),
-            user: user.into(),
-            gateway_id: gateway.into(),
-            ..SessionInfo::default()
-        }
-    }
-
-    #[test]
-    fn test_register_list_get_unregister() {
-        let store = MemoryStore::new();
-        store.register(session("s1", "u", "g")).expect("register");
-        store.register(session("s2", "u", "g")).expect("register");
-        assert_eq!(
-            store.register(session("s1", "v", "g")),
-            Err(RegistryError::DuplicateSession)
-        );
-        assert_eq!(
-            store.list_users(""),
-            vec![("u".to_owned(), vec!["s1".to_owned(), "s2".to_owned()])]
-        );
-        store.unregister("s1");
-        assert_eq!(store.get_user("", "u").map(|s| s.len()), Ok(1));
-        store.unregister("s2");
-        assert_eq!(store.get_user("", "u"), Err(RegistryError::NotFound));
-        assert!(store.list_users("").is_empty());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn test_reap_silent_gateway() {
-        let store = MemoryStore::new();
-        store.register(session("a", "u", "g1")).expect("register");
-        store.register(session("b", "u", "g2")).expect("register");
-        tokio::time::advance(Duration::from_secs(10)).await;
-        store.heartbeat("g2", vec![]);
-        tokio::time::advance(Duration::from_secs(6)).await;
-        assert_eq!(store.reap(Duration::from_secs(15)), 1);
-        assert_eq!(store.lookup("a"), Err(RegistryError::NotFound));
-        assert!(store.lookup("b").is_ok());
     }
 }

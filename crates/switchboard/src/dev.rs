@@ -133,7 +133,15 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
     tasks.spawn(async move {
         log_exit(
             "registry",
-            switchboard_session_registry::serve(registry_config, registry_listener, token).await,
+            switchboard_session_registry::serve(
+                registry_config,
+                switchboard_session_registry::Store::Memory(
+                    switchboard_session_registry::MemoryStore::new(),
+                ),
+                registry_listener,
+                token,
+            )
+            .await,
         );
     });
     let token = shutdown.clone();

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use switchboard::dev::{self, DevConfig};
+use switchboard::roles;
 use switchboard::settings::{DEFAULT_LISTEN, DEV_ADMIN_PASSWORD, Settings};
+use tokio_util::sync::CancellationToken;
 
 /// Switchboard: a real-time WebSocket API platform.
 #[derive(Debug, Parser)]
@@ -22,6 +24,31 @@ struct Cli {
 enum Command {
     /// Runs auth, registry, bus and a gateway in one process, in memory (no Redis).
     Dev(Settings),
+    /// Runs the auth service (gRPC).
+    Auth(Settings),
+    /// Runs a session-registry replica (gRPC, state in Redis).
+    Registry(Settings),
+    /// Runs an event-bus replica (gRPC, publishes into Redis).
+    Bus(Settings),
+    /// Runs a gateway replica (WebSocket, SessionControl gRPC, Redis subscriber).
+    Gateway(Settings),
+}
+
+/// Runs one role until SIGINT/SIGTERM, then lets it drain.
+async fn run_role<F>(role: impl FnOnce(CancellationToken) -> F) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let shutdown = CancellationToken::new();
+    let mut task = tokio::spawn(role(shutdown.clone()));
+    tokio::select! {
+        () = shutdown_signal() => {
+            tracing::info!("shutting down");
+            shutdown.cancel();
+            task.await?
+        }
+        result = &mut task => result?,
+    }
 }
 
 fn init_tracing() {
@@ -95,14 +122,26 @@ async fn run_dev(settings: Settings) -> anyhow::Result<()> {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let result = match cli.command {
-        Command::Dev(settings) => match settings.resolve(cli.config.as_ref()) {
-            Ok(settings) => run_dev(settings).await,
-            Err(error) => {
-                eprintln!("error: {error:#}");
-                return ExitCode::from(64);
-            }
-        },
+    let (command, settings) = match cli.command {
+        Command::Dev(settings) => ("dev", settings),
+        Command::Auth(settings) => ("auth", settings),
+        Command::Registry(settings) => ("registry", settings),
+        Command::Bus(settings) => ("bus", settings),
+        Command::Gateway(settings) => ("gateway", settings),
+    };
+    let settings = match settings.resolve(cli.config.as_ref()) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::from(64);
+        }
+    };
+    let result = match command {
+        "auth" => run_role(|token| roles::auth(settings, token)).await,
+        "registry" => run_role(|token| roles::registry(settings, token)).await,
+        "bus" => run_role(|token| roles::bus(settings, token)).await,
+        "gateway" => run_role(|token| roles::gateway(settings, token)).await,
+        _ => run_dev(settings).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

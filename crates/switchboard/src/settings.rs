@@ -56,6 +56,37 @@ pub struct Settings {
     /// Deadline of calls between services [default: 5s].
     #[arg(long, env = "SWITCHBOARD_RPC_TIMEOUT")]
     pub rpc_timeout: Option<String>,
+    /// gRPC listen address of auth, registry or bus [defaults: 0.0.0.0:9101, :9102, :9103].
+    #[arg(long, env = "SWITCHBOARD_GRPC_LISTEN")]
+    pub grpc_listen: Option<String>,
+    /// Redis of the registry, the bus and the gateways [default: redis://127.0.0.1:6379].
+    #[arg(long, env = "SWITCHBOARD_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Auth service for gateways [default: http://127.0.0.1:9101].
+    #[arg(long, env = "SWITCHBOARD_AUTH_URL")]
+    pub auth_url: Option<String>,
+    /// Session registry for gateways [default: http://127.0.0.1:9102].
+    #[arg(long, env = "SWITCHBOARD_REGISTRY_URL")]
+    pub registry_url: Option<String>,
+    /// Event bus for gateways [default: http://127.0.0.1:9103].
+    #[arg(long, env = "SWITCHBOARD_BUS_URL")]
+    pub bus_url: Option<String>,
+    /// Gateway SessionControl gRPC listen address [default: 0.0.0.0:9104].
+    #[arg(long, env = "SWITCHBOARD_CONTROL_LISTEN")]
+    pub control_listen: Option<String>,
+    /// Address other replicas use to reach this gateway's SessionControl [default: the
+    /// listen address, or this host's address towards the registry when listening on 0.0.0.0].
+    #[arg(long, env = "SWITCHBOARD_CONTROL_ADVERTISE")]
+    pub control_advertise: Option<String>,
+    /// This gateway's identity in the registry [default: a fresh UUID].
+    #[arg(long, env = "SWITCHBOARD_GATEWAY_ID")]
+    pub gateway_id: Option<String>,
+    /// Interval of gateway heartbeats to the registry [default: 5s].
+    #[arg(long, env = "SWITCHBOARD_HEARTBEAT_INTERVAL")]
+    pub heartbeat_interval: Option<String>,
+    /// Silence after which the registry reaps a gateway's sessions [default: 15s].
+    #[arg(long, env = "SWITCHBOARD_GATEWAY_TIMEOUT")]
+    pub gateway_timeout: Option<String>,
 }
 
 macro_rules! or_file {
@@ -94,6 +125,16 @@ impl Settings {
             cmd_timeout,
             cmd_max_timeout,
             rpc_timeout,
+            grpc_listen,
+            redis_url,
+            auth_url,
+            registry_url,
+            bus_url,
+            control_listen,
+            control_advertise,
+            gateway_id,
+            heartbeat_interval,
+            gateway_timeout,
         )
     }
 
@@ -143,18 +184,48 @@ impl Settings {
                 "cmd_max_timeout",
             ),
             (&self.rpc_timeout, &mut config.rpc_timeout, "rpc_timeout"),
+            (
+                &self.heartbeat_interval,
+                &mut config.heartbeat_interval,
+                "heartbeat_interval",
+            ),
         ] {
             if let Some(text) = text {
                 *slot = parse_duration(text).with_context(|| format!("invalid {name}"))?;
             }
         }
         anyhow::ensure!(
-            !config.ping_interval.is_zero(),
-            "ping_interval must be above zero"
+            !config.ping_interval.is_zero() && !config.heartbeat_interval.is_zero(),
+            "ping_interval and heartbeat_interval must be above zero"
         );
+        if let Some(gateway_id) = &self.gateway_id {
+            config.gateway_id = gateway_id.clone();
+        }
         Ok(())
     }
+
+    /// Returns the registry settings.
+    ///
+    /// # Errors
+    /// When a value does not parse.
+    pub fn registry_config(&self) -> anyhow::Result<switchboard_session_registry::Config> {
+        let mut config = switchboard_session_registry::Config::default();
+        if let Some(text) = &self.gateway_timeout {
+            config.gateway_timeout = parse_duration(text).context("invalid gateway_timeout")?;
+        }
+        Ok(config)
+    }
+
+    /// Returns the Redis URL.
+    pub fn redis_url(&self) -> String {
+        self.redis_url
+            .clone()
+            .unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned())
+    }
 }
+
+/// Default Redis of the scaled deployment.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 
 fn parse_duration(text: &str) -> anyhow::Result<Duration> {
     Ok(humantime::parse_duration(text)?)

@@ -1,0 +1,230 @@
+//! The Redis engine: PUBLISH through one auto-reconnecting multiplexed connection (pipelined,
+//! one round trip per event), SUBSCRIBE through one pub/sub connection per gateway owned by
+//! an actor task that reconnects with capped exponential backoff and re-subscribes every
+//! channel it holds.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{BrokerError, Deliver};
+
+/// How long one Redis operation may take before it counts as unavailable.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(2);
+/// First and longest wait between reconnection attempts.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+fn unavailable(error: impl fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(error.to_string())
+}
+
+/// Publishes into Redis; cheap to clone.
+#[derive(Clone)]
+pub struct RedisBroker {
+    client: redis::Client,
+    publisher: ConnectionManager,
+}
+
+impl fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBroker").finish_non_exhaustive()
+    }
+}
+
+impl RedisBroker {
+    /// Connects the publishing connection to `url` (`redis://host:port`).
+    ///
+    /// The connection manager keeps reconnecting in the background; it does not need Redis to
+    /// be up when this returns.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] for an invalid URL.
+    pub async fn connect(url: &str) -> Result<Self, BrokerError> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(OPERATION_TIMEOUT))
+            .set_response_timeout(Some(OPERATION_TIMEOUT))
+            .set_number_of_retries(1);
+        let publisher =
+            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(unavailable)?;
+        Ok(Self { client, publisher })
+    }
+
+    pub(crate) async fn publish(
+        &self,
+        channels: &[String],
+        payload: &Bytes,
+    ) -> Result<(), BrokerError> {
+        let mut pipe = redis::pipe();
+        for channel in channels {
+            pipe.publish(channel, payload.as_ref()).ignore();
+        }
+        let mut connection = self.publisher.clone();
+        tokio::time::timeout(OPERATION_TIMEOUT, pipe.query_async::<()>(&mut connection))
+            .await
+            .map_err(|_| unavailable("redis publish timed out"))?
+            .map_err(unavailable)
+    }
+
+    pub(crate) fn subscriber(&self, sink: Arc<dyn Deliver>) -> RedisSubscriber {
+        let (commands_tx, commands_rx) = mpsc::channel(1024);
+        tokio::spawn(subscriber_actor(self.client.clone(), commands_rx, sink));
+        RedisSubscriber { commands_tx }
+    }
+}
+
+enum Command {
+    Subscribe(String, oneshot::Sender<Result<(), BrokerError>>),
+    Unsubscribe(String, oneshot::Sender<Result<(), BrokerError>>),
+}
+
+/// A gateway's pub/sub connection, driven by its actor; the actor stops when this is dropped.
+#[derive(Debug)]
+pub struct RedisSubscriber {
+    commands_tx: mpsc::Sender<Command>,
+}
+
+impl RedisSubscriber {
+    async fn call(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<(), BrokerError>>) -> Command,
+    ) -> Result<(), BrokerError> {
+        let (done_tx, done_rx) = oneshot::channel();
+        self.commands_tx
+            .send(make(done_tx))
+            .await
+            .map_err(|_| unavailable("subscriber stopped"))?;
+        done_rx
+            .await
+            .map_err(|_| unavailable("subscriber stopped"))?
+    }
+
+    pub(crate) async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
+        let channel = channel.to_owned();
+        self.call(|done| Command::Subscribe(channel, done)).await
+    }
+
+    pub(crate) async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError> {
+        let channel = channel.to_owned();
+        self.call(|done| Command::Unsubscribe(channel, done)).await
+    }
+}
+
+/// Owns the pub/sub connection: applies (un)subscribe commands, hands messages to `sink`,
+/// reconnects and re-subscribes after a failure.
+async fn subscriber_actor(
+    client: redis::Client,
+    mut commands_rx: mpsc::Receiver<Command>,
+    sink: Arc<dyn Deliver>,
+) {
+    // Channels the gateway wants, whatever the connection state.
+    let mut channels: HashSet<String> = HashSet::new();
+    let mut backoff = BACKOFF_MIN;
+    let mut was_connected = false;
+    loop {
+        let connected = tokio::time::timeout(OPERATION_TIMEOUT, client.get_async_pubsub()).await;
+        let pubsub = match connected {
+            Ok(Ok(pubsub)) => pubsub,
+            failure => {
+                let error = match failure {
+                    Ok(Err(error)) => error.to_string(),
+                    _ => "connect timed out".to_owned(),
+                };
+                tracing::warn!(%error, retry_in = ?backoff, "redis subscriber connection failed");
+                if !refuse_commands_for(&mut commands_rx, &mut channels, backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        let (mut redis_sink, mut stream) = pubsub.split();
+        if !channels.is_empty() {
+            let all: Vec<&String> = channels.iter().collect();
+            match tokio::time::timeout(OPERATION_TIMEOUT, redis_sink.subscribe(all)).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    tracing::warn!("re-subscribing after reconnection failed");
+                    continue;
+                }
+            }
+        }
+        if was_connected {
+            tracing::info!(
+                channels = channels.len(),
+                "redis subscriber reconnected and re-subscribed"
+            );
+        }
+        was_connected = true;
+        backoff = BACKOFF_MIN;
+        loop {
+            tokio::select! {
+                command = commands_rx.recv() => {
+                    let Some(command) = command else { return };
+                    let result = match command {
+                        Command::Subscribe(channel, done) => {
+                            let result = tokio::time::timeout(OPERATION_TIMEOUT, redis_sink.subscribe(&channel)).await;
+                            let ok = matches!(result, Ok(Ok(())));
+                            if ok {
+                                channels.insert(channel);
+                                let _ = done.send(Ok(()));
+                            } else {
+                                let _ = done.send(Err(unavailable("redis subscribe failed")));
+                            }
+                            ok
+                        }
+                        Command::Unsubscribe(channel, done) => {
+                            channels.remove(&channel);
+                            let result = tokio::time::timeout(OPERATION_TIMEOUT, redis_sink.unsubscribe(&channel)).await;
+                            let _ = done.send(Ok(()));
+                            matches!(result, Ok(Ok(())))
+                        }
+                    };
+                    if !result {
+                        break;
+                    }
+                }
+                message = stream.next() => {
+                    let Some(message) = message else { break };
+                    let channel = message.get_channel_name();
+                    let payload = Bytes::copy_from_slice(message.get_payload_bytes());
+                    sink.deliver(channel, &payload);
+                }
+            }
+        }
+        tracing::warn!("redis subscriber connection lost, reconnecting");
+    }
+}
+
+/// While Redis is unreachable: answer subscribes with `Unavailable` and apply unsubscribes to
+/// the wanted set, for `wait`. Returns false when the subscriber was dropped.
+async fn refuse_commands_for(
+    commands_rx: &mut mpsc::Receiver<Command>,
+    channels: &mut HashSet<String>,
+    wait: Duration,
+) -> bool {
+    let deadline = tokio::time::sleep(wait);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            () = &mut deadline => return true,
+            command = commands_rx.recv() => match command {
+                None => return false,
+                Some(Command::Subscribe(_, done)) => {
+                    let _ = done.send(Err(unavailable("redis is unreachable")));
+                }
+                Some(Command::Unsubscribe(channel, done)) => {
+                    channels.remove(&channel);
+                    let _ = done.send(Ok(()));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! The memory and Redis engines deliver the same way; the Redis subscriber survives a restart.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use switchboard_broker::{Broker, Deliver, MemoryBroker, RedisBroker};
+use switchboard_test_support::RedisServer;
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<(String, Bytes)>>);
+
+impl Deliver for Recorder {
+    fn deliver(&self, channel: &str, payload: &Bytes) {
+        self.0
+            .lock()
+            .expect("lock")
+            .push((channel.to_owned(), payload.clone()));
+    }
+}
+
+impl Recorder {
+    fn take(&self) -> Vec<(String, Bytes)> {
+        std::mem::take(&mut *self.0.lock().expect("lock"))
+    }
+
+    async fn wait_for(&self, count: usize) -> Vec<(String, Bytes)> {
+        for _ in 0..200 {
+            if self.0.lock().expect("lock").len() >= count {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.take()
+    }
+}
+
+async fn suite(broker: Broker) {
+    let first = Arc::new(Recorder::default());
+    let second = Arc::new(Recorder::default());
+    let first_sub = broker.subscriber(first.clone());
+    let second_sub = broker.subscriber(second.clone());
+    first_sub.subscribe("a").await.expect("subscribe");
+    first_sub.subscribe("b").await.expect("subscribe");
+    second_sub.subscribe("b").await.expect("subscribe");
+    broker
+        .publish(
+            &["a".into(), "b".into(), "c".into()],
+            Bytes::from_static(b"1"),
+        )
+        .await
+        .expect("publish");
+    let mut got = first.wait_for(2).await;
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("a".into(), Bytes::from_static(b"1")),
+            ("b".into(), Bytes::from_static(b"1"))
+        ]
+    );
+    assert_eq!(
+        second.wait_for(1).await,
+        vec![("b".into(), Bytes::from_static(b"1"))]
+    );
+    first_sub.unsubscribe("a").await.expect("unsubscribe");
+    broker
+        .publish(&["a".into()], Bytes::from_static(b"2"))
+        .await
+        .expect("publish");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(first.take().is_empty(), "nothing after unsubscribe");
+}
+
+#[tokio::test]
+async fn test_memory_engine() {
+    suite(Broker::Memory(MemoryBroker::new())).await;
+}
+
+#[tokio::test]
+async fn test_redis_engine() {
+    let redis = RedisServer::start();
+    suite(Broker::Redis(
+        RedisBroker::connect(&redis.url()).await.expect("url"),
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn test_redis_restart_resubscribes() {
+    let mut redis = RedisServer::start();
+    let broker = Broker::Redis(RedisBroker::connect(&redis.url()).await.expect("url"));
+    let recorder = Arc::new(Recorder::default());
+    let subscriber = broker.subscriber(recorder.clone());
+    subscriber.subscribe("kept").await.expect("subscribe");
+    redis.stop();
+    assert!(
+        broker
+            .publish(&["kept".into()], Bytes::from_static(b"x"))
+            .await
+            .is_err()
+    );
+    assert!(
+        subscriber.subscribe("new").await.is_err(),
+        "subscribe fails while Redis is down"
+    );
+    redis.restart();
+    let mut delivered = false;
+    for _ in 0..100 {
+        let _ = broker
+            .publish(&["kept".into()], Bytes::from_static(b"back"))
+            .await;
+        if !recorder.wait_for(1).await.is_empty() {
+            delivered = true;
+            break;
+        }
+    }
+    assert!(delivered, "delivery resumes on the re-subscribed channel");
+}

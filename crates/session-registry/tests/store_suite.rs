@@ -1,0 +1,142 @@
+//! One suite, two backends: the in-memory index and the Redis index behave the same.
+
+use std::time::Duration;
+
+use switchboard_proto::v1::SessionInfo;
+use switchboard_session_registry::{MemoryStore, RedisStore, RegistryError, Store};
+use switchboard_test_support::RedisServer;
+
+fn session(id: &str, user: &str, gateway: &str) -> SessionInfo {
+    SessionInfo {
+        session_id: id.into(),
+        service: String::new(),
+        user: user.into(),
+        r#type: "api_server".into(),
+        remote: "ws:127.0.0.1:1".into(),
+        meta_json: r#"{"k":1}"#.into(),
+        gateway_id: gateway.into(),
+        control_addr: "127.0.0.1:2".into(),
+    }
+}
+
+async fn suite(store: Store) {
+    store
+        .register(session("s1", "u", "g1"))
+        .await
+        .expect("register");
+    store
+        .register(session("s2", "u", "g1"))
+        .await
+        .expect("register");
+    store
+        .register(session("s3", "v", "g2"))
+        .await
+        .expect("register");
+    assert_eq!(
+        store.register(session("s1", "w", "g2")).await,
+        Err(RegistryError::DuplicateSession)
+    );
+    // A user name that looks like a key separator cannot collide with another user.
+    store
+        .register(session("s4", "u:x", "g2"))
+        .await
+        .expect("register");
+    let users = store.list_users("").await.expect("list");
+    assert_eq!(
+        users,
+        vec![
+            ("u".to_owned(), vec!["s1".to_owned(), "s2".to_owned()]),
+            ("u:x".to_owned(), vec!["s4".to_owned()]),
+            ("v".to_owned(), vec!["s3".to_owned()]),
+        ]
+    );
+    assert!(store.list_users("other").await.expect("list").is_empty());
+    let sessions = store.get_user("", "u").await.expect("get");
+    assert_eq!(sessions.len(), 2);
+    assert_eq!(sessions[0].meta_json, r#"{"k":1}"#);
+    assert_eq!(
+        store.get_user("", "nobody").await,
+        Err(RegistryError::NotFound)
+    );
+    assert_eq!(store.lookup("s3").await.expect("lookup").gateway_id, "g2");
+    assert_eq!(store.lookup("nope").await, Err(RegistryError::NotFound));
+
+    store.unregister("s1").await.expect("unregister");
+    store
+        .unregister("s1")
+        .await
+        .expect("unregister twice is fine");
+    store.unregister("s2").await.expect("unregister");
+    assert_eq!(store.get_user("", "u").await, Err(RegistryError::NotFound));
+
+    // g2 keeps heartbeating, g1 (which holds s5) goes silent and is reaped.
+    store
+        .register(session("s5", "u", "g1"))
+        .await
+        .expect("register");
+    store
+        .heartbeat("g1", vec![session("s5", "u", "g1")])
+        .await
+        .expect("heartbeat");
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        store
+            .heartbeat(
+                "g2",
+                vec![session("s3", "v", "g2"), session("s4", "u:x", "g2")],
+            )
+            .await
+            .expect("heartbeat");
+    }
+    assert_eq!(store.reap(Duration::from_millis(400)).await, Ok(1));
+    assert_eq!(store.lookup("s5").await, Err(RegistryError::NotFound));
+    assert!(store.lookup("s3").await.is_ok());
+
+    // A heartbeat re-learns sessions the index lost.
+    store.unregister("s3").await.expect("unregister");
+    store
+        .heartbeat(
+            "g2",
+            vec![session("s3", "v", "g2"), session("s4", "u:x", "g2")],
+        )
+        .await
+        .expect("heartbeat");
+    assert!(store.lookup("s3").await.is_ok());
+}
+
+#[tokio::test]
+async fn test_memory_store() {
+    suite(Store::Memory(MemoryStore::new())).await;
+}
+
+#[tokio::test]
+async fn test_redis_store() {
+    let redis = RedisServer::start();
+    let store = RedisStore::connect(&redis.url()).expect("url");
+    suite(Store::Redis(store)).await;
+}
+
+#[tokio::test]
+async fn test_redis_store_down_is_unavailable_then_recovers() {
+    let mut redis = RedisServer::start();
+    let store = Store::Redis(RedisStore::connect(&redis.url()).expect("url"));
+    store
+        .register(session("a", "u", "g"))
+        .await
+        .expect("register");
+    redis.stop();
+    assert!(matches!(
+        store.lookup("a").await,
+        Err(RegistryError::Unavailable(_))
+    ));
+    redis.restart();
+    let mut recovered = false;
+    for _ in 0..50 {
+        if store.register(session("b", "u", "g")).await.is_ok() {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "the store reconnects by itself");
+}

@@ -1,0 +1,161 @@
+//! One service per process: `switchboard auth|registry|bus|gateway`, as the scaled deployment
+//! runs them. Each binds its listeners, logs where, and serves until `shutdown` is cancelled.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+
+use anyhow::Context;
+use switchboard_broker::{Broker, RedisBroker};
+use switchboard_session_registry::{RedisStore, Store};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::settings::Settings;
+
+/// Default gRPC listener of the auth service.
+pub const DEFAULT_AUTH_LISTEN: &str = "0.0.0.0:9101";
+/// Default gRPC listener of the registry.
+pub const DEFAULT_REGISTRY_LISTEN: &str = "0.0.0.0:9102";
+/// Default gRPC listener of the bus.
+pub const DEFAULT_BUS_LISTEN: &str = "0.0.0.0:9103";
+/// Default WebSocket listener of a gateway.
+pub const DEFAULT_GATEWAY_LISTEN: &str = "0.0.0.0:9010";
+/// Default SessionControl listener of a gateway.
+pub const DEFAULT_CONTROL_LISTEN: &str = "0.0.0.0:9104";
+
+async fn bind(address: &str, what: &str) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot bind {what} on {address}"))?;
+    tracing::info!(address = %listener.local_addr()?, "{what} listening");
+    Ok(listener)
+}
+
+/// Runs the auth service. Refuses to start without an admin password.
+///
+/// # Errors
+/// On a missing password, a bind failure or a transport error.
+pub async fn auth(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let admin_password = settings.admin_password.clone().context(
+        "the auth service needs an admin password (--admin-password or SWITCHBOARD_ADMIN_PASSWORD)",
+    )?;
+    let mut config = switchboard_auth::Config {
+        admin_password: Some(admin_password),
+        ..switchboard_auth::Config::default()
+    };
+    if let Some(user) = &settings.admin_user {
+        config.admin_user = user.clone();
+    }
+    let listen = settings
+        .grpc_listen
+        .as_deref()
+        .unwrap_or(DEFAULT_AUTH_LISTEN);
+    let listener = bind(listen, "auth gRPC").await?;
+    switchboard_auth::serve(config, listener, shutdown.cancelled_owned()).await?;
+    Ok(())
+}
+
+/// Runs a registry replica over Redis.
+///
+/// # Errors
+/// On an invalid setting, a bind failure or a transport error.
+pub async fn registry(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let config = settings.registry_config()?;
+    let store = RedisStore::connect(&settings.redis_url())
+        .map_err(|error| anyhow::anyhow!("invalid redis_url: {error:?}"))?;
+    let listen = settings
+        .grpc_listen
+        .as_deref()
+        .unwrap_or(DEFAULT_REGISTRY_LISTEN);
+    let listener = bind(listen, "registry gRPC").await?;
+    switchboard_session_registry::serve(config, Store::Redis(store), listener, shutdown).await?;
+    Ok(())
+}
+
+/// Runs a bus replica publishing into Redis.
+///
+/// # Errors
+/// On an invalid setting, a bind failure or a transport error.
+pub async fn bus(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let broker = RedisBroker::connect(&settings.redis_url())
+        .await
+        .context("invalid redis_url")?;
+    let listen = settings
+        .grpc_listen
+        .as_deref()
+        .unwrap_or(DEFAULT_BUS_LISTEN);
+    let listener = bind(listen, "bus gRPC").await?;
+    switchboard_event_bus::serve(Broker::Redis(broker), listener, shutdown.cancelled_owned())
+        .await?;
+    Ok(())
+}
+
+/// Finds the address other replicas can reach this host at: the local address of a route
+/// towards `peer_url` (no packet is sent).
+fn local_address_towards(peer_url: &str) -> Option<IpAddr> {
+    let authority = peer_url.split("://").nth(1).unwrap_or(peer_url);
+    let authority = authority.split('/').next()?;
+    let target = std::net::ToSocketAddrs::to_socket_addrs(authority)
+        .ok()?
+        .next()?;
+    let bind = if target.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let socket = UdpSocket::bind(bind).ok()?;
+    socket.connect(target).ok()?;
+    Some(socket.local_addr().ok()?.ip())
+}
+
+fn advertised_control(settings: &Settings, bound: SocketAddr, registry_url: &str) -> String {
+    if let Some(advertise) = &settings.control_advertise {
+        return advertise.clone();
+    }
+    if !bound.ip().is_unspecified() {
+        return bound.to_string();
+    }
+    let ip = local_address_towards(registry_url).unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    SocketAddr::new(ip, bound.port()).to_string()
+}
+
+/// Runs a gateway replica: WebSockets, SessionControl, Redis subscriber.
+///
+/// # Errors
+/// On an invalid setting, a bind failure or a transport error.
+pub async fn gateway(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let auth_url = settings
+        .auth_url
+        .clone()
+        .unwrap_or_else(|| "http://127.0.0.1:9101".into());
+    let registry_url = settings
+        .registry_url
+        .clone()
+        .unwrap_or_else(|| "http://127.0.0.1:9102".into());
+    let bus_url = settings
+        .bus_url
+        .clone()
+        .unwrap_or_else(|| "http://127.0.0.1:9103".into());
+    let mut config =
+        switchboard_gateway::Config::new(String::new(), auth_url, registry_url.clone(), bus_url);
+    settings.apply_to_gateway(&mut config)?;
+    let broker = RedisBroker::connect(&settings.redis_url())
+        .await
+        .context("invalid redis_url")?;
+    let ws_listen = settings.listen.as_deref().unwrap_or(DEFAULT_GATEWAY_LISTEN);
+    let control_listen = settings
+        .control_listen
+        .as_deref()
+        .unwrap_or(DEFAULT_CONTROL_LISTEN);
+    let ws_listener = bind(ws_listen, "gateway WebSocket").await?;
+    let control_listener = bind(control_listen, "gateway SessionControl").await?;
+    config.control_addr =
+        advertised_control(&settings, control_listener.local_addr()?, &registry_url);
+    tracing::info!(gateway.id = %config.gateway_id, control = %config.control_addr, "gateway starting");
+    println!(
+        "switchboard gateway listening on ws://{}/api/ws",
+        ws_listener.local_addr()?
+    );
+    let gateway = switchboard_gateway::build(config, &Broker::Redis(broker))?;
+    switchboard_gateway::serve(gateway, ws_listener, control_listener, shutdown).await?;
+    Ok(())
+}
