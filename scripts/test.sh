@@ -6,11 +6,16 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 if ((${#need_apt[@]})); then
     sudo_cmd=""
     [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
     $sudo_cmd apt-get update -qq
     $sudo_cmd apt-get install -y -qq "${need_apt[@]}"
+fi
+# Tests start their own redis-server on free loopback ports; a system service is not needed.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet redis-server 2>/dev/null; then
+    : # a running system Redis is left alone; tests never use it
 fi
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
 

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -68,7 +70,12 @@ impl Client {
 
     /// Connects to gateway `index` and logs in as `user`.
     pub async fn login_to(running: &Running, index: usize, user: &str, password: &str) -> Client {
-        let mut client = Client::connect(&running.ws_url(index)).await;
+        Client::login_at(&running.ws_url(index), user, password).await
+    }
+
+    /// Connects to `url` and logs in as `user`.
+    pub async fn login_at(url: &str, user: &str, password: &str) -> Client {
+        let mut client = Client::connect(url).await;
         let reply = client
             .request("user", "login", json!({"user": user, "password": password}))
             .await;

@@ -1,0 +1,187 @@
+//! A cluster of real processes: a private redis-server, `switchboard auth`, `registry`, `bus`
+//! and N `switchboard gateway`s, all on free loopback ports. Everything is killed on drop.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use switchboard_test_support::{RedisServer, free_port, wait_for_port};
+
+/// Admin password of the cluster's auth service.
+pub const CLUSTER_ADMIN_PASSWORD: &str = "cluster-admin-password";
+/// Registry reap timeout used by the cluster tests.
+pub const GATEWAY_TIMEOUT: Duration = Duration::from_secs(2);
+
+struct Service {
+    args: Vec<String>,
+    ports: Vec<u16>,
+    child: Option<Child>,
+}
+
+/// The running processes.
+pub struct Cluster {
+    pub redis: RedisServer,
+    services: BTreeMap<String, Service>,
+    log_dir: PathBuf,
+    pub gateway_ports: Vec<u16>,
+}
+
+impl Cluster {
+    /// Starts Redis, the three services and `gateways` gateways.
+    pub fn start(gateways: usize) -> Cluster {
+        let redis = RedisServer::start();
+        let log_dir = std::env::temp_dir().join(format!(
+            "switchboard-cluster-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&log_dir).expect("log dir");
+        let mut cluster = Cluster {
+            redis,
+            services: BTreeMap::new(),
+            log_dir,
+            gateway_ports: Vec::new(),
+        };
+        let redis_url = cluster.redis.url();
+        let (auth, registry, bus) = (free_port(), free_port(), free_port());
+        cluster.add(
+            "auth",
+            vec![auth],
+            &[
+                "auth",
+                "--grpc-listen",
+                &format!("127.0.0.1:{auth}"),
+                "--admin-password",
+                CLUSTER_ADMIN_PASSWORD,
+            ],
+        );
+        cluster.add(
+            "registry",
+            vec![registry],
+            &[
+                "registry",
+                "--grpc-listen",
+                &format!("127.0.0.1:{registry}"),
+                "--redis-url",
+                &redis_url,
+                "--gateway-timeout",
+                "2s",
+            ],
+        );
+        cluster.add(
+            "bus",
+            vec![bus],
+            &[
+                "bus",
+                "--grpc-listen",
+                &format!("127.0.0.1:{bus}"),
+                "--redis-url",
+                &redis_url,
+            ],
+        );
+        for index in 0..gateways {
+            let (ws, control) = (free_port(), free_port());
+            cluster.add(
+                &format!("gateway{index}"),
+                vec![ws, control],
+                &[
+                    "gateway",
+                    "--listen",
+                    &format!("127.0.0.1:{ws}"),
+                    "--control-listen",
+                    &format!("127.0.0.1:{control}"),
+                    "--auth-url",
+                    &format!("http://127.0.0.1:{auth}"),
+                    "--registry-url",
+                    &format!("http://127.0.0.1:{registry}"),
+                    "--bus-url",
+                    &format!("http://127.0.0.1:{bus}"),
+                    "--redis-url",
+                    &redis_url,
+                    "--heartbeat-interval",
+                    "300ms",
+                    "--rpc-timeout",
+                    "2s",
+                    "--cmd-timeout",
+                    "1s",
+                ],
+            );
+            cluster.gateway_ports.push(ws);
+        }
+        cluster
+    }
+
+    fn add(&mut self, name: &str, ports: Vec<u16>, args: &[&str]) {
+        self.services.insert(
+            name.to_owned(),
+            Service {
+                args: args.iter().map(|arg| (*arg).to_owned()).collect(),
+                ports,
+                child: None,
+            },
+        );
+        self.restart(name);
+    }
+
+    /// Returns the WebSocket URL of gateway `index`.
+    pub fn ws_url(&self, index: usize) -> String {
+        format!("ws://127.0.0.1:{}/api/ws", self.gateway_ports[index])
+    }
+
+    /// Starts (again) the service `name` with its original arguments and waits for its ports.
+    pub fn restart(&mut self, name: &str) {
+        let log = File::create(self.log_dir.join(format!("{name}.log"))).expect("log file");
+        let service = self.services.get_mut(name).expect("known service");
+        let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(&service.args)
+            .env("RUST_LOG", "info")
+            .env_remove("SWITCHBOARD_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("switchboard starts");
+        service.child = Some(child);
+        for port in &service.ports {
+            assert!(
+                wait_for_port(*port, Duration::from_secs(20)),
+                "{name} listens on {port} (log in {})",
+                self.log_dir.display()
+            );
+        }
+    }
+
+    /// Kills `name` with SIGKILL, as a crash would.
+    pub fn kill(&mut self, name: &str) {
+        if let Some(mut child) = self.services.get_mut(name).and_then(|s| s.child.take()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM to `name` and waits for it to exit.
+    pub fn terminate(&mut self, name: &str) {
+        if let Some(mut child) = self.services.get_mut(name).and_then(|s| s.child.take()) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Returns the log of `name` so far.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.log_dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let names: Vec<String> = self.services.keys().cloned().collect();
+        for name in names {
+            self.kill(&name);
+        }
+        let _ = std::fs::remove_dir_all(&self.log_dir);
+    }
+}
