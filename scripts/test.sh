@@ -13,10 +13,7 @@ if ((${#need_apt[@]})); then
     $sudo_cmd apt-get update -qq
     $sudo_cmd apt-get install -y -qq "${need_apt[@]}"
 fi
-# Tests start their own redis-server on free loopback ports; a system service is not needed.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet redis-server 2>/dev/null; then
-    : # a running system Redis is left alone; tests never use it
-fi
+# Tests start their own redis-server on free loopback ports and never use a system one.
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
 
 jobs="${CARGO_BUILD_JOBS:-$(nproc)}"
