@@ -20,6 +20,10 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(2);
 /// First and longest wait between reconnection attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How often an idle pub/sub connection is checked with a PING.
+const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// Channels per SUBSCRIBE when re-subscribing after a reconnection.
+const RESUBSCRIBE_BATCH: usize = 1000;
 
 fn unavailable(error: impl fmt::Display) -> BrokerError {
     BrokerError::Unavailable(error.to_string())
@@ -146,15 +150,13 @@ async fn subscriber_actor(
             }
         };
         let (mut redis_sink, mut stream) = pubsub.split();
-        if !channels.is_empty() {
-            let all: Vec<&String> = channels.iter().collect();
-            match tokio::time::timeout(OPERATION_TIMEOUT, redis_sink.subscribe(all)).await {
-                Ok(Ok(())) => {}
-                _ => {
-                    tracing::warn!("re-subscribing after reconnection failed");
-                    continue;
-                }
+        if !resubscribe_all(&mut redis_sink, &channels).await {
+            tracing::warn!(retry_in = ?backoff, "re-subscribing after reconnection failed");
+            if !refuse_commands_for(&mut commands_rx, &mut channels, backoff).await {
+                return;
             }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            continue;
         }
         if was_connected {
             tracing::info!(
@@ -164,8 +166,17 @@ async fn subscriber_actor(
         }
         was_connected = true;
         backoff = BACKOFF_MIN;
+        // A connection dropped without a reset (NAT, failover) only shows when we talk.
+        let mut health = tokio::time::interval(HEALTH_CHECK_INTERVAL);
+        health.tick().await;
         loop {
             tokio::select! {
+                _ = health.tick() => {
+                    let pong = tokio::time::timeout(OPERATION_TIMEOUT, redis_sink.ping::<String>()).await;
+                    if !matches!(pong, Ok(Ok(_))) {
+                        break;
+                    }
+                }
                 command = commands_rx.recv() => {
                     let Some(command) = command else { return };
                     let result = match command {
@@ -201,6 +212,21 @@ async fn subscriber_actor(
         }
         tracing::warn!("redis subscriber connection lost, reconnecting");
     }
+}
+
+/// Subscribes every wanted channel again, in batches; false on failure.
+async fn resubscribe_all(
+    redis_sink: &mut redis::aio::PubSubSink,
+    channels: &HashSet<String>,
+) -> bool {
+    let all: Vec<&String> = channels.iter().collect();
+    for batch in all.chunks(RESUBSCRIBE_BATCH) {
+        let subscribed = tokio::time::timeout(OPERATION_TIMEOUT, redis_sink.subscribe(batch)).await;
+        if !matches!(subscribed, Ok(Ok(()))) {
+            return false;
+        }
+    }
+    true
 }
 
 /// While Redis is unreachable: answer subscribes with `Unavailable` and apply unsubscribes to

@@ -29,13 +29,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dispatch;
 use crate::gateway::Gateway;
-use crate::session::{CLOSE_GOING_AWAY, CLOSE_TOO_BIG, CmdAnswer, Outbound, SessionHandle};
+use crate::session::{
+    CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TOO_BIG, CmdAnswer, Outbound, SessionHandle,
+};
 
 /// The WebSocket path of the default service; `/api/ws/<service>` selects a named one.
 pub const WS_PATH: &str = "/api/ws";
 
 /// Most frames the writer batches into one flush.
 const WRITE_BATCH: usize = 256;
+/// How long the writer tries to deliver a close frame to a client that may not be reading.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Connection state owned by the reader.
 #[derive(Debug)]
@@ -265,44 +269,31 @@ async fn write_loop(
                 if let Some((code, reason)) = session.take_kill_reason()
                     && !reason.is_empty()
                 {
-                    let _ = tokio::time::timeout(config.write_timeout, sink.send(close_message(code, &reason))).await;
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(close_message(code, &reason))).await;
                 }
                 return;
             }
             next = outbound_rx.recv() => {
                 let Some(first) = next else { return };
-                let mut closing = false;
-                let mut batch = 0;
-                let mut pending = Some(first);
-                while let Some(frame) = pending.take() {
-                    let message = match frame {
-                        Outbound::Text(text) => Message::Text(text.into()),
-                        Outbound::Event(data) => Message::Text(frame::event_frame(session.next_tid(), &data).into()),
-                        Outbound::Close(code, reason) => {
-                            closing = true;
-                            close_message(code, &reason)
-                        }
-                    };
-                    if sink.feed(message).await.is_err() {
+                // A client that stops reading stalls the socket: bound the whole batch.
+                let batch = write_batch(&mut sink, &mut outbound_rx, &session, first);
+                match tokio::time::timeout(config.write_timeout, batch).await {
+                    Ok(Ok(BatchEnd::More)) => {}
+                    Ok(Ok(BatchEnd::Closed)) | Ok(Err(_)) => {
                         session.kill(CLOSE_GOING_AWAY, "");
                         return;
                     }
-                    batch += 1;
-                    if closing || batch >= WRITE_BATCH {
-                        break;
-                    }
-                    pending = outbound_rx.try_recv().ok();
-                }
-                match tokio::time::timeout(config.write_timeout, sink.flush()).await {
-                    Ok(Ok(())) => {}
-                    _ => {
-                        session.kill(CLOSE_GOING_AWAY, "");
+                    Err(_) => {
+                        tracing::warn!(conn.id = session.conn_id, "slow consumer disconnected: write timed out");
+                        session.kill(CLOSE_POLICY, "slow consumer: write timed out");
+                        // Try to send the close; the socket is likely still full.
+                        let _ = tokio::time::timeout(
+                            CLOSE_TIMEOUT,
+                            sink.send(close_message(CLOSE_POLICY, "slow consumer")),
+                        )
+                        .await;
                         return;
                     }
-                }
-                if closing {
-                    session.kill(CLOSE_GOING_AWAY, "");
-                    return;
                 }
             }
             _ = ping.tick() => {
@@ -312,13 +303,55 @@ async fn write_loop(
                     session.kill(CLOSE_GOING_AWAY, "");
                     return;
                 }
-                if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
+                let pinged = tokio::time::timeout(config.write_timeout, sink.send(Message::Ping(Vec::new().into()))).await;
+                if !matches!(pinged, Ok(Ok(()))) {
                     session.kill(CLOSE_GOING_AWAY, "");
                     return;
                 }
             }
         }
     }
+}
+
+/// How a batch of writes ended.
+enum BatchEnd {
+    /// The connection goes on.
+    More,
+    /// A close frame was written.
+    Closed,
+}
+
+/// Writes `first` and whatever else is already queued (up to [`WRITE_BATCH`] frames), then
+/// flushes once, so a burst of frames costs one write.
+async fn write_batch(
+    sink: &mut futures_util::stream::SplitSink<WebSocketStream<TcpStream>, Message>,
+    outbound_rx: &mut mpsc::Receiver<Outbound>,
+    session: &SessionHandle,
+    first: Outbound,
+) -> Result<BatchEnd, WsError> {
+    let mut end = BatchEnd::More;
+    let mut batch = 0;
+    let mut pending = Some(first);
+    while let Some(frame) = pending.take() {
+        let message = match frame {
+            Outbound::Text(text) => Message::Text(text.into()),
+            Outbound::Event(data) => {
+                Message::Text(frame::event_frame(session.next_tid(), &data).into())
+            }
+            Outbound::Close(code, reason) => {
+                end = BatchEnd::Closed;
+                close_message(code, &reason)
+            }
+        };
+        sink.feed(message).await?;
+        batch += 1;
+        if matches!(end, BatchEnd::Closed) || batch >= WRITE_BATCH {
+            break;
+        }
+        pending = outbound_rx.try_recv().ok();
+    }
+    sink.flush().await?;
+    Ok(end)
 }
 
 fn close_message(code: u16, reason: &str) -> Message {

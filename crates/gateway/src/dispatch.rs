@@ -70,17 +70,19 @@ pub(crate) async fn dispatch(
         };
         return Some(encode(&tid, result));
     };
+    if (request.subclass.as_str(), request.cmd.as_str()) == ("user", "login") {
+        let error = ApiError::new(
+            ErrorCode::AlreadyAuthenticated,
+            "this connection is logged in",
+        );
+        return Some(encode(&tid, Err(error.into())));
+    }
     let access = policy::command_access(&identity.roles, &request.subclass, &request.cmd);
     if access == Access::Denied {
         return Some(encode(&tid, Err(ApiError::unauthorized().into())));
     }
     let own_user_only = access == Access::OwnUserOnly;
     let result = match (request.subclass.as_str(), request.cmd.as_str()) {
-        ("user", "login") => Err(ApiError::new(
-            ErrorCode::AlreadyAuthenticated,
-            "this connection is logged in",
-        )
-        .into()),
         ("user", "list") => commands::user::list(gateway, state).await,
         ("user", "get") => commands::user::get(gateway, state, &request.data).await,
         ("user", "send_event") => commands::user::send_event(gateway, state, &request.data).await,

@@ -1,6 +1,7 @@
 //! The gateway's shared context: configuration, local state, service clients, GELF sender.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use switchboard_proto::v1::{HeartbeatRequest, SessionInfo, UnregisterRequest};
 
@@ -8,6 +9,9 @@ use crate::clients::Services;
 use crate::config::Config;
 use crate::gelf::GelfSender;
 use crate::hub::Hub;
+
+/// Attempts to unregister a closed session before giving up.
+const UNREGISTER_ATTEMPTS: u32 = 3;
 
 /// Session `type` of WebSocket clients (PROTOCOL.md §4).
 pub const SESSION_TYPE: &str = "api_server";
@@ -47,13 +51,26 @@ impl Gateway {
         }
     }
 
-    /// Removes a session from the registry; failures are logged, the reaper catches up.
+    /// Removes one of this gateway's sessions from the registry, retrying a few times; if
+    /// the registry stays unreachable the session is logged, and a restarted gateway's
+    /// sessions are reaped with it.
     pub async fn unregister(&self, session_id: &str) {
-        let request = self.services.request(UnregisterRequest {
-            session_id: session_id.to_owned(),
-        });
-        if let Err(status) = self.services.registry.clone().unregister(request).await {
-            tracing::warn!(session.id = session_id, code = ?status.code(), "unregister failed");
+        let mut wait = Duration::from_millis(100);
+        for attempt in 1..=UNREGISTER_ATTEMPTS {
+            let request = self.services.request(UnregisterRequest {
+                session_id: session_id.to_owned(),
+                gateway_id: self.config.gateway_id.clone(),
+            });
+            match self.services.registry.clone().unregister(request).await {
+                Ok(_) => return,
+                Err(status) if attempt == UNREGISTER_ATTEMPTS => {
+                    tracing::warn!(session.id = session_id, code = ?status.code(), "unregister failed");
+                }
+                Err(_) => {
+                    tokio::time::sleep(wait).await;
+                    wait *= 4;
+                }
+            }
         }
     }
 

@@ -23,6 +23,8 @@ pub const UDP_CHUNK_BYTES: usize = 1420;
 pub const MAX_CHUNKS: usize = 128;
 /// Header of a chunk: magic (2), message id (8), sequence number (1), count (1).
 const CHUNK_HEADER_BYTES: usize = 12;
+/// Longest a TCP connect or write to the log server may take.
+const TCP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Records queued towards the log server before new ones are dropped.
 const QUEUE: usize = 4096;
 
@@ -260,12 +262,15 @@ async fn send_tcp(
     frame.push(0);
     for _attempt in 0..2 {
         if stream.is_none() {
-            *stream = Some(TcpStream::connect(address).await?);
+            let connected = tokio::time::timeout(TCP_TIMEOUT, TcpStream::connect(address))
+                .await
+                .map_err(|_| std::io::Error::other("GELF TCP connect timed out"))??;
+            *stream = Some(connected);
         }
         if let Some(connection) = stream.as_mut() {
-            match connection.write_all(&frame).await {
-                Ok(()) => return Ok(()),
-                Err(_) => *stream = None,
+            match tokio::time::timeout(TCP_TIMEOUT, connection.write_all(&frame)).await {
+                Ok(Ok(())) => return Ok(()),
+                _ => *stream = None,
             }
         }
     }

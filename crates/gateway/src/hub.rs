@@ -15,10 +15,10 @@ use switchboard_broker::{Broker, BrokerError, Deliver, Subscriber};
 use switchboard_protocol::event::EventMessage;
 use switchboard_protocol::frame;
 use switchboard_protocol::{ApiError, ErrorCode};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::session::{CLOSE_NORMAL, CmdAnswer, Outbound, PendingRequest, SessionHandle};
+use crate::session::{AckSignal, CLOSE_NORMAL, CmdAnswer, Outbound, PendingRequest, SessionHandle};
 
 /// One local subscription in the index.
 #[derive(Debug, Clone)]
@@ -218,10 +218,11 @@ impl Hub {
     /// `session_not_found` when this gateway does not hold it.
     pub fn stop(&self, session_id: &str) -> Result<String, ApiError> {
         let session = self.session(session_id).ok_or_else(session_not_found)?;
+        // A session still logging in is not visible yet.
         let user = session
             .identity()
             .map(|identity| identity.user.clone())
-            .unwrap_or_default();
+            .ok_or_else(session_not_found)?;
         session.close(CLOSE_NORMAL, "session stopped");
         Ok(user)
     }
@@ -237,16 +238,27 @@ impl Hub {
         timing: CmdTiming,
     ) -> Result<CmdAnswer, ApiError> {
         let session = self.session(session_id).ok_or_else(session_not_found)?;
+        if session.identity().is_none() {
+            return Err(session_not_found());
+        }
+        let started = Instant::now();
+        let hard_deadline = started + timing.max;
+        let mut deadline = (started + timing.first).min(hard_deadline);
         let tid = session.next_tid();
         let (answer_tx, mut answer_rx) = oneshot::channel();
-        let ack = Arc::new(Notify::new());
+        let acks = Arc::new(AckSignal::default());
         session.add_pending(
             tid,
             PendingRequest {
                 answer_tx,
-                ack: Arc::clone(&ack),
+                acks: Arc::clone(&acks),
             },
         );
+        // Removes the pending entry however this future ends, cancellation included.
+        let _pending = PendingGuard {
+            session: &session,
+            tid,
+        };
         let text = frame::server_request(
             request.class,
             request.subclass,
@@ -254,28 +266,42 @@ impl Hub {
             request.data,
             tid,
         );
-        if !session.send(Outbound::Text(text)).await {
-            session.remove_pending(tid);
-            return Err(session_stopped());
+        match tokio::time::timeout_at(deadline, session.send(Outbound::Text(text))).await {
+            Ok(true) => {}
+            Ok(false) => return Err(session_stopped()),
+            Err(_) => return Err(timeout()),
         }
-        let started = Instant::now();
-        let hard_deadline = started + timing.max;
-        let mut deadline = (started + timing.first).min(hard_deadline);
         loop {
             tokio::select! {
                 answer = &mut answer_rx => {
                     return answer.map_err(|_| session_stopped());
                 }
                 () = tokio::time::sleep_until(deadline) => {
-                    session.remove_pending(tid);
-                    return Err(ApiError::new(ErrorCode::Timeout, "the session did not answer in time"));
+                    return Err(timeout());
                 }
-                () = ack.notified() => {
-                    deadline = (Instant::now() + timing.first).min(hard_deadline);
+                count = acks.acked() => {
+                    // Each ack extends the wait by `first`, never past `max` in all.
+                    deadline = (deadline + timing.first * count).min(hard_deadline);
                 }
             }
         }
     }
+}
+
+/// Removes a pending server request when dropped.
+struct PendingGuard<'a> {
+    session: &'a SessionHandle,
+    tid: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.session.remove_pending(self.tid);
+    }
+}
+
+fn timeout() -> ApiError {
+    ApiError::new(ErrorCode::Timeout, "the session did not answer in time")
 }
 
 /// The request `session cmd` forwards.

@@ -119,7 +119,7 @@ async fn heartbeat_loop(gateway: Arc<Gateway>, shutdown: CancellationToken) {
                     &identity.user,
                     &session.service,
                     &session.remote,
-                    String::new(),
+                    identity.meta_json.clone(),
                 ))
             })
             .collect();

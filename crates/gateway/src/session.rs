@@ -1,7 +1,7 @@
 //! The shared handle of one connection: its outbound queue, server tids and pending requests.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use serde_json::Value;
@@ -37,11 +37,37 @@ pub struct CmdAnswer {
     pub data: Value,
 }
 
+/// Acks received for one server request, and the wake-up of its waiter.
+#[derive(Debug, Default)]
+pub(crate) struct AckSignal {
+    count: AtomicU32,
+    notify: Notify,
+}
+
+impl AckSignal {
+    /// Counts one ack and wakes the waiter.
+    fn ack(&self) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.notify.notify_one();
+    }
+
+    /// Waits for acks; returns how many arrived since the last call.
+    pub(crate) async fn acked(&self) -> u32 {
+        loop {
+            let count = self.count.swap(0, Ordering::Relaxed);
+            if count > 0 {
+                return count;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
 /// A server request waiting for its answer.
 #[derive(Debug)]
 pub(crate) struct PendingRequest {
     pub(crate) answer_tx: oneshot::Sender<CmdAnswer>,
-    pub(crate) ack: Arc<Notify>,
+    pub(crate) acks: Arc<AckSignal>,
 }
 
 /// Who a logged-in session is.
@@ -53,6 +79,8 @@ pub struct Identity {
     pub user: String,
     /// Roles from the auth service.
     pub roles: Vec<String>,
+    /// The login `meta` as JSON text ("" when absent), repeated in heartbeats.
+    pub meta_json: String,
 }
 
 /// The part of a connection other tasks may touch: fan-out, `session stop`, `session cmd`.
@@ -127,9 +155,15 @@ impl SessionHandle {
         }
     }
 
-    /// Queues a frame, waiting for room; false when the connection is gone.
+    /// Queues a frame, waiting for room; false when the connection is gone or ending.
+    ///
+    /// # Cancel safety
+    /// Returns as soon as the connection is killed, so a stuck client never blocks the caller.
     pub(crate) async fn send(&self, frame: Outbound) -> bool {
-        self.outbound_tx.send(frame).await.is_ok()
+        tokio::select! {
+            sent = self.outbound_tx.send(frame) => sent.is_ok(),
+            () = self.kill.cancelled() => false,
+        }
     }
 
     /// Closes the connection after the frames already queued.
@@ -193,7 +227,7 @@ impl SessionHandle {
     /// Extends the wait of server request `tid`.
     pub(crate) fn ack(&self, tid: u64) {
         if let Some(request) = self.pending().get(&tid) {
-            request.ack.notify_one();
+            request.acks.ack();
         }
     }
 

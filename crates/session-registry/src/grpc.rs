@@ -63,8 +63,9 @@ impl SessionRegistry for GrpcRegistryService {
         &self,
         request: Request<UnregisterRequest>,
     ) -> Result<Response<UnregisterReply>, Status> {
+        let request = request.into_inner();
         self.store
-            .unregister(&request.into_inner().session_id)
+            .unregister(&request.session_id, &request.gateway_id)
             .await?;
         Ok(Response::new(UnregisterReply {}))
     }

@@ -11,6 +11,9 @@ use switchboard_proto::v1::SessionInfo;
 pub use memory::MemoryStore;
 pub use redis_store::RedisStore;
 
+/// How long an unregistered session id is kept from being re-learned from a heartbeat.
+pub const TOMBSTONE_TTL: Duration = Duration::from_secs(60);
+
 /// Why a registry operation failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RegistryError {
@@ -43,17 +46,21 @@ impl Store {
         }
     }
 
-    /// Removes a session, if present.
+    /// Removes a session, if present and held by `gateway_id` ("" matches any gateway).
     ///
     /// # Errors
     /// [`RegistryError::Unavailable`] when Redis cannot be reached.
-    pub async fn unregister(&self, session_id: &str) -> Result<(), RegistryError> {
+    pub async fn unregister(
+        &self,
+        session_id: &str,
+        gateway_id: &str,
+    ) -> Result<(), RegistryError> {
         match self {
             Self::Memory(store) => {
-                store.unregister(session_id);
+                store.unregister(session_id, gateway_id);
                 Ok(())
             }
-            Self::Redis(store) => store.unregister(session_id).await,
+            Self::Redis(store) => store.unregister(session_id, gateway_id).await,
         }
     }
 

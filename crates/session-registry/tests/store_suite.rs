@@ -61,12 +61,15 @@ async fn suite(store: Store) {
     assert_eq!(store.lookup("s3").await.expect("lookup").gateway_id, "g2");
     assert_eq!(store.lookup("nope").await, Err(RegistryError::NotFound));
 
-    store.unregister("s1").await.expect("unregister");
+    store.unregister("s1", "g1").await.expect("unregister");
     store
-        .unregister("s1")
+        .unregister("s1", "g1")
         .await
         .expect("unregister twice is fine");
-    store.unregister("s2").await.expect("unregister");
+    // Another gateway cannot remove a session it does not hold.
+    store.unregister("s2", "g2").await.expect("unregister");
+    assert!(store.lookup("s2").await.is_ok());
+    store.unregister("s2", "").await.expect("unregister");
     assert_eq!(store.get_user("", "u").await, Err(RegistryError::NotFound));
 
     // g2 keeps heartbeating, g1 (which holds s5) goes silent and is reaped.
@@ -92,8 +95,8 @@ async fn suite(store: Store) {
     assert_eq!(store.lookup("s5").await, Err(RegistryError::NotFound));
     assert!(store.lookup("s3").await.is_ok());
 
-    // A heartbeat re-learns sessions the index lost.
-    store.unregister("s3").await.expect("unregister");
+    // A heartbeat sent before an unregister does not bring the session back.
+    store.unregister("s3", "g2").await.expect("unregister");
     store
         .heartbeat(
             "g2",
@@ -101,7 +104,19 @@ async fn suite(store: Store) {
         )
         .await
         .expect("heartbeat");
-    assert!(store.lookup("s3").await.is_ok());
+    assert_eq!(store.lookup("s3").await, Err(RegistryError::NotFound));
+    // A login may reuse the id right away.
+    store
+        .register(session("s3", "v", "g1"))
+        .await
+        .expect("register again");
+
+    // A heartbeat re-learns sessions the index never had or lost (a restarted, empty store).
+    store
+        .heartbeat("g3", vec![session("s9", "w", "g3")])
+        .await
+        .expect("heartbeat");
+    assert_eq!(store.get_user("", "w").await.map(|s| s.len()), Ok(1));
 }
 
 #[tokio::test]

@@ -176,3 +176,51 @@ async fn test_idle_connection_is_closed_and_live_one_kept() {
     live.ok("session", "ping", json!({})).await;
     running.stop().await;
 }
+
+#[tokio::test]
+async fn test_client_that_never_reads_is_disconnected() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let running = start_with(|config| {
+        config.gateway.outbound_queue = 4;
+        config.gateway.write_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let mut bystander = Client::admin(&running).await;
+    let (socket, _) = tokio_tungstenite::connect_async(running.ws_url(0))
+        .await
+        .expect("connect");
+    let (mut sink, mut stream) = socket.split();
+    // Requests whose replies (the tid is echoed) fill every buffer while nothing is read.
+    let tid = "t".repeat(16 * 1024);
+    let flood = tokio::spawn(async move {
+        for _ in 0..4000 {
+            let frame = json!({"class": "core", "subclass": "session", "cmd": "ping", "tid": tid});
+            let sent = tokio::time::timeout(
+                Duration::from_secs(5),
+                sink.send(Message::Text(frame.to_string().into())),
+            )
+            .await;
+            if !matches!(sent, Ok(Ok(()))) {
+                break;
+            }
+        }
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(20), flood).await;
+    bystander.ok("session", "ping", json!({})).await;
+    // Reading now finds the end of the connection instead of an endless stream.
+    let drained = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut frames = 0usize;
+        while let Some(Ok(message)) = stream.next().await {
+            if let Message::Close(_) = message {
+                break;
+            }
+            frames += 1;
+        }
+        frames
+    })
+    .await;
+    let frames = drained.expect("the server ended the connection");
+    assert!(frames < 4000, "not every reply was written: {frames}");
+    running.stop().await;
+}

@@ -82,7 +82,7 @@ pub(crate) async fn login(
         &reply.user,
         &session.service,
         &session.remote,
-        meta_json,
+        meta_json.clone(),
     );
     let registered = gateway
         .services
@@ -94,6 +94,10 @@ pub(crate) async fn login(
         .await;
     if let Err(status) = registered {
         gateway.hub.remove_session(&reply.session_id);
+        if status.code() != Code::AlreadyExists {
+            // The registry may have stored it before the call failed: take it back.
+            gateway.unregister(&reply.session_id).await;
+        }
         return Err(match status.code() {
             Code::AlreadyExists => duplicated(),
             _ => status_to_api_error(&status, "session registry"),
@@ -128,6 +132,7 @@ pub(crate) async fn login(
         session_id: reply.session_id.clone(),
         user: reply.user.clone(),
         roles: reply.roles,
+        meta_json,
     });
     tracing::debug!(conn.id = session.conn_id, session.id = %reply.session_id, user = %reply.user, "logged in");
     Ok(json!({"session_id": reply.session_id}))

@@ -16,6 +16,9 @@ struct State {
     by_user: BTreeMap<(String, String), Vec<String>>,
     /// gateway id → last heartbeat.
     gateways: HashMap<String, Instant>,
+    /// Recently unregistered session ids: a heartbeat sent before the unregister must not
+    /// bring them back.
+    tombstones: HashMap<String, Instant>,
 }
 
 impl State {
@@ -71,13 +74,24 @@ impl MemoryStore {
         if state.sessions.contains_key(&session.session_id) {
             return Err(RegistryError::DuplicateSession);
         }
+        state.tombstones.remove(&session.session_id);
         state.insert(session);
         Ok(())
     }
 
-    /// Removes a session, if present.
-    pub fn unregister(&self, session_id: &str) {
-        self.lock().remove(session_id);
+    /// Removes a session, if present and held by `gateway_id` ("" matches any gateway).
+    pub fn unregister(&self, session_id: &str, gateway_id: &str) {
+        let mut state = self.lock();
+        let owned = state
+            .sessions
+            .get(session_id)
+            .is_some_and(|session| gateway_id.is_empty() || session.gateway_id == gateway_id);
+        if owned {
+            state.remove(session_id);
+            state
+                .tombstones
+                .insert(session_id.to_owned(), Instant::now());
+        }
     }
 
     /// Returns every user of `service` with their session ids.
@@ -124,7 +138,9 @@ impl MemoryStore {
         let mut state = self.lock();
         state.gateways.insert(gateway_id.to_owned(), Instant::now());
         for session in sessions {
-            if !state.sessions.contains_key(&session.session_id) {
+            if !state.sessions.contains_key(&session.session_id)
+                && !state.tombstones.contains_key(&session.session_id)
+            {
                 state.insert(session);
             }
         }
@@ -134,6 +150,9 @@ impl MemoryStore {
     pub fn reap(&self, timeout: Duration) -> usize {
         let mut state = self.lock();
         let now = Instant::now();
+        state
+            .tombstones
+            .retain(|_, at| now.duration_since(*at) < super::TOMBSTONE_TTL);
         let dead: Vec<String> = state
             .gateways
             .iter()
@@ -185,9 +204,15 @@ mod tests {
             store.list_users(""),
             vec![("u".to_owned(), vec!["s1".to_owned(), "s2".to_owned()])]
         );
-        store.unregister("s1");
+        store.unregister("s1", "other-gateway");
+        assert_eq!(
+            store.get_user("", "u").map(|s| s.len()),
+            Ok(2),
+            "not its gateway's"
+        );
+        store.unregister("s1", "g");
         assert_eq!(store.get_user("", "u").map(|s| s.len()), Ok(1));
-        store.unregister("s2");
+        store.unregister("s2", "");
         assert_eq!(store.get_user("", "u"), Err(RegistryError::NotFound));
         assert!(store.list_users("").is_empty());
     }

@@ -12,35 +12,70 @@
 //! Redis with all keys in one slot accepts; sharding the registry would need hash tags.)
 
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use prost::Message;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 use switchboard_proto::v1::SessionInfo;
 
-use super::RegistryError;
+use super::{RegistryError, TOMBSTONE_TTL};
 
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(2);
 const GATEWAYS_KEY: &str = "sb:gw";
 
+/// Registers a session (ARGV[5] = "1": re-learning it from a heartbeat, which a recent
+/// unregister's tombstone forbids). The gateway's heartbeat time is Redis's own clock, so
+/// registry replicas with skewed clocks agree.
 const REGISTER: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'info', ARGV[1], 'uk', KEYS[2], 'usk', KEYS[3], 'gk', KEYS[4], 'user', ARGV[3])
+if ARGV[5] == '1' then
+  if redis.call('EXISTS', KEYS[6]) == 1 then return 0 end
+else
+  redis.call('DEL', KEYS[6])
+end
+redis.call('HSET', KEYS[1], 'info', ARGV[1], 'uk', KEYS[2], 'usk', KEYS[3], 'gk', KEYS[4], 'user', ARGV[3], 'gw', ARGV[4])
 redis.call('SADD', KEYS[2], ARGV[2])
 redis.call('SADD', KEYS[3], ARGV[3])
 redis.call('SADD', KEYS[4], ARGV[2])
-redis.call('ZADD', KEYS[5], 'NX', ARGV[5], ARGV[4])
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[5], 'NX', t[1] * 1000 + math.floor(t[2] / 1000), ARGV[4])
 return 1
 ";
 
+/// Unregisters a session if ARGV[2] (a gateway id, or "" for any) holds it, and leaves a
+/// tombstone for ARGV[3] ms.
 const UNREGISTER: &str = r"
-local f = redis.call('HMGET', KEYS[1], 'uk', 'usk', 'gk', 'user')
+local f = redis.call('HMGET', KEYS[1], 'uk', 'usk', 'gk', 'user', 'gw')
 if not f[1] then return 0 end
+if ARGV[2] ~= '' and f[5] ~= ARGV[2] then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('SREM', f[1], ARGV[1])
 if redis.call('SCARD', f[1]) == 0 then redis.call('SREM', f[2], f[4]) end
 redis.call('SREM', f[3], ARGV[1])
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
+return 1
+";
+
+/// Records a heartbeat at Redis's time; returns how many sessions the index holds for it.
+const HEARTBEAT: &str = r"
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[1], t[1] * 1000 + math.floor(t[2] / 1000), ARGV[1])
+return redis.call('SCARD', KEYS[2])
+";
+
+/// Returns the gateways whose last heartbeat is older than ARGV[1] ms, by Redis's clock.
+const SILENT_GATEWAYS: &str = r"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+return redis.call('ZRANGEBYSCORE', KEYS[1], 0, now - tonumber(ARGV[1]))
+";
+
+/// Forgets the reaped ids of a gateway; drops the gateway once it holds none (a login that
+/// raced the reap keeps it listed, and the next pass takes it).
+const FORGET_GATEWAY: &str = r"
+for i = 2, #ARGV do redis.call('SREM', KEYS[2], ARGV[i]) end
+if redis.call('SCARD', KEYS[2]) == 0 then redis.call('ZREM', KEYS[1], ARGV[1]) end
 return 1
 ";
 
@@ -64,11 +99,8 @@ fn gateway_key(gateway_id: &str) -> String {
     format!("sb:g:{}", part(gateway_id))
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_millis() as u64
+fn tombstone_key(session_id: &str) -> String {
+    format!("sb:t:{}", part(session_id))
 }
 
 fn unavailable(error: impl fmt::Display) -> RegistryError {
@@ -81,6 +113,9 @@ pub struct RedisStore {
     connection: ConnectionManager,
     register: Script,
     unregister: Script,
+    heartbeat: Script,
+    silent_gateways: Script,
+    forget_gateway: Script,
 }
 
 impl fmt::Debug for RedisStore {
@@ -106,6 +141,9 @@ impl RedisStore {
             connection,
             register: Script::new(REGISTER),
             unregister: Script::new(UNREGISTER),
+            heartbeat: Script::new(HEARTBEAT),
+            silent_gateways: Script::new(SILENT_GATEWAYS),
+            forget_gateway: Script::new(FORGET_GATEWAY),
         })
     }
 
@@ -118,7 +156,11 @@ impl RedisStore {
             .map_err(unavailable)
     }
 
-    async fn try_register(&self, session: &SessionInfo, now: u64) -> Result<bool, RegistryError> {
+    async fn try_register(
+        &self,
+        session: &SessionInfo,
+        relearn: bool,
+    ) -> Result<bool, RegistryError> {
         let mut connection = self.connection.clone();
         let mut invocation = self.register.prepare_invoke();
         invocation
@@ -127,27 +169,37 @@ impl RedisStore {
             .key(users_key(&session.service))
             .key(gateway_key(&session.gateway_id))
             .key(GATEWAYS_KEY)
+            .key(tombstone_key(&session.session_id))
             .arg(session.encode_to_vec())
             .arg(&session.session_id)
             .arg(&session.user)
             .arg(&session.gateway_id)
-            .arg(now);
+            .arg(if relearn { "1" } else { "0" });
         let created: i64 = Self::timed(invocation.invoke_async(&mut connection)).await?;
         Ok(created == 1)
     }
 
     pub(crate) async fn register(&self, session: &SessionInfo) -> Result<(), RegistryError> {
-        if self.try_register(session, now_ms()).await? {
+        if self.try_register(session, false).await? {
             Ok(())
         } else {
             Err(RegistryError::DuplicateSession)
         }
     }
 
-    pub(crate) async fn unregister(&self, session_id: &str) -> Result<(), RegistryError> {
+    pub(crate) async fn unregister(
+        &self,
+        session_id: &str,
+        gateway_id: &str,
+    ) -> Result<(), RegistryError> {
         let mut connection = self.connection.clone();
         let mut invocation = self.unregister.prepare_invoke();
-        invocation.key(session_key(session_id)).arg(session_id);
+        invocation
+            .key(session_key(session_id))
+            .key(tombstone_key(session_id))
+            .arg(session_id)
+            .arg(gateway_id)
+            .arg(TOMBSTONE_TTL.as_millis() as u64);
         let _: i64 = Self::timed(invocation.invoke_async(&mut connection)).await?;
         Ok(())
     }
@@ -224,21 +276,18 @@ impl RedisStore {
         sessions: &[SessionInfo],
     ) -> Result<(), RegistryError> {
         let mut connection = self.connection.clone();
-        let now = now_ms();
-        let known: usize = Self::timed(async {
-            let mut pipe = redis::pipe();
-            pipe.zadd(GATEWAYS_KEY, gateway_id, now).ignore();
-            pipe.scard(gateway_key(gateway_id));
-            let (count,): (usize,) = pipe.query_async(&mut connection).await?;
-            Ok(count)
-        })
-        .await?;
+        let mut invocation = self.heartbeat.prepare_invoke();
+        invocation
+            .key(GATEWAYS_KEY)
+            .key(gateway_key(gateway_id))
+            .arg(gateway_id);
+        let known: usize = Self::timed(invocation.invoke_async(&mut connection)).await?;
         // Re-learn only when the index lost some of this gateway's sessions (Redis restarted
         // empty, or the gateway was reaped while it was only slow).
         if known != sessions.len() {
             let mut relearned = 0;
             for session in sessions {
-                if self.try_register(session, now).await? {
+                if self.try_register(session, true).await? {
                     relearned += 1;
                 }
             }
@@ -255,21 +304,24 @@ impl RedisStore {
 
     pub(crate) async fn reap(&self, timeout: Duration) -> Result<usize, RegistryError> {
         let mut connection = self.connection.clone();
-        let cutoff = now_ms().saturating_sub(timeout.as_millis() as u64);
-        let dead: Vec<String> =
-            Self::timed(connection.zrangebyscore(GATEWAYS_KEY, 0, cutoff)).await?;
+        let mut invocation = self.silent_gateways.prepare_invoke();
+        invocation.key(GATEWAYS_KEY).arg(timeout.as_millis() as u64);
+        let dead: Vec<String> = Self::timed(invocation.invoke_async(&mut connection)).await?;
         let mut reaped = 0;
         for gateway_id in dead {
             let session_ids: Vec<String> =
                 Self::timed(connection.smembers(gateway_key(&gateway_id))).await?;
             for session_id in &session_ids {
-                self.unregister(session_id).await?;
+                self.unregister(session_id, &gateway_id).await?;
                 reaped += 1;
             }
-            let mut pipe = redis::pipe();
-            pipe.del(gateway_key(&gateway_id)).ignore();
-            pipe.zrem(GATEWAYS_KEY, &gateway_id).ignore();
-            Self::timed(pipe.query_async::<()>(&mut connection)).await?;
+            let mut invocation = self.forget_gateway.prepare_invoke();
+            invocation
+                .key(GATEWAYS_KEY)
+                .key(gateway_key(&gateway_id))
+                .arg(&gateway_id)
+                .arg(&session_ids);
+            let _: i64 = Self::timed(invocation.invoke_async(&mut connection)).await?;
         }
         Ok(reaped)
     }
