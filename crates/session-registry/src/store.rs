@@ -31,7 +31,7 @@ pub enum Store {
     /// In this process.
     Memory(MemoryStore),
     /// In Redis, shared by every registry replica.
-    Redis(RedisStore),
+    Redis(Box<RedisStore>),
 }
 
 impl Store {

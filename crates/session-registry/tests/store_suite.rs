@@ -128,13 +128,13 @@ async fn test_memory_store() {
 async fn test_redis_store() {
     let redis = RedisServer::start();
     let store = RedisStore::connect(&redis.url()).expect("url");
-    suite(Store::Redis(store)).await;
+    suite(Store::Redis(Box::new(store))).await;
 }
 
 #[tokio::test]
 async fn test_redis_store_down_is_unavailable_then_recovers() {
     let mut redis = RedisServer::start();
-    let store = Store::Redis(RedisStore::connect(&redis.url()).expect("url"));
+    let store = Store::Redis(Box::new(RedisStore::connect(&redis.url()).expect("url")));
     store
         .register(session("a", "u", "g"))
         .await

@@ -67,7 +67,8 @@ pub async fn registry(settings: Settings, shutdown: CancellationToken) -> anyhow
         .as_deref()
         .unwrap_or(DEFAULT_REGISTRY_LISTEN);
     let listener = bind(listen, "registry gRPC").await?;
-    switchboard_session_registry::serve(config, Store::Redis(store), listener, shutdown).await?;
+    switchboard_session_registry::serve(config, Store::Redis(Box::new(store)), listener, shutdown)
+        .await?;
     Ok(())
 }
 
