@@ -32,6 +32,23 @@ enum Command {
     Bus(Settings),
     /// Runs a gateway replica (WebSocket, SessionControl gRPC, Redis subscriber).
     Gateway(Settings),
+    /// Measures a running deployment: connections, deliveries, latency, server CPU and RSS.
+    Bench(switchboard::bench::BenchArgs),
+}
+
+async fn run_bench(args: switchboard::bench::BenchArgs) -> anyhow::Result<()> {
+    for report in switchboard::bench::run(&args).await? {
+        println!("{report}\n");
+        if let Some(path) = &args.json_out {
+            use std::io::Write;
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?;
+            writeln!(file, "{}", serde_json::to_string(&report)?)?;
+        }
+    }
+    Ok(())
 }
 
 /// Runs one role until SIGINT/SIGTERM, then lets it drain.
@@ -122,7 +139,17 @@ async fn run_dev(settings: Settings) -> anyhow::Result<()> {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
+    if let Command::Bench(args) = cli.command {
+        return match run_bench(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let (command, settings) = match cli.command {
+        Command::Bench(_) => return ExitCode::FAILURE,
         Command::Dev(settings) => ("dev", settings),
         Command::Auth(settings) => ("auth", settings),
         Command::Registry(settings) => ("registry", settings),
