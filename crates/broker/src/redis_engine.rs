@@ -6,6 +6,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -34,6 +35,8 @@ fn unavailable(error: impl fmt::Display) -> BrokerError {
 pub struct RedisBroker {
     client: redis::Client,
     publisher: ConnectionManager,
+    health_check_interval: Duration,
+    reconnections: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for RedisBroker {
@@ -58,7 +61,23 @@ impl RedisBroker {
             .set_number_of_retries(1);
         let publisher =
             ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(unavailable)?;
-        Ok(Self { client, publisher })
+        Ok(Self {
+            client,
+            publisher,
+            health_check_interval: HEALTH_CHECK_INTERVAL,
+            reconnections: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Sets how often an idle subscriber connection is checked with a PING.
+    pub fn with_health_check_interval(mut self, interval: Duration) -> Self {
+        self.health_check_interval = interval.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Returns how many times subscriber connections were re-established.
+    pub fn reconnections(&self) -> u64 {
+        self.reconnections.load(Ordering::Relaxed)
     }
 
     pub(crate) async fn publish(
@@ -79,7 +98,13 @@ impl RedisBroker {
 
     pub(crate) fn subscriber(&self, sink: Arc<dyn Deliver>) -> RedisSubscriber {
         let (commands_tx, commands_rx) = mpsc::channel(1024);
-        tokio::spawn(subscriber_actor(self.client.clone(), commands_rx, sink));
+        tokio::spawn(subscriber_actor(
+            self.client.clone(),
+            commands_rx,
+            sink,
+            self.health_check_interval,
+            Arc::clone(&self.reconnections),
+        ));
         RedisSubscriber { commands_tx }
     }
 }
@@ -127,6 +152,8 @@ async fn subscriber_actor(
     client: redis::Client,
     mut commands_rx: mpsc::Receiver<Command>,
     sink: Arc<dyn Deliver>,
+    health_check_interval: Duration,
+    reconnections: Arc<AtomicU64>,
 ) {
     // Channels the gateway wants, whatever the connection state.
     let mut channels: HashSet<String> = HashSet::new();
@@ -159,6 +186,7 @@ async fn subscriber_actor(
             continue;
         }
         if was_connected {
+            reconnections.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 channels = channels.len(),
                 "redis subscriber reconnected and re-subscribed"
@@ -167,12 +195,13 @@ async fn subscriber_actor(
         was_connected = true;
         backoff = BACKOFF_MIN;
         // A connection dropped without a reset (NAT, failover) only shows when we talk.
-        let mut health = tokio::time::interval(HEALTH_CHECK_INTERVAL);
+        let mut health = tokio::time::interval(health_check_interval);
         health.tick().await;
         loop {
             tokio::select! {
                 _ = health.tick() => {
-                    let pong = tokio::time::timeout(OPERATION_TIMEOUT, redis_sink.ping::<String>()).await;
+                    // In subscribed mode the reply is the array ["pong", ""], not "PONG".
+                    let pong = tokio::time::timeout(OPERATION_TIMEOUT, redis_sink.ping::<redis::Value>()).await;
                     if !matches!(pong, Ok(Ok(_))) {
                         break;
                     }

@@ -117,3 +117,30 @@ async fn test_redis_restart_resubscribes() {
     }
     assert!(delivered, "delivery resumes on the re-subscribed channel");
 }
+
+#[tokio::test]
+async fn test_health_checks_keep_a_healthy_subscription() {
+    let redis = RedisServer::start();
+    let engine = RedisBroker::connect(&redis.url())
+        .await
+        .expect("url")
+        .with_health_check_interval(Duration::from_millis(50));
+    let broker = Broker::Redis(engine.clone());
+    let recorder = Arc::new(Recorder::default());
+    let subscriber = broker.subscriber(recorder.clone());
+    subscriber.subscribe("steady").await.expect("subscribe");
+    for n in 0..20u8 {
+        broker
+            .publish(&["steady".into()], Bytes::from(vec![n]))
+            .await
+            .expect("publish");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let got = recorder.wait_for(20).await;
+    assert_eq!(got.len(), 20, "every message across many health checks");
+    assert_eq!(
+        engine.reconnections(),
+        0,
+        "a healthy connection is never dropped"
+    );
+}

@@ -36,6 +36,8 @@ use crate::session::{
 /// The WebSocket path of the default service; `/api/ws/<service>` selects a named one.
 pub const WS_PATH: &str = "/api/ws";
 
+/// Read chunk of a connection (see `handle`).
+const READ_BUFFER_BYTES: usize = 4096;
 /// Most frames the writer batches into one flush.
 const WRITE_BATCH: usize = 256;
 /// How long the writer tries to deliver a close frame to a client that may not be reading.
@@ -90,6 +92,9 @@ pub(crate) async fn handle(
     let mut ws_config = WebSocketConfig::default();
     ws_config.max_message_size = Some(gateway.config.max_frame_bytes);
     ws_config.max_frame_size = Some(gateway.config.max_frame_bytes);
+    // tungstenite zero-fills a read chunk of this size per connection; the 128 KiB default
+    // costs 128 KiB of RSS per idle client. Larger frames still arrive, in more reads.
+    ws_config.read_buffer_size = READ_BUFFER_BYTES;
     let handshake =
         tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config));
     let socket = match tokio::time::timeout(Duration::from_secs(10), handshake).await {

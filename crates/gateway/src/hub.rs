@@ -179,11 +179,15 @@ impl Hub {
     }
 
     /// Routes one broker message to the local subscribers of `channel`.
+    ///
+    /// The event is parsed once; its frame data is serialised once per distinct subscription
+    /// body (once in all for the common empty body) and shared by every subscriber's frame.
+    /// Queuing never blocks, so the routes lock is held across the loop instead of copying
+    /// the routes out.
     pub fn deliver(&self, channel: &str, payload: &Bytes) {
-        let routes: Vec<Route> = match self.routes().get(channel) {
-            Some(entry) => entry.values().cloned().collect(),
-            None => return,
-        };
+        if !self.routes().contains_key(channel) {
+            return;
+        }
         let event: EventMessage = match serde_json::from_slice(payload) {
             Ok(event) => event,
             Err(error) => {
@@ -191,25 +195,32 @@ impl Hub {
                 return;
             }
         };
-        // Frames for an empty subscription body only differ by the subscriber's service.
-        let mut shared: HashMap<bool, Arc<str>> = HashMap::new();
         let empty = Map::new();
-        for route in routes {
-            let own_service = route.session.service == event.key.service;
+        // Frames for an empty subscription body only differ by the subscriber's service.
+        let mut shared_same_service: Option<Arc<str>> = None;
+        let mut shared_other_service: Option<Arc<str>> = None;
+        let routes = self.routes();
+        let Some(entry) = routes.get(channel) else {
+            return;
+        };
+        for route in entry.values() {
+            let session = &route.session;
             let data = if route.body.is_empty() {
-                Arc::clone(shared.entry(own_service).or_insert_with(|| {
-                    Arc::from(event.frame_data(&empty, &route.session.service).to_string())
+                let slot = if session.service == event.key.service {
+                    &mut shared_same_service
+                } else {
+                    &mut shared_other_service
+                };
+                Arc::clone(slot.get_or_insert_with(|| {
+                    Arc::from(event.frame_data(&empty, &session.service).to_string())
                 }))
             } else {
-                Arc::from(
-                    event
-                        .frame_data(&route.body, &route.session.service)
-                        .to_string(),
-                )
+                Arc::from(event.frame_data(&route.body, &session.service).to_string())
             };
-            route.session.push_event(data);
-            self.deliveries.fetch_add(1, Ordering::Relaxed);
+            session.push_event(data);
         }
+        self.deliveries
+            .fetch_add(entry.len() as u64, Ordering::Relaxed);
     }
 
     /// Stops a local session with close code 1000; returns its user.

@@ -16,6 +16,9 @@ struct Cli {
     /// TOML settings file; flags and SWITCHBOARD_* variables override its keys.
     #[arg(long, env = "SWITCHBOARD_CONFIG", global = true)]
     config: Option<PathBuf>,
+    /// Runtime worker threads [default: one per core].
+    #[arg(long, env = "SWITCHBOARD_WORKER_THREADS", global = true)]
+    worker_threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -135,9 +138,23 @@ async fn run_dev(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(threads) = cli.worker_threads {
+        runtime.worker_threads(threads.max(1));
+    }
+    match runtime.build() {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> ExitCode {
     init_tracing();
     if let Command::Bench(args) = cli.command {
         return match run_bench(args).await {

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Starts or stops a Switchboard cluster on loopback for benchmarks: a private redis-server
+# (:6391), auth (:9101), registry (:9102), bus (:9103) and two gateways (ws :9010 and :9012,
+# SessionControl :9104 and :9105), all from target/release/switchboard.
+#
+#   bench/switchboard.sh start      # prints nothing; PIDs in bench/run/*.pid, logs in bench/run/*.log
+#   bench/switchboard.sh pids       # comma-separated PIDs: gateways, auth, registry, bus, redis
+#   bench/switchboard.sh stop
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+RUN="$ROOT/bench/run"
+BIN="$ROOT/target/release/switchboard"
+PASSWORD="${SWITCHBOARD_BENCH_PASSWORD:-bench}"
+REDIS_PORT=6391
+mkdir -p "$RUN"
+
+wait_port() {
+  for _ in $(seq 1 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "port $1 did not open" >&2
+  return 1
+}
+
+start_one() { # name command...
+  local name=$1; shift
+  "$@" > "$RUN/$name.log" 2>&1 &
+  echo $! > "$RUN/$name.pid"
+}
+
+case "${1:-}" in
+  start)
+    [ -x "$BIN" ] || (cd "$ROOT" && cargo build --release -p switchboard)
+    ulimit -n "$(ulimit -Hn)"
+    start_one redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no
+    wait_port "$REDIS_PORT"
+    export SWITCHBOARD_REDIS_URL="redis://127.0.0.1:$REDIS_PORT" RUST_LOG=warn
+    start_one auth "$BIN" auth --grpc-listen 127.0.0.1:9101 --admin-password "$PASSWORD"
+    start_one registry "$BIN" registry --grpc-listen 127.0.0.1:9102
+    start_one bus "$BIN" bus --grpc-listen 127.0.0.1:9103
+    wait_port 9101; wait_port 9102; wait_port 9103
+    start_one gateway1 "$BIN" gateway --listen 127.0.0.1:9010 --control-listen 127.0.0.1:9104
+    start_one gateway2 "$BIN" gateway --listen 127.0.0.1:9012 --control-listen 127.0.0.1:9105
+    wait_port 9010; wait_port 9012
+    ;;
+  pids)
+    pids=""
+    for name in gateway1 gateway2 auth registry bus redis; do
+      [ -f "$RUN/$name.pid" ] && pids="$pids${pids:+,}$(cat "$RUN/$name.pid")"
+    done
+    echo "$pids"
+    ;;
+  stop)
+    # Gateways first, so they can unregister their sessions while the services still run.
+    for name in gateway1 gateway2 auth registry bus redis; do
+      pidfile="$RUN/$name.pid"
+      [ -f "$pidfile" ] || continue
+      pid="$(cat "$pidfile")"
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      rm -f "$pidfile"
+    done
+    ;;
+  *) echo "usage: $0 start|pids|stop" >&2; exit 64 ;;
+esac
