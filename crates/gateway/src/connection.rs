@@ -29,9 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dispatch;
 use crate::gateway::Gateway;
-use crate::session::{
-    CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TOO_BIG, CmdAnswer, Outbound, SessionHandle,
-};
+use crate::session::{CLOSE_GOING_AWAY, CLOSE_TOO_BIG, CmdAnswer, Outbound, SessionHandle};
 
 /// The WebSocket path of the default service; `/api/ws/<service>` selects a named one.
 pub const WS_PATH: &str = "/api/ws";
@@ -40,8 +38,6 @@ pub const WS_PATH: &str = "/api/ws";
 const READ_BUFFER_BYTES: usize = 4096;
 /// Most frames the writer batches into one flush.
 const WRITE_BATCH: usize = 256;
-/// How long the writer tries to deliver a close frame to a client that may not be reading.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Connection state owned by the reader.
 #[derive(Debug)]
@@ -122,6 +118,7 @@ async fn run(
     let conn_id = gateway.hub.next_conn_id();
     let (outbound_tx, outbound_rx) = mpsc::channel(gateway.config.outbound_queue);
     let session = Arc::new(SessionHandle::new(conn_id, service, remote, outbound_tx));
+    gateway.hub.add_connection(&session);
     tracing::debug!(conn.id = conn_id, peer.addr = %session.remote, "connected");
     let (sink, stream) = socket.split();
     let last_seen = Arc::new(AtomicU64::new(0));
@@ -154,13 +151,14 @@ async fn run(
     // The writer ends after a queued close or on kill; make sure it does either way.
     session.kill(CLOSE_GOING_AWAY, "");
     shutdown_watch.abort();
-    if tokio::time::timeout(gateway.config.write_timeout, writer)
+    if tokio::time::timeout(gateway.config.write_timeout * 2, writer)
         .await
         .is_err()
     {
         tracing::debug!(conn.id = conn_id, "writer did not stop in time");
     }
     cleanup(&gateway, &mut state).await;
+    gateway.hub.remove_connection(conn_id);
     tracing::debug!(conn.id = conn_id, "disconnected");
 }
 
@@ -274,31 +272,35 @@ async fn write_loop(
                 if let Some((code, reason)) = session.take_kill_reason()
                     && !reason.is_empty()
                 {
-                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(close_message(code, &reason))).await;
+                    // A client killed for not reading gets until `write_timeout` to take its close.
+                    let _ = tokio::time::timeout(config.write_timeout, sink.send(close_message(code, &reason))).await;
                 }
                 return;
             }
             next = outbound_rx.recv() => {
                 let Some(first) = next else { return };
-                // A client that stops reading stalls the socket: bound the whole batch.
-                let batch = write_batch(&mut sink, &mut outbound_rx, &session, first);
-                match tokio::time::timeout(config.write_timeout, batch).await {
-                    Ok(Ok(BatchEnd::More)) => {}
-                    Ok(Ok(BatchEnd::Closed)) | Ok(Err(_)) => {
+                if !config.write_coalesce.is_zero() {
+                    // Let more frames queue up so they share one write.
+                    tokio::select! {
+                        () = tokio::time::sleep(config.write_coalesce) => {}
+                        () = kill.cancelled() => continue,
+                    }
+                }
+                // No timer per batch: the gateway's watchdog kills a write that stalls.
+                session.set_write_started(gateway.hub.now_ms());
+                let outcome = tokio::select! {
+                    written = write_batch(&mut sink, &mut outbound_rx, &session, first) => Some(written),
+                    () = kill.cancelled() => None,
+                };
+                session.set_write_started(0);
+                match outcome {
+                    Some(Ok(BatchEnd::More)) => {}
+                    Some(Ok(BatchEnd::Closed) | Err(_)) => {
                         session.kill(CLOSE_GOING_AWAY, "");
                         return;
                     }
-                    Err(_) => {
-                        tracing::warn!(conn.id = session.conn_id, "slow consumer disconnected: write timed out");
-                        session.kill(CLOSE_POLICY, "slow consumer: write timed out");
-                        // Try to send the close; the socket is likely still full.
-                        let _ = tokio::time::timeout(
-                            CLOSE_TIMEOUT,
-                            sink.send(close_message(CLOSE_POLICY, "slow consumer")),
-                        )
-                        .await;
-                        return;
-                    }
+                    // Killed mid-write: the branch above sends the close frame.
+                    None => continue,
                 }
             }
             _ = ping.tick() => {

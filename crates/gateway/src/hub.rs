@@ -37,11 +37,15 @@ type RouteIndex = HashMap<String, HashMap<u64, Route>>;
 /// calls so a channel's first subscribe and last unsubscribe cannot overtake each other.
 #[derive(Debug)]
 pub struct Hub {
+    /// Every open connection, logged in or not, for the write watchdog.
+    connections: Mutex<HashMap<u64, Arc<SessionHandle>>>,
     sessions: Mutex<HashMap<String, Arc<SessionHandle>>>,
     routes: Mutex<RouteIndex>,
     channel_ops: tokio::sync::Mutex<Option<Subscriber>>,
     next_conn_id: AtomicU64,
     deliveries: AtomicU64,
+    /// Origin of [`Hub::now_ms`].
+    epoch: Instant,
 }
 
 /// The broker's view of the hub: a weak reference, so the subscriber does not keep it alive.
@@ -59,11 +63,13 @@ impl Hub {
     /// Creates a hub subscribed to `broker`.
     pub fn new(broker: &Broker) -> Arc<Self> {
         let hub = Arc::new(Self {
+            connections: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
             routes: Mutex::new(HashMap::new()),
             channel_ops: tokio::sync::Mutex::new(None),
             next_conn_id: AtomicU64::new(1),
             deliveries: AtomicU64::new(0),
+            epoch: Instant::now(),
         });
         let subscriber = broker.subscriber(Arc::new(HubSink(Arc::downgrade(&hub))));
         if let Ok(mut slot) = hub.channel_ops.try_lock() {
@@ -78,6 +84,52 @@ impl Hub {
 
     fn routes(&self) -> MutexGuard<'_, RouteIndex> {
         self.routes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Returns milliseconds since the hub started (never 0).
+    pub fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Tracks an open connection.
+    pub fn add_connection(&self, session: &Arc<SessionHandle>) {
+        self.connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(session.conn_id, Arc::clone(session));
+    }
+
+    /// Forgets a closed connection.
+    pub fn remove_connection(&self, conn_id: u64) {
+        self.connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&conn_id);
+    }
+
+    /// Kills every connection whose socket write has stalled for longer than `limit`; returns
+    /// how many.
+    pub fn kill_stalled_writers(&self, limit: Duration) -> usize {
+        let now = self.now_ms();
+        let stalled: Vec<Arc<SessionHandle>> = self
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter(|session| session.write_stalled(now, limit.as_millis() as u64))
+            .cloned()
+            .collect();
+        for session in &stalled {
+            tracing::warn!(
+                conn.id = session.conn_id,
+                "slow consumer disconnected: write stalled"
+            );
+            session.kill(
+                crate::session::CLOSE_POLICY,
+                "slow consumer: write timed out",
+            );
+        }
+        stalled.len()
     }
 
     /// Returns a new gateway-local connection id.

@@ -64,6 +64,7 @@ pub async fn serve(
             ),
     );
     let heartbeat = tokio::spawn(heartbeat_loop(Arc::clone(&gateway), shutdown.clone()));
+    let watchdog = tokio::spawn(write_watchdog(Arc::clone(&gateway), shutdown.clone()));
     let tracker = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -95,6 +96,7 @@ pub async fn serve(
         tracing::warn!("connections did not drain in time");
     }
     heartbeat.abort();
+    watchdog.abort();
     match control.await {
         Ok(result) => result,
         Err(_) => Ok(()),
@@ -124,5 +126,20 @@ async fn heartbeat_loop(gateway: Arc<Gateway>, shutdown: CancellationToken) {
             })
             .collect();
         gateway.heartbeat(sessions).await;
+    }
+}
+
+/// Kills connections whose socket write has stalled past `write_timeout` (a client that
+/// stopped reading), so no writer waits forever and no per-write timer is needed.
+async fn write_watchdog(gateway: Arc<Gateway>, shutdown: CancellationToken) {
+    let limit = gateway.config.write_timeout;
+    let period = (limit / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut interval = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        gateway.hub.kill_stalled_writers(limit);
     }
 }

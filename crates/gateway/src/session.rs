@@ -101,6 +101,9 @@ pub struct SessionHandle {
     kill: CancellationToken,
     kill_reason: Mutex<Option<(u16, String)>>,
     closing: AtomicBool,
+    /// When the writer's current socket write began (ms on the hub clock), 0 when idle; the
+    /// gateway's watchdog kills connections whose write stalls.
+    write_started_ms: AtomicU64,
 }
 
 impl SessionHandle {
@@ -122,6 +125,7 @@ impl SessionHandle {
             kill: CancellationToken::new(),
             kill_reason: Mutex::new(None),
             closing: AtomicBool::new(false),
+            write_started_ms: AtomicU64::new(0),
         }
     }
 
@@ -192,6 +196,17 @@ impl SessionHandle {
         }
         drop(slot);
         self.kill.cancel();
+    }
+
+    /// Marks the start (`now_ms > 0`) or the end (`0`) of a socket write.
+    pub(crate) fn set_write_started(&self, now_ms: u64) {
+        self.write_started_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// Tells whether a socket write has been in progress for longer than `limit_ms`.
+    pub(crate) fn write_stalled(&self, now_ms: u64, limit_ms: u64) -> bool {
+        let started = self.write_started_ms.load(Ordering::Relaxed);
+        started != 0 && now_ms.saturating_sub(started) > limit_ms
     }
 
     pub(crate) fn kill_token(&self) -> &CancellationToken {

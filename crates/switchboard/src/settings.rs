@@ -56,6 +56,9 @@ pub struct Settings {
     /// Deadline of calls between services [default: 5s].
     #[arg(long, env = "SWITCHBOARD_RPC_TIMEOUT")]
     pub rpc_timeout: Option<String>,
+    /// Writer wait for more frames to share one write, e.g. "5ms" [default: 0, write at once].
+    #[arg(long, env = "SWITCHBOARD_WRITE_COALESCE")]
+    pub write_coalesce: Option<String>,
     /// gRPC listen address of auth, registry or bus [defaults: 0.0.0.0:9101, :9102, :9103].
     #[arg(long, env = "SWITCHBOARD_GRPC_LISTEN")]
     pub grpc_listen: Option<String>,
@@ -125,6 +128,7 @@ impl Settings {
             cmd_timeout,
             cmd_max_timeout,
             rpc_timeout,
+            write_coalesce,
             grpc_listen,
             redis_url,
             auth_url,
@@ -188,6 +192,11 @@ impl Settings {
                 &self.heartbeat_interval,
                 &mut config.heartbeat_interval,
                 "heartbeat_interval",
+            ),
+            (
+                &self.write_coalesce,
+                &mut config.write_coalesce,
+                "write_coalesce",
             ),
         ] {
             if let Some(text) = text {
