@@ -40,8 +40,8 @@ case "${1:-}" in
     start_one registry "$BIN" registry --grpc-listen 127.0.0.1:9102
     start_one bus "$BIN" bus --grpc-listen 127.0.0.1:9103
     wait_port 9101; wait_port 9102; wait_port 9103
-    start_one gateway1 "$BIN" gateway --listen 127.0.0.1:9010 --control-listen 127.0.0.1:9104
-    start_one gateway2 "$BIN" gateway --listen 127.0.0.1:9012 --control-listen 127.0.0.1:9105
+    start_one gateway1 "$BIN" gateway $GATEWAY_ARGS --listen 127.0.0.1:9010 --control-listen 127.0.0.1:9104
+    start_one gateway2 "$BIN" gateway $GATEWAY_ARGS --listen 127.0.0.1:9012 --control-listen 127.0.0.1:9105
     wait_port 9010; wait_port 9012
     ;;
   pids)

@@ -92,9 +92,10 @@ pub struct Config {
     pub write_timeout: Duration,
     /// Where `session log` goes; `None` drops log messages.
     pub gelf: Option<GelfTarget>,
-    /// How long the writer waits after a first queued frame for more to write with it.
-    /// Zero writes at once; a few milliseconds trade that much latency for fewer syscalls
-    /// when many events reach each connection.
+    /// Shortest time between two socket writes of one connection. A frame for a connection
+    /// that has not been written to for this long goes out at once; frames for a busy one
+    /// wait and share a write. Zero writes every batch at once; a few milliseconds trade up
+    /// to that much latency for far fewer syscalls under fan-out.
     pub write_coalesce: Duration,
 }
 

@@ -266,6 +266,7 @@ async fn write_loop(
     let mut ping =
         tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
     let kill = session.kill_token().clone();
+    let mut last_write = Instant::now() - config.write_coalesce;
     loop {
         tokio::select! {
             () = kill.cancelled() => {
@@ -279,13 +280,16 @@ async fn write_loop(
             }
             next = outbound_rx.recv() => {
                 let Some(first) = next else { return };
-                if !config.write_coalesce.is_zero() {
-                    // Let more frames queue up so they share one write.
+                // At most one write per `write_coalesce`: a frame for a quiet connection goes
+                // out at once, frames for a busy one wait so that they share a write.
+                let next_write = last_write + config.write_coalesce;
+                if !config.write_coalesce.is_zero() && Instant::now() < next_write {
                     tokio::select! {
-                        () = tokio::time::sleep(config.write_coalesce) => {}
+                        () = tokio::time::sleep_until(next_write) => {}
                         () = kill.cancelled() => continue,
                     }
                 }
+                last_write = Instant::now();
                 // No timer per batch: the gateway's watchdog kills a write that stalls.
                 session.set_write_started(gateway.hub.now_ms());
                 let outcome = tokio::select! {

@@ -56,7 +56,8 @@ pub struct Settings {
     /// Deadline of calls between services [default: 5s].
     #[arg(long, env = "SWITCHBOARD_RPC_TIMEOUT")]
     pub rpc_timeout: Option<String>,
-    /// Writer wait for more frames to share one write, e.g. "5ms" [default: 0, write at once].
+    /// Shortest time between two writes to one connection; frames meanwhile share a write,
+    /// e.g. "20ms" [default: 0, write at once].
     #[arg(long, env = "SWITCHBOARD_WRITE_COALESCE")]
     pub write_coalesce: Option<String>,
     /// gRPC listen address of auth, registry or bus [defaults: 0.0.0.0:9101, :9102, :9103].
