@@ -58,6 +58,25 @@ impl Broker {
         }
     }
 
+    /// Publishes each `(channels, payload)` in order, in one round trip to the engine.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the engine cannot be reached.
+    pub async fn publish_batch(&self, batch: &[(Vec<String>, Bytes)]) -> Result<(), BrokerError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Self::Memory(memory) => {
+                for (channels, payload) in batch {
+                    memory.publish(channels, payload);
+                }
+                Ok(())
+            }
+            Self::Redis(redis) => redis.publish_batch(batch).await,
+        }
+    }
+
     /// Creates the subscribing side for one gateway, delivering into `sink`.
     pub fn subscriber(&self, sink: Arc<dyn Deliver>) -> Subscriber {
         match self {

@@ -85,9 +85,20 @@ impl RedisBroker {
         channels: &[String],
         payload: &Bytes,
     ) -> Result<(), BrokerError> {
+        self.publish_batch(&[(channels.to_vec(), payload.clone())])
+            .await
+    }
+
+    /// Publishes every event of `batch` in one pipeline: one round trip, order kept.
+    pub(crate) async fn publish_batch(
+        &self,
+        batch: &[(Vec<String>, Bytes)],
+    ) -> Result<(), BrokerError> {
         let mut pipe = redis::pipe();
-        for channel in channels {
-            pipe.publish(channel, payload.as_ref()).ignore();
+        for (channels, payload) in batch {
+            for channel in channels {
+                pipe.publish(channel, payload.as_ref()).ignore();
+            }
         }
         let mut connection = self.publisher.clone();
         tokio::time::timeout(OPERATION_TIMEOUT, pipe.query_async::<()>(&mut connection))

@@ -7,11 +7,13 @@
 use std::future::Future;
 
 use bytes::Bytes;
-use serde_json::Value;
+use serde_json::value::RawValue;
 use switchboard_broker::Broker;
 use switchboard_proto::v1::event_bus_server::{EventBus, EventBusServer};
-use switchboard_proto::v1::{PublishReply, PublishRequest};
-use switchboard_protocol::event::{EventKey, EventMessage, WILDCARD};
+use switchboard_proto::v1::{
+    PublishBatchReply, PublishBatchRequest, PublishReply, PublishRequest, PublishResult,
+};
+use switchboard_protocol::event::{EventKey, WILDCARD};
 use switchboard_protocol::policy;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -38,58 +40,102 @@ fn field_or_wildcard(value: String) -> String {
     }
 }
 
+/// Validates and authorises one event; returns the channels it can match and its payload.
+///
+/// The body is checked to be JSON but not re-encoded: the payload is assembled around the
+/// body text as received.
+///
+/// # Errors
+/// `InvalidArgument` for a malformed event, `PermissionDenied` when the policy refuses it.
+fn prepare(request: PublishRequest) -> Result<(Vec<String>, Bytes), Status> {
+    let event = request
+        .event
+        .ok_or_else(|| Status::invalid_argument("event is required"))?;
+    if event.class.is_empty() || event.class == WILDCARD {
+        return Err(Status::invalid_argument("event class must be set"));
+    }
+    if !request.trusted
+        && !policy::event_allowed(
+            &request.roles,
+            &event.class,
+            &event.service,
+            &request.publisher_service,
+        )
+    {
+        return Err(Status::permission_denied("not allowed by the policy"));
+    }
+    if !event.body_json.is_empty() && serde_json::from_str::<&RawValue>(&event.body_json).is_err() {
+        return Err(Status::invalid_argument("body_json is not JSON"));
+    }
+    let key = EventKey {
+        service: event.service,
+        class: event.class,
+        subclass: field_or_wildcard(event.subclass),
+        type_: field_or_wildcard(event.r#type),
+        obj_id: field_or_wildcard(event.obj_id),
+    };
+    let channels = key.candidate_channels();
+    let mut payload =
+        serde_json::to_string(&key).map_err(|_| Status::internal("internal error"))?;
+    if !event.body_json.is_empty() {
+        // `key` serialises as an object: splice the body in before its closing brace.
+        payload.pop();
+        payload.push_str(",\"body\":");
+        payload.push_str(&event.body_json);
+        payload.push('}');
+    }
+    Ok((channels, Bytes::from(payload)))
+}
+
+fn broker_unavailable(error: impl std::fmt::Display) -> Status {
+    tracing::warn!(%error, "publish failed");
+    Status::unavailable("broker unavailable")
+}
+
 #[tonic::async_trait]
 impl EventBus for GrpcEventBus {
     async fn publish(
         &self,
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishReply>, Status> {
-        let request = request.into_inner();
-        let event = request
-            .event
-            .ok_or_else(|| Status::invalid_argument("event is required"))?;
-        if event.class.is_empty() || event.class == WILDCARD {
-            return Err(Status::invalid_argument("event class must be set"));
-        }
-        if !request.trusted
-            && !policy::event_allowed(
-                &request.roles,
-                &event.class,
-                &event.service,
-                &request.publisher_service,
-            )
-        {
-            return Err(Status::permission_denied("not allowed by the policy"));
-        }
-        let body = if event.body_json.is_empty() {
-            None
-        } else {
-            Some(
-                serde_json::from_str::<Value>(&event.body_json)
-                    .map_err(|_| Status::invalid_argument("body_json is not JSON"))?,
-            )
-        };
-        let message = EventMessage {
-            key: EventKey {
-                service: event.service,
-                class: event.class,
-                subclass: field_or_wildcard(event.subclass),
-                type_: field_or_wildcard(event.r#type),
-                obj_id: field_or_wildcard(event.obj_id),
-            },
-            body,
-        };
-        let channels = message.key.candidate_channels();
-        let payload =
-            serde_json::to_vec(&message).map_err(|_| Status::internal("internal error"))?;
+        let (channels, payload) = prepare(request.into_inner())?;
         self.broker
-            .publish(&channels, Bytes::from(payload))
+            .publish(&channels, payload)
             .await
-            .map_err(|error| {
-                tracing::warn!(%error, "publish failed");
-                Status::unavailable("broker unavailable")
-            })?;
+            .map_err(broker_unavailable)?;
         Ok(Response::new(PublishReply {}))
+    }
+
+    async fn publish_batch(
+        &self,
+        request: Request<PublishBatchRequest>,
+    ) -> Result<Response<PublishBatchReply>, Status> {
+        let mut results = Vec::new();
+        let mut batch = Vec::new();
+        for event in request.into_inner().events {
+            match prepare(event) {
+                Ok(prepared) => {
+                    batch.push(prepared);
+                    results.push(PublishResult {
+                        ok: true,
+                        ..PublishResult::default()
+                    });
+                }
+                Err(status) => results.push(PublishResult {
+                    ok: false,
+                    code: match status.code() {
+                        tonic::Code::PermissionDenied => "permission_denied".to_owned(),
+                        _ => "invalid_argument".to_owned(),
+                    },
+                    message: status.message().to_owned(),
+                }),
+            }
+        }
+        self.broker
+            .publish_batch(&batch)
+            .await
+            .map_err(broker_unavailable)?;
+        Ok(Response::new(PublishBatchReply { results }))
     }
 }
 

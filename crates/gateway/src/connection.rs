@@ -49,6 +49,8 @@ pub(crate) struct ConnState {
     pub(crate) cmd_tasks: JoinSet<()>,
     /// Set by a `session stop` of the connection's own session: close after the reply.
     pub(crate) stop_after_reply: bool,
+    /// The connection's budget of publishes waiting for the bus.
+    pub(crate) publish_permits: Arc<tokio::sync::Semaphore>,
 }
 
 fn service_from_path(path: &str) -> Option<String> {
@@ -136,6 +138,9 @@ async fn run(
         subscriptions: Vec::new(),
         cmd_tasks: JoinSet::new(),
         stop_after_reply: false,
+        publish_permits: Arc::new(tokio::sync::Semaphore::new(
+            crate::publisher::MAX_INFLIGHT_PER_CONNECTION,
+        )),
     };
     let shutdown_watch = {
         let session = Arc::clone(&session);

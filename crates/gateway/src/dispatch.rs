@@ -85,12 +85,16 @@ pub(crate) async fn dispatch(
     let result = match (request.subclass.as_str(), request.cmd.as_str()) {
         ("user", "list") => commands::user::list(gateway, state).await,
         ("user", "get") => commands::user::get(gateway, state, &request.data).await,
-        ("user", "send_event") => commands::user::send_event(gateway, state, &request.data).await,
+        ("user", "send_event") => {
+            let publish = commands::user::send_event(state, &request.data);
+            return commands::submit_publish(gateway, state, tid, publish).await;
+        }
         ("session", "stop") => {
             commands::session::stop(gateway, state, &identity, own_user_only, &request.data).await
         }
         ("session", "send_event") => {
-            commands::session::send_event(gateway, state, &request.data).await
+            let publish = commands::session::send_event(state, &request.data);
+            return commands::submit_publish(gateway, state, tid, publish).await;
         }
         ("session", "cmd") => {
             return commands::session::cmd(gateway, state, &identity, own_user_only, request);
@@ -105,7 +109,8 @@ pub(crate) async fn dispatch(
         }
         ("event", "get_subscriptions") => Ok(commands::event::get_subscriptions(state)),
         ("event", "send_event" | "send") => {
-            commands::event::send_event(gateway, state, &identity, &request.data).await
+            let publish = commands::event::send_event(state, &identity, &request.data);
+            return commands::submit_publish(gateway, state, tid, publish).await;
         }
         _ => Err(unknown_command(&request).into()),
     };

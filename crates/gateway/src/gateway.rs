@@ -9,6 +9,7 @@ use crate::clients::Services;
 use crate::config::Config;
 use crate::gelf::GelfSender;
 use crate::hub::Hub;
+use crate::publisher::Publisher;
 
 /// Attempts to unregister a closed session before giving up.
 const UNREGISTER_ATTEMPTS: u32 = 3;
@@ -27,6 +28,8 @@ pub struct Gateway {
     pub services: Services,
     /// Where `session log` goes.
     pub gelf: GelfSender,
+    /// Batches `send_event`s towards the bus.
+    pub publisher: Publisher,
 }
 
 impl Gateway {

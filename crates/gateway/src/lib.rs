@@ -11,6 +11,7 @@
 //! - [`connection`]: one WebSocket: reader, batching writer, cleanup.
 //! - `dispatch` and `commands`: request routing and the `core` commands.
 //! - [`hub`]: local sessions, the subscription index and event fan-out.
+//! - [`publisher`]: `send_event`s batched towards the bus, in order, with backpressure.
 //! - [`session`]: the per-connection handle other tasks use.
 //! - [`control`]: the SessionControl gRPC service.
 //! - [`gelf`]: `session log` as GELF over UDP or TCP.
@@ -25,6 +26,7 @@ mod dispatch;
 pub mod gateway;
 pub mod gelf;
 pub mod hub;
+pub mod publisher;
 pub mod server;
 pub mod session;
 

@@ -18,6 +18,7 @@ use crate::control::GrpcSessionControl;
 use crate::gateway::Gateway;
 use crate::gelf::GelfSender;
 use crate::hub::Hub;
+use crate::publisher::Publisher;
 
 /// How long connections get to close after shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,6 +36,7 @@ pub fn build(config: Config, broker: &Broker) -> Result<Arc<Gateway>, AddressErr
     )?;
     Ok(Arc::new(Gateway {
         hub: Hub::new(broker),
+        publisher: Publisher::start(services.clone()),
         services,
         gelf: GelfSender::start(config.gelf.clone()),
         config,

@@ -170,6 +170,20 @@ impl SessionHandle {
         }
     }
 
+    /// Queues a reply without blocking the caller: at once when there is room, else from a
+    /// task that waits for room (or for the connection to end).
+    pub(crate) fn reply_soon(self: &Arc<Self>, text: String) {
+        match self.outbound_tx.try_send(Outbound::Text(text)) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(frame)) => {
+                let session = Arc::clone(self);
+                tokio::spawn(async move {
+                    session.send(frame).await;
+                });
+            }
+        }
+    }
+
     /// Closes the connection after the frames already queued.
     pub(crate) fn close(&self, code: u16, reason: &str) {
         if self.closing.swap(true, Ordering::Relaxed) {

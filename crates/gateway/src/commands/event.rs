@@ -8,11 +8,12 @@ use switchboard_protocol::fields::Fields;
 use switchboard_protocol::policy;
 use switchboard_protocol::{ApiError, ErrorCode};
 
-use super::publish;
+use super::publish_request;
 use crate::connection::ConnState;
-use crate::dispatch::CommandResult;
+use crate::dispatch::{CommandResult, Failure};
 use crate::gateway::Gateway;
 use crate::session::Identity;
+use switchboard_proto::v1::PublishRequest;
 
 /// Reads (service, class, subclass, type, obj_id) with defaults applied.
 fn event_key(state: &ConnState, data: &Map<String, Value>) -> Result<EventKey, ApiError> {
@@ -136,22 +137,18 @@ pub(crate) fn get_subscriptions(state: &ConnState) -> Value {
 }
 
 /// `event send_event` (alias `send`).
-pub(crate) async fn send_event(
-    gateway: &Gateway,
+pub(crate) fn send_event(
     state: &ConnState,
     identity: &Identity,
     data: &Map<String, Value>,
-) -> CommandResult {
+) -> Result<PublishRequest, Failure> {
     let key = event_key(state, data)?;
     check_event_policy(identity, state, &key)?;
-    publish(
-        gateway,
+    Ok(publish_request(
         key,
         Fields(data).optional_value("body"),
         &identity.roles,
         &state.session.service,
         false,
-    )
-    .await?;
-    Ok(json!({}))
+    ))
 }

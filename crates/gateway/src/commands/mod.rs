@@ -4,13 +4,16 @@ pub(crate) mod event;
 pub(crate) mod session;
 pub(crate) mod user;
 
+use std::sync::Arc;
+
 use serde_json::Value;
 use switchboard_proto::v1::{Event, PublishRequest};
 use switchboard_protocol::event::EventKey;
 
-use crate::clients::status_to_api_error;
-use crate::dispatch::Failure;
+use crate::connection::ConnState;
+use crate::dispatch::{Failure, encode};
 use crate::gateway::Gateway;
+use crate::publisher::PublishJob;
 
 /// Tells whether `subclass`/`cmd` is a core command.
 pub(crate) fn is_known(subclass: &str, cmd: &str) -> bool {
@@ -26,20 +29,19 @@ pub(crate) fn is_known(subclass: &str, cmd: &str) -> bool {
     )
 }
 
-/// Publishes an event through the bus.
-pub(crate) async fn publish(
-    gateway: &Gateway,
+/// Builds the bus request for an event.
+pub(crate) fn publish_request(
     key: EventKey,
     body: Option<&Value>,
     roles: &[String],
     publisher_service: &str,
     trusted: bool,
-) -> Result<(), Failure> {
+) -> PublishRequest {
     let body_json = match body {
         Some(body) if !body.is_null() => body.to_string(),
         _ => String::new(),
     };
-    let request = gateway.services.request(PublishRequest {
+    PublishRequest {
         event: Some(Event {
             service: key.service,
             class: key.class,
@@ -51,13 +53,34 @@ pub(crate) async fn publish(
         roles: roles.to_vec(),
         publisher_service: publisher_service.to_owned(),
         trusted,
-    });
+    }
+}
+
+/// Queues a publish for the connection of `state`; its reply is sent when the bus has it.
+/// Waits while the connection already has its budget of publishes in flight.
+pub(crate) async fn submit_publish(
+    gateway: &Gateway,
+    state: &ConnState,
+    tid: Value,
+    request: Result<PublishRequest, Failure>,
+) -> Option<String> {
+    let request = match request {
+        Ok(request) => request,
+        Err(failure) => return Some(encode(&tid, Err(failure))),
+    };
+    let permits = Arc::clone(&state.publish_permits);
+    let permit = tokio::select! {
+        permit = permits.acquire_owned() => permit.ok()?,
+        () = state.session.kill_token().cancelled() => return None,
+    };
     gateway
-        .services
-        .bus
-        .clone()
-        .publish(request)
-        .await
-        .map_err(|status| Failure::Api(status_to_api_error(&status, "event bus")))?;
-    Ok(())
+        .publisher
+        .submit(PublishJob {
+            request,
+            session: Arc::clone(&state.session),
+            tid,
+            permit,
+        })
+        .await;
+    None
 }

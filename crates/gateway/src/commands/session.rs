@@ -13,7 +13,7 @@ use switchboard_protocol::frame::Request;
 use switchboard_protocol::{ApiError, ErrorCode};
 use tonic::Code;
 
-use super::publish;
+use super::publish_request;
 use super::user::CORE_CLASS;
 use crate::clients::status_to_api_error;
 use crate::connection::ConnState;
@@ -22,6 +22,7 @@ use crate::gateway::Gateway;
 use crate::gelf::LogRecord;
 use crate::hub::{CmdRequest, CmdTiming};
 use crate::session::{CmdAnswer, Identity, Outbound};
+use switchboard_proto::v1::PublishRequest;
 
 /// Where a target session lives.
 enum Location {
@@ -119,11 +120,10 @@ pub(crate) async fn stop(
 }
 
 /// `session send_event`: fires `core/session_event/<type>/<session_id>`.
-pub(crate) async fn send_event(
-    gateway: &Gateway,
+pub(crate) fn send_event(
     state: &ConnState,
     data: &Map<String, Value>,
-) -> CommandResult {
+) -> Result<PublishRequest, Failure> {
     let fields = Fields(data);
     let session_id = fields.required_str("session_id")?;
     let type_ = fields.str_or("type", WILDCARD)?;
@@ -134,16 +134,13 @@ pub(crate) async fn send_event(
         type_: type_.to_owned(),
         obj_id: session_id.to_owned(),
     };
-    publish(
-        gateway,
+    Ok(publish_request(
         key,
         fields.optional_value("body"),
         &[],
         &state.session.service,
         true,
-    )
-    .await?;
-    Ok(json!({}))
+    ))
 }
 
 /// The validated fields of `session cmd`.

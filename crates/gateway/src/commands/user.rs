@@ -9,13 +9,14 @@ use switchboard_protocol::fields::Fields;
 use switchboard_protocol::{ApiError, ErrorCode, MAX_SESSION_ID_LEN, MAX_USER_LEN};
 use tonic::Code;
 
-use super::publish;
+use super::publish_request;
 use crate::clients::status_to_api_error;
 use crate::commands::event::add_subscription;
 use crate::connection::ConnState;
-use crate::dispatch::CommandResult;
+use crate::dispatch::{CommandResult, Failure};
 use crate::gateway::Gateway;
 use crate::session::Identity;
+use switchboard_proto::v1::PublishRequest;
 
 /// Class of the automatic subscriptions' events.
 pub(crate) const CORE_CLASS: &str = "core";
@@ -195,11 +196,10 @@ pub(crate) async fn get(
 }
 
 /// `user send_event`: fires `core/user_event/<type>/<user>`.
-pub(crate) async fn send_event(
-    gateway: &Gateway,
+pub(crate) fn send_event(
     state: &ConnState,
     data: &Map<String, Value>,
-) -> CommandResult {
+) -> Result<PublishRequest, Failure> {
     let fields = Fields(data);
     let user = fields.required_str("user")?;
     let type_ = fields.str_or("type", WILDCARD)?;
@@ -210,14 +210,11 @@ pub(crate) async fn send_event(
         type_: type_.to_owned(),
         obj_id: user.to_owned(),
     };
-    publish(
-        gateway,
+    Ok(publish_request(
         key,
         fields.optional_value("body"),
         &[],
         &state.session.service,
         true,
-    )
-    .await?;
-    Ok(json!({}))
+    ))
 }
