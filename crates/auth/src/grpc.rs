@@ -5,7 +5,6 @@ use std::future::Future;
 use switchboard_proto::v1::auth_server::{Auth, AuthServer};
 use switchboard_proto::v1::{LoginReply, LoginRequest};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
 use crate::config::Config;
@@ -60,6 +59,9 @@ pub async fn serve(
     let service = GrpcAuthService::new(Authenticator::new(config));
     tonic::transport::Server::builder()
         .add_service(AuthServer::new(service))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await
 }

@@ -16,7 +16,6 @@ use switchboard_proto::v1::{
 use switchboard_protocol::event::{EventKey, WILDCARD};
 use switchboard_protocol::policy;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
 /// The tonic service publishing into a broker.
@@ -150,6 +149,9 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
         .add_service(EventBusServer::new(GrpcEventBus::new(broker)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await
 }

@@ -34,6 +34,8 @@ use crate::session::{CLOSE_GOING_AWAY, CLOSE_TOO_BIG, CmdAnswer, Outbound, Sessi
 /// The WebSocket path of the default service; `/api/ws/<service>` selects a named one.
 pub const WS_PATH: &str = "/api/ws";
 
+/// Consecutive closely spaced writes after which a connection counts as busy and coalesces.
+const COALESCE_AFTER_STREAK: u32 = 2;
 /// Read chunk of a connection (see `handle`).
 const READ_BUFFER_BYTES: usize = 4096;
 /// Most frames the writer batches into one flush.
@@ -272,6 +274,7 @@ async fn write_loop(
         tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
     let kill = session.kill_token().clone();
     let mut last_write = Instant::now() - config.write_coalesce;
+    let mut busy_streak = 0u32;
     loop {
         tokio::select! {
             () = kill.cancelled() => {
@@ -285,10 +288,17 @@ async fn write_loop(
             }
             next = outbound_rx.recv() => {
                 let Some(first) = next else { return };
-                // At most one write per `write_coalesce`: a frame for a quiet connection goes
-                // out at once, frames for a busy one wait so that they share a write.
+                // A connection under sustained traffic (several writes in a row, each within
+                // `write_coalesce` of the last) writes at most once per `write_coalesce`, so
+                // its frames share writes; a frame for a quiet connection goes out at once.
+                let now = Instant::now();
                 let next_write = last_write + config.write_coalesce;
-                if !config.write_coalesce.is_zero() && Instant::now() < next_write {
+                if now < next_write {
+                    busy_streak = busy_streak.saturating_add(1);
+                } else {
+                    busy_streak = 0;
+                }
+                if busy_streak >= COALESCE_AFTER_STREAK && now < next_write {
                     tokio::select! {
                         () = tokio::time::sleep_until(next_write) => {}
                         () = kill.cancelled() => continue,

@@ -7,7 +7,6 @@ use std::time::Duration;
 use switchboard_broker::Broker;
 use switchboard_proto::v1::session_control_server::SessionControlServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -61,7 +60,8 @@ pub async fn serve(
                 Arc::clone(&gateway),
             )))
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(control_listener),
+                tonic::transport::server::TcpIncoming::from(control_listener)
+                    .with_nodelay(Some(true)),
                 shutdown.clone().cancelled_owned(),
             ),
     );
