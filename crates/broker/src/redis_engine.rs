@@ -34,6 +34,9 @@ while i <= #ARGV do
 end
 return 0
 ";
+/// Batches of at least this many events are published by one script call, smaller ones by
+/// a pipeline of PUBLISH commands.
+const SCRIPT_MIN_BATCH: usize = 8;
 /// How often an idle pub/sub connection is checked with a PING.
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// Channels per SUBSCRIBE when re-subscribing after a reconnection.
@@ -112,6 +115,23 @@ impl RedisBroker {
         &self,
         batch: &[(Vec<String>, Bytes)],
     ) -> Result<(), BrokerError> {
+        let mut connection = self.publisher.clone();
+        if batch.len() < SCRIPT_MIN_BATCH {
+            // A script call costs more than it saves for a handful of events.
+            let mut pipe = redis::pipe();
+            for (channels, payload) in batch {
+                for channel in channels {
+                    pipe.publish(channel, payload.as_ref()).ignore();
+                }
+            }
+            return tokio::time::timeout(
+                OPERATION_TIMEOUT,
+                pipe.query_async::<()>(&mut connection),
+            )
+            .await
+            .map_err(|_| unavailable("redis publish timed out"))?
+            .map_err(unavailable);
+        }
         let mut invocation = self.publish_script.prepare_invoke();
         for (channels, payload) in batch {
             invocation.arg(channels.len()).arg(payload.as_ref());
@@ -119,7 +139,6 @@ impl RedisBroker {
                 invocation.arg(channel);
             }
         }
-        let mut connection = self.publisher.clone();
         tokio::time::timeout(
             OPERATION_TIMEOUT,
             invocation.invoke_async::<()>(&mut connection),

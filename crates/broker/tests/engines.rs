@@ -87,6 +87,34 @@ async fn test_redis_engine() {
 }
 
 #[tokio::test]
+async fn test_redis_large_batch_keeps_order() {
+    let redis = RedisServer::start();
+    let broker = Broker::Redis(RedisBroker::connect(&redis.url()).await.expect("url"));
+    let recorder = Arc::new(Recorder::default());
+    let subscriber = broker.subscriber(recorder.clone());
+    subscriber.subscribe("a").await.expect("subscribe");
+    subscriber.subscribe("b").await.expect("subscribe");
+    // Large enough to go through the publishing script.
+    let batch: Vec<(Vec<String>, Bytes)> = (0..50u8)
+        .map(|n| {
+            (
+                vec!["a".to_owned(), "none".to_owned(), "b".to_owned()],
+                Bytes::from(vec![n]),
+            )
+        })
+        .collect();
+    broker.publish_batch(&batch).await.expect("publish");
+    let got = recorder.wait_for(100).await;
+    let on_a: Vec<u8> = got
+        .iter()
+        .filter(|(c, _)| c == "a")
+        .map(|(_, p)| p[0])
+        .collect();
+    assert_eq!(on_a, (0..50).collect::<Vec<u8>>(), "every event, in order");
+    assert_eq!(got.len(), 100);
+}
+
+#[tokio::test]
 async fn test_redis_restart_resubscribes() {
     let mut redis = RedisServer::start();
     let broker = Broker::Redis(RedisBroker::connect(&redis.url()).await.expect("url"));
