@@ -40,7 +40,7 @@ pub enum Broker {
     /// In-process engine for single-process mode.
     Memory(MemoryBroker),
     /// Redis pub/sub.
-    Redis(RedisBroker),
+    Redis(Box<RedisBroker>),
 }
 
 impl Broker {

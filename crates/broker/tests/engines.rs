@@ -80,16 +80,18 @@ async fn test_memory_engine() {
 #[tokio::test]
 async fn test_redis_engine() {
     let redis = RedisServer::start();
-    suite(Broker::Redis(
+    suite(Broker::Redis(Box::new(
         RedisBroker::connect(&redis.url()).await.expect("url"),
-    ))
+    )))
     .await;
 }
 
 #[tokio::test]
 async fn test_redis_large_batch_keeps_order() {
     let redis = RedisServer::start();
-    let broker = Broker::Redis(RedisBroker::connect(&redis.url()).await.expect("url"));
+    let broker = Broker::Redis(Box::new(
+        RedisBroker::connect(&redis.url()).await.expect("url"),
+    ));
     let recorder = Arc::new(Recorder::default());
     let subscriber = broker.subscriber(recorder.clone());
     subscriber.subscribe("a").await.expect("subscribe");
@@ -117,7 +119,9 @@ async fn test_redis_large_batch_keeps_order() {
 #[tokio::test]
 async fn test_redis_restart_resubscribes() {
     let mut redis = RedisServer::start();
-    let broker = Broker::Redis(RedisBroker::connect(&redis.url()).await.expect("url"));
+    let broker = Broker::Redis(Box::new(
+        RedisBroker::connect(&redis.url()).await.expect("url"),
+    ));
     let recorder = Arc::new(Recorder::default());
     let subscriber = broker.subscriber(recorder.clone());
     subscriber.subscribe("kept").await.expect("subscribe");
@@ -153,7 +157,7 @@ async fn test_health_checks_keep_a_healthy_subscription() {
         .await
         .expect("url")
         .with_health_check_interval(Duration::from_millis(50));
-    let broker = Broker::Redis(engine.clone());
+    let broker = Broker::Redis(Box::new(engine.clone()));
     let recorder = Arc::new(Recorder::default());
     let subscriber = broker.subscriber(recorder.clone());
     subscriber.subscribe("steady").await.expect("subscribe");

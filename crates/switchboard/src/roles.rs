@@ -85,8 +85,12 @@ pub async fn bus(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .as_deref()
         .unwrap_or(DEFAULT_BUS_LISTEN);
     let listener = bind(listen, "bus gRPC").await?;
-    switchboard_event_bus::serve(Broker::Redis(broker), listener, shutdown.cancelled_owned())
-        .await?;
+    switchboard_event_bus::serve(
+        Broker::Redis(Box::new(broker)),
+        listener,
+        shutdown.cancelled_owned(),
+    )
+    .await?;
     Ok(())
 }
 
@@ -156,7 +160,7 @@ pub async fn gateway(settings: Settings, shutdown: CancellationToken) -> anyhow:
         "switchboard gateway listening on ws://{}/api/ws",
         ws_listener.local_addr()?
     );
-    let gateway = switchboard_gateway::build(config, &Broker::Redis(broker))?;
+    let gateway = switchboard_gateway::build(config, &Broker::Redis(Box::new(broker)))?;
     switchboard_gateway::serve(gateway, ws_listener, control_listener, shutdown).await?;
     Ok(())
 }
