@@ -37,7 +37,7 @@ pub const WS_PATH: &str = "/api/ws";
 /// Consecutive closely spaced writes after which a connection counts as busy and coalesces.
 const COALESCE_AFTER_STREAK: u32 = 2;
 /// Read chunk of a connection (see `handle`).
-const READ_BUFFER_BYTES: usize = 4096;
+const READ_BUFFER_BYTES: usize = 2048;
 /// Most frames the writer batches into one flush.
 const WRITE_BATCH: usize = 256;
 
@@ -144,20 +144,9 @@ async fn run(
             crate::publisher::MAX_INFLIGHT_PER_CONNECTION,
         )),
     };
-    let shutdown_watch = {
-        let session = Arc::clone(&session);
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                () = shutdown.cancelled() => session.close(CLOSE_GOING_AWAY, "gateway shutting down"),
-                () = session.kill_token().cancelled() => {}
-            }
-        })
-    };
-    read_loop(&gateway, &mut state, stream, &last_seen, epoch).await;
+    read_loop(&gateway, &mut state, stream, &last_seen, epoch, &shutdown).await;
     // The writer ends after a queued close or on kill; make sure it does either way.
     session.kill(CLOSE_GOING_AWAY, "");
-    shutdown_watch.abort();
     if tokio::time::timeout(gateway.config.write_timeout * 2, writer)
         .await
         .is_err()
@@ -175,11 +164,19 @@ async fn read_loop(
     mut stream: futures_util::stream::SplitStream<WebSocketStream<TcpStream>>,
     last_seen: &AtomicU64,
     epoch: Instant,
+    shutdown: &CancellationToken,
 ) {
     let kill = state.session.kill_token().clone();
+    let mut draining = false;
     loop {
         let message = tokio::select! {
             () = kill.cancelled() => return,
+            () = shutdown.cancelled(), if !draining => {
+                // Drain: close with 1001 after what is queued; keep reading until the close.
+                draining = true;
+                state.session.close(CLOSE_GOING_AWAY, "gateway shutting down");
+                continue;
+            }
             message = stream.next() => message,
         };
         last_seen.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -229,7 +226,9 @@ async fn handle_text(gateway: &Arc<Gateway>, state: &mut ConnState, text: &str) 
             .await;
         }
         Ok(Inbound::Request(request)) => {
-            if let Some(text) = dispatch::dispatch(gateway, state, request).await {
+            // Boxed: a command's state lives only while it runs, so an idle connection's task
+            // stays small (this is most of the per-connection memory otherwise).
+            if let Some(text) = Box::pin(dispatch::dispatch(gateway, state, request)).await {
                 reply(state, text).await;
             }
         }
