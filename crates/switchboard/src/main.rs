@@ -1,10 +1,6 @@
 //! `switchboard`: the one binary. `switchboard dev` runs every service in one process.
 
 use std::path::PathBuf;
-
-// mimalloc: less fragmentation across many small per-connection allocations, and faster.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
