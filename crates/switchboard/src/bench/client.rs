@@ -93,7 +93,8 @@ impl BenchConn {
     /// # Errors
     /// When the connection or the login fails.
     pub async fn login(url: &str, user: &str, password: &str) -> anyhow::Result<Self> {
-        let (socket, _) = tokio_tungstenite::connect_async(url)
+        // Nagle off: a publisher's small frames must not wait for the previous one's ACK.
+        let (socket, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
             .await
             .with_context(|| format!("cannot connect to {url}"))?;
         let mut conn = Self {
