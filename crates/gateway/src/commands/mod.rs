@@ -6,9 +6,11 @@ pub(crate) mod user;
 
 use std::sync::Arc;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 use switchboard_proto::v1::{Event, PublishRequest};
 use switchboard_protocol::event::EventKey;
+use switchboard_protocol::event::WILDCARD;
+use switchboard_protocol::fields::Fields;
 
 use crate::connection::ConnState;
 use crate::dispatch::{Failure, encode};
@@ -27,6 +29,34 @@ pub(crate) fn is_known(subclass: &str, cmd: &str) -> bool {
                 "subscribe" | "unsubscribe" | "get_subscriptions" | "send_event" | "send"
             )
     )
+}
+
+/// Builds the bus request of `user send_event` and `session send_event`: the event
+/// `core/<subclass>/<type>/<target>`, where `target` is the data field `target_field`.
+/// These are authorised by the command policy, so the bus gets them as trusted.
+pub(crate) fn core_event_request(
+    state: &ConnState,
+    data: &Map<String, Value>,
+    subclass: &str,
+    target_field: &str,
+) -> Result<PublishRequest, Failure> {
+    let fields = Fields(data);
+    let target = fields.required_str(target_field)?;
+    let type_ = fields.str_or("type", WILDCARD)?;
+    let key = EventKey {
+        service: state.session.service.clone(),
+        class: user::CORE_CLASS.to_owned(),
+        subclass: subclass.to_owned(),
+        type_: type_.to_owned(),
+        obj_id: target.to_owned(),
+    };
+    Ok(publish_request(
+        key,
+        fields.optional_value("body"),
+        &[],
+        &state.session.service,
+        true,
+    ))
 }
 
 /// Builds the bus request for an event.

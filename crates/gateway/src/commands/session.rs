@@ -7,14 +7,12 @@ use serde_json::{Map, Value, json};
 use switchboard_proto::v1::{
     CmdRequest as GrpcCmdRequest, LookupRequest, SessionInfo, StopRequest,
 };
-use switchboard_protocol::event::{EventKey, WILDCARD};
+
 use switchboard_protocol::fields::Fields;
 use switchboard_protocol::frame::Request;
 use switchboard_protocol::{ApiError, ErrorCode};
 use tonic::Code;
 
-use super::publish_request;
-use super::user::CORE_CLASS;
 use crate::clients::status_to_api_error;
 use crate::connection::ConnState;
 use crate::dispatch::{CommandResult, Failure, encode};
@@ -124,23 +122,7 @@ pub(crate) fn send_event(
     state: &ConnState,
     data: &Map<String, Value>,
 ) -> Result<PublishRequest, Failure> {
-    let fields = Fields(data);
-    let session_id = fields.required_str("session_id")?;
-    let type_ = fields.str_or("type", WILDCARD)?;
-    let key = EventKey {
-        service: state.session.service.clone(),
-        class: CORE_CLASS.to_owned(),
-        subclass: "session_event".to_owned(),
-        type_: type_.to_owned(),
-        obj_id: session_id.to_owned(),
-    };
-    Ok(publish_request(
-        key,
-        fields.optional_value("body"),
-        &[],
-        &state.session.service,
-        true,
-    ))
+    super::core_event_request(state, data, "session_event", "session_id")
 }
 
 /// The validated fields of `session cmd`.

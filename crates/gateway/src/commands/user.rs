@@ -9,7 +9,6 @@ use switchboard_protocol::fields::Fields;
 use switchboard_protocol::{ApiError, ErrorCode, MAX_SESSION_ID_LEN, MAX_USER_LEN};
 use tonic::Code;
 
-use super::publish_request;
 use crate::clients::status_to_api_error;
 use crate::commands::event::add_subscription;
 use crate::connection::ConnState;
@@ -200,21 +199,5 @@ pub(crate) fn send_event(
     state: &ConnState,
     data: &Map<String, Value>,
 ) -> Result<PublishRequest, Failure> {
-    let fields = Fields(data);
-    let user = fields.required_str("user")?;
-    let type_ = fields.str_or("type", WILDCARD)?;
-    let key = EventKey {
-        service: state.session.service.clone(),
-        class: CORE_CLASS.to_owned(),
-        subclass: "user_event".to_owned(),
-        type_: type_.to_owned(),
-        obj_id: user.to_owned(),
-    };
-    Ok(publish_request(
-        key,
-        fields.optional_value("body"),
-        &[],
-        &state.session.service,
-        true,
-    ))
+    super::core_event_request(state, data, "user_event", "user")
 }
