@@ -5,6 +5,7 @@
 //! [`switchboard_broker::Broker`]. Stateless: scale it freely.
 
 use std::future::Future;
+use std::pin::Pin;
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
@@ -16,7 +17,10 @@ use switchboard_proto::v1::{
 use switchboard_protocol::event::{EventKey, WILDCARD};
 use switchboard_protocol::policy;
 use tokio::net::TcpListener;
-use tonic::{Request, Response, Status};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
 
 /// The tonic service publishing into a broker.
 #[derive(Debug, Clone)]
@@ -109,33 +113,68 @@ impl EventBus for GrpcEventBus {
         &self,
         request: Request<PublishBatchRequest>,
     ) -> Result<Response<PublishBatchReply>, Status> {
-        let mut results = Vec::new();
-        let mut batch = Vec::new();
-        for event in request.into_inner().events {
-            match prepare(event) {
-                Ok(prepared) => {
-                    batch.push(prepared);
-                    results.push(PublishResult {
-                        ok: true,
-                        ..PublishResult::default()
-                    });
-                }
-                Err(status) => results.push(PublishResult {
-                    ok: false,
-                    code: match status.code() {
-                        tonic::Code::PermissionDenied => "permission_denied".to_owned(),
-                        _ => "invalid_argument".to_owned(),
-                    },
-                    message: status.message().to_owned(),
-                }),
-            }
-        }
-        self.broker
-            .publish_batch(&batch)
-            .await
-            .map_err(broker_unavailable)?;
-        Ok(Response::new(PublishBatchReply { results }))
+        let reply = publish_batch(&self.broker, request.into_inner()).await?;
+        Ok(Response::new(reply))
     }
+
+    type PublishStreamStream =
+        Pin<Box<dyn Stream<Item = Result<PublishBatchReply, Status>> + Send + 'static>>;
+
+    async fn publish_stream(
+        &self,
+        request: Request<Streaming<PublishBatchRequest>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let broker = self.broker.clone();
+        let (replies_tx, replies_rx) = mpsc::channel(STREAM_REPLIES);
+        tokio::spawn(async move {
+            // Batches are published one after the other, so their order is kept.
+            while let Ok(Some(batch)) = inbound.message().await {
+                let reply = publish_batch(&broker, batch).await;
+                let failed = reply.is_err();
+                if replies_tx.send(reply).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(replies_rx))))
+    }
+}
+
+/// Replies buffered towards a publishing stream's client.
+const STREAM_REPLIES: usize = 16;
+
+/// Prepares every event of a batch and publishes the valid ones in one broker round trip.
+async fn publish_batch(
+    broker: &Broker,
+    request: PublishBatchRequest,
+) -> Result<PublishBatchReply, Status> {
+    let mut results = Vec::with_capacity(request.events.len());
+    let mut batch = Vec::with_capacity(request.events.len());
+    for event in request.events {
+        match prepare(event) {
+            Ok(prepared) => {
+                batch.push(prepared);
+                results.push(PublishResult {
+                    ok: true,
+                    ..PublishResult::default()
+                });
+            }
+            Err(status) => results.push(PublishResult {
+                ok: false,
+                code: match status.code() {
+                    tonic::Code::PermissionDenied => "permission_denied".to_owned(),
+                    _ => "invalid_argument".to_owned(),
+                },
+                message: status.message().to_owned(),
+            }),
+        }
+    }
+    broker
+        .publish_batch(&batch)
+        .await
+        .map_err(broker_unavailable)?;
+    Ok(PublishBatchReply { results })
 }
 
 /// Serves the bus on `listener` until `shutdown` completes.

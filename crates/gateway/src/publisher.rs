@@ -1,6 +1,7 @@
 //! Publishing events: connections hand their `send_event`s to one batching task per gateway,
-//! which sends everything queued so far to the bus in one `PublishBatch` call (one Redis
-//! round trip) and answers each request when its batch is done.
+//! which sends everything queued so far to the bus as one batch over a long-lived
+//! `PublishStream` (one Redis round trip per batch) and answers each request when its batch
+//! is done.
 //!
 //! A connection does not wait for its publish to complete before reading its next request,
 //! yet its events keep their order: one batch is in flight at a time and a batch keeps the
@@ -11,9 +12,13 @@
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use switchboard_proto::v1::{PublishBatchRequest, PublishRequest};
+use std::time::Duration;
+
+use switchboard_proto::v1::{PublishBatchReply, PublishBatchRequest, PublishRequest};
 use switchboard_protocol::{ApiError, ErrorCode};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
 
 use crate::clients::{Services, status_to_api_error};
 use crate::dispatch::{Failure, encode};
@@ -67,18 +72,81 @@ fn refusal(code: &str, message: &str) -> ApiError {
     }
 }
 
+/// The gateway's end of a `PublishStream`: batches go out on `batches_tx`, replies come back
+/// in order on `replies`.
+struct BusStream {
+    batches_tx: mpsc::Sender<PublishBatchRequest>,
+    replies: tonic::Streaming<PublishBatchReply>,
+}
+
+impl BusStream {
+    async fn open(services: &Services) -> Result<Self, Status> {
+        let (batches_tx, batches_rx) = mpsc::channel(4);
+        // No deadline on the request: it would end the whole stream. Each batch has its own.
+        let request = tonic::Request::new(ReceiverStream::new(batches_rx));
+        let replies = services
+            .bus
+            .clone()
+            .publish_stream(request)
+            .await?
+            .into_inner();
+        Ok(Self {
+            batches_tx,
+            replies,
+        })
+    }
+
+    /// Sends one batch and waits (at most `deadline`) for its reply.
+    async fn publish(
+        &mut self,
+        batch: PublishBatchRequest,
+        deadline: Duration,
+    ) -> Result<PublishBatchReply, Status> {
+        self.batches_tx
+            .send(batch)
+            .await
+            .map_err(|_| Status::unavailable("publish stream closed"))?;
+        match tokio::time::timeout(deadline, self.replies.message()).await {
+            Ok(Ok(Some(reply))) => Ok(reply),
+            Ok(Ok(None)) => Err(Status::unavailable("publish stream ended")),
+            Ok(Err(status)) => Err(status),
+            Err(_) => Err(Status::deadline_exceeded("publish timed out")),
+        }
+    }
+}
+
+/// Sends the queued publishes in batches over one `PublishStream`, reopened after a failure,
+/// and answers every job of a batch once the bus has answered it.
 async fn batch_loop(services: Services, mut jobs_rx: mpsc::Receiver<PublishJob>) {
     let mut jobs: Vec<PublishJob> = Vec::with_capacity(MAX_BATCH);
+    let mut stream: Option<BusStream> = None;
     while jobs_rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
         let events = jobs
             .iter_mut()
             .map(|job| std::mem::take(&mut job.request))
             .collect();
-        let request = services.request(PublishBatchRequest { events });
-        let outcome = services.bus.clone().publish_batch(request).await;
+        let batch = PublishBatchRequest { events };
+        let outcome = match stream.as_mut() {
+            Some(open) => open.publish(batch, services.rpc_timeout).await,
+            None => {
+                match tokio::time::timeout(services.rpc_timeout, BusStream::open(&services)).await {
+                    Ok(Ok(mut opened)) => {
+                        let outcome = opened.publish(batch, services.rpc_timeout).await;
+                        stream = Some(opened);
+                        outcome
+                    }
+                    Ok(Err(status)) => Err(status),
+                    Err(_) => Err(Status::unavailable("event bus did not answer")),
+                }
+            }
+        };
+        if outcome.is_err() {
+            // A failed stream is not reused: the next batch opens a new one.
+            stream = None;
+        }
         match outcome {
             Ok(reply) => {
-                let results = reply.into_inner().results;
+                let results = reply.results;
                 for (index, job) in jobs.drain(..).enumerate() {
                     let result = match results.get(index) {
                         Some(result) if result.ok => Ok(json!({})),
