@@ -173,7 +173,11 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Bus(settings) => ("bus", settings),
         Command::Gateway(settings) => ("gateway", settings),
     };
-    let settings = match settings.resolve(cli.config.as_ref()) {
+    // Invalid settings stop the process before anything listens, with EX_USAGE.
+    let settings = match settings
+        .resolve(cli.config.as_ref())
+        .and_then(|settings| settings.validate().map(|()| settings))
+    {
         Ok(settings) => settings,
         Err(error) => {
             eprintln!("error: {error:#}");

@@ -214,6 +214,22 @@ impl Settings {
         Ok(())
     }
 
+    /// Checks every value that must parse, before anything is bound.
+    ///
+    /// # Errors
+    /// The first invalid value.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let mut gateway = switchboard_gateway::Config::new(
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+        );
+        self.apply_to_gateway(&mut gateway)?;
+        self.registry_config()?;
+        Ok(())
+    }
+
     /// Returns the registry settings.
     ///
     /// # Errors

@@ -76,8 +76,15 @@ async fn test_dev_binary_rejects_bad_settings() {
         .output()
         .await
         .expect("runs");
-    assert!(!output.status.success());
+    assert_eq!(output.status.code(), Some(64), "EX_USAGE");
     assert!(String::from_utf8_lossy(&output.stderr).contains("udp://host:port"));
+    let output = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["gateway", "--cmd-timeout", "soon"])
+        .output()
+        .await
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cmd_timeout"));
 }
 
 #[tokio::test]
