@@ -147,11 +147,13 @@ async fn run(
     read_loop(&gateway, &mut state, stream, &last_seen, epoch, &shutdown).await;
     // The writer ends after a queued close or on kill; make sure it does either way.
     session.kill(CLOSE_GOING_AWAY, "");
+    let abort_writer = writer.abort_handle();
     if tokio::time::timeout(gateway.config.write_timeout * 2, writer)
         .await
         .is_err()
     {
         tracing::debug!(conn.id = conn_id, "writer did not stop in time");
+        abort_writer.abort();
     }
     cleanup(&gateway, &mut state).await;
     gateway.hub.remove_connection(conn_id);
