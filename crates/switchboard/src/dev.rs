@@ -165,7 +165,7 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
         let (ws_listener, ws_addr) = bind(ws_address, "WebSocket listener").await?;
         let (control_listener, control_addr) = bind("127.0.0.1:0", "session control").await?;
         let mut gateway_config = config.gateway.clone();
-        gateway_config.gateway_id = format!("gateway-{index}-{}", uuid_suffix());
+        gateway_config.gateway_id = format!("gateway-{index}-{}", std::process::id());
         gateway_config.control_addr = control_addr.to_string();
         gateway_config.auth_url = format!("http://{auth_addr}");
         gateway_config.registry_url = format!("http://{registry_addr}");
@@ -192,8 +192,4 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
         tasks,
         gateway_shutdowns,
     })
-}
-
-fn uuid_suffix() -> String {
-    std::process::id().to_string()
 }

@@ -13,7 +13,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9010";
 /// Password of the admin in `switchboard dev` when none is configured.
 pub const DEV_ADMIN_PASSWORD: &str = "admin";
 
-/// Every setting of `switchboard dev`; unset ones fall back to the file, then the default.
+/// Every setting of every role; unset ones fall back to the file, then the default. A role
+/// ignores the settings it does not use.
 #[derive(Debug, Clone, Default, clap::Args, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
