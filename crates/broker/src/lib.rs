@@ -101,12 +101,20 @@ impl Subscriber {
     /// # Errors
     /// [`BrokerError::Unavailable`] when the engine cannot be reached.
     pub async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
+        self.subscribe_many(&[channel.to_owned()]).await
+    }
+
+    /// Subscribes several channels in one round trip; in effect for all of them on return.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the engine cannot be reached.
+    pub async fn subscribe_many(&self, channels: &[String]) -> Result<(), BrokerError> {
         match self {
             Self::Memory(memory) => {
-                memory.subscribe(channel);
+                memory.subscribe(channels);
                 Ok(())
             }
-            Self::Redis(redis) => redis.subscribe(channel).await,
+            Self::Redis(redis) => redis.subscribe(channels).await,
         }
     }
 
@@ -115,12 +123,20 @@ impl Subscriber {
     /// # Errors
     /// [`BrokerError::Unavailable`] when the engine cannot be reached.
     pub async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError> {
+        self.unsubscribe_many(&[channel.to_owned()]).await
+    }
+
+    /// Unsubscribes several channels in one round trip.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the engine cannot be reached.
+    pub async fn unsubscribe_many(&self, channels: &[String]) -> Result<(), BrokerError> {
         match self {
             Self::Memory(memory) => {
-                memory.unsubscribe(channel);
+                memory.unsubscribe(channels);
                 Ok(())
             }
-            Self::Redis(redis) => redis.unsubscribe(channel).await,
+            Self::Redis(redis) => redis.unsubscribe(channels).await,
         }
     }
 }

@@ -73,7 +73,19 @@ impl fmt::Debug for MemorySubscriber {
 }
 
 impl MemorySubscriber {
-    pub(crate) fn subscribe(&self, channel: &str) {
+    pub(crate) fn subscribe(&self, channels: &[String]) {
+        for channel in channels {
+            self.subscribe_one(channel);
+        }
+    }
+
+    pub(crate) fn unsubscribe(&self, channels: &[String]) {
+        for channel in channels {
+            self.unsubscribe_one(channel);
+        }
+    }
+
+    fn subscribe_one(&self, channel: &str) {
         let mut map = self
             .broker
             .channels
@@ -85,7 +97,7 @@ impl MemorySubscriber {
         }
     }
 
-    pub(crate) fn unsubscribe(&self, channel: &str) {
+    fn unsubscribe_one(&self, channel: &str) {
         let mut map = self
             .broker
             .channels
@@ -138,7 +150,7 @@ mod tests {
         let subscriber: Subscriber = broker.subscriber(recorder.clone());
         subscriber.subscribe("a").await.expect("subscribe");
         subscriber
-            .subscribe("a")
+            .subscribe_many(&["a".to_owned()])
             .await
             .expect("subscribe twice is one subscription");
         broker

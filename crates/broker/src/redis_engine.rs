@@ -161,9 +161,10 @@ impl RedisBroker {
     }
 }
 
+/// A request to the subscriber actor; several channels go in one SUBSCRIBE/UNSUBSCRIBE.
 enum Command {
-    Subscribe(String, oneshot::Sender<Result<(), BrokerError>>),
-    Unsubscribe(String, oneshot::Sender<Result<(), BrokerError>>),
+    Subscribe(Vec<String>, oneshot::Sender<Result<(), BrokerError>>),
+    Unsubscribe(Vec<String>, oneshot::Sender<Result<(), BrokerError>>),
 }
 
 /// A gateway's pub/sub connection, driven by its actor; the actor stops when this is dropped.
@@ -187,14 +188,20 @@ impl RedisSubscriber {
             .map_err(|_| unavailable("subscriber stopped"))?
     }
 
-    pub(crate) async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
-        let channel = channel.to_owned();
-        self.call(|done| Command::Subscribe(channel, done)).await
+    pub(crate) async fn subscribe(&self, channels: &[String]) -> Result<(), BrokerError> {
+        if channels.is_empty() {
+            return Ok(());
+        }
+        let channels = channels.to_vec();
+        self.call(|done| Command::Subscribe(channels, done)).await
     }
 
-    pub(crate) async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError> {
-        let channel = channel.to_owned();
-        self.call(|done| Command::Unsubscribe(channel, done)).await
+    pub(crate) async fn unsubscribe(&self, channels: &[String]) -> Result<(), BrokerError> {
+        if channels.is_empty() {
+            return Ok(());
+        }
+        let channels = channels.to_vec();
+        self.call(|done| Command::Unsubscribe(channels, done)).await
     }
 }
 
@@ -261,20 +268,22 @@ async fn subscriber_actor(
                 command = commands_rx.recv() => {
                     let Some(command) = command else { return };
                     let result = match command {
-                        Command::Subscribe(channel, done) => {
-                            let result = tokio::time::timeout(OPERATION_TIMEOUT, redis_sink.subscribe(&channel)).await;
+                        Command::Subscribe(added, done) => {
+                            let result = tokio::time::timeout(OPERATION_TIMEOUT, redis_sink.subscribe(&added)).await;
                             let ok = matches!(result, Ok(Ok(())));
                             if ok {
-                                channels.insert(channel);
+                                channels.extend(added);
                                 let _ = done.send(Ok(()));
                             } else {
                                 let _ = done.send(Err(unavailable("redis subscribe failed")));
                             }
                             ok
                         }
-                        Command::Unsubscribe(channel, done) => {
-                            channels.remove(&channel);
-                            let result = tokio::time::timeout(OPERATION_TIMEOUT, redis_sink.unsubscribe(&channel)).await;
+                        Command::Unsubscribe(removed, done) => {
+                            for channel in &removed {
+                                channels.remove(channel);
+                            }
+                            let result = tokio::time::timeout(OPERATION_TIMEOUT, redis_sink.unsubscribe(&removed)).await;
                             let _ = done.send(Ok(()));
                             matches!(result, Ok(Ok(())))
                         }
@@ -327,8 +336,10 @@ async fn refuse_commands_for(
                 Some(Command::Subscribe(_, done)) => {
                     let _ = done.send(Err(unavailable("redis is unreachable")));
                 }
-                Some(Command::Unsubscribe(channel, done)) => {
-                    channels.remove(&channel);
+                Some(Command::Unsubscribe(removed, done)) => {
+                    for channel in &removed {
+                        channels.remove(channel);
+                    }
                     let _ = done.send(Ok(()));
                 }
             }

@@ -40,8 +40,10 @@ async fn suite(broker: Broker) {
     let second = Arc::new(Recorder::default());
     let first_sub = broker.subscriber(first.clone());
     let second_sub = broker.subscriber(second.clone());
-    first_sub.subscribe("a").await.expect("subscribe");
-    first_sub.subscribe("b").await.expect("subscribe");
+    first_sub
+        .subscribe_many(&["a".to_owned(), "b".to_owned()])
+        .await
+        .expect("subscribe both in one call");
     second_sub.subscribe("b").await.expect("subscribe");
     broker
         .publish(
@@ -63,7 +65,10 @@ async fn suite(broker: Broker) {
         second.wait_for(1).await,
         vec![("b".into(), Bytes::from_static(b"1"))]
     );
-    first_sub.unsubscribe("a").await.expect("unsubscribe");
+    first_sub
+        .unsubscribe_many(&["a".to_owned(), "never-subscribed".to_owned()])
+        .await
+        .expect("unsubscribe");
     broker
         .publish(&["a".into()], Bytes::from_static(b"2"))
         .await

@@ -391,12 +391,14 @@ fn close_message(code: u16, reason: &str) -> Message {
 async fn cleanup(gateway: &Arc<Gateway>, state: &mut ConnState) {
     state.cmd_tasks.abort_all();
     state.session.drop_pending();
-    for (key, _) in std::mem::take(&mut state.subscriptions) {
-        gateway
-            .hub
-            .remove_route(&key.channel(), state.session.conn_id)
-            .await;
-    }
+    let channels: Vec<String> = std::mem::take(&mut state.subscriptions)
+        .iter()
+        .map(|(key, _)| key.channel())
+        .collect();
+    gateway
+        .hub
+        .remove_routes(&channels, state.session.conn_id)
+        .await;
     if let Some(identity) = state.session.identity() {
         gateway.hub.remove_session(&identity.session_id);
         gateway.unregister(&identity.session_id).await;

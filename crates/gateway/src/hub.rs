@@ -178,25 +178,44 @@ impl Hub {
         session: &Arc<SessionHandle>,
         body: Arc<Map<String, Value>>,
     ) -> Result<(), BrokerError> {
+        self.add_routes(&[(channel.to_owned(), body)], session)
+            .await
+    }
+
+    /// Adds or replaces routes of `session`, subscribing every channel that had none in one
+    /// broker round trip; all of them are in effect when this returns.
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the broker failed; none of the routes is then added.
+    pub async fn add_routes(
+        &self,
+        routes: &[(String, Arc<Map<String, Value>>)],
+        session: &Arc<SessionHandle>,
+    ) -> Result<(), BrokerError> {
         let subscriber = self.channel_ops.lock().await;
-        let first = {
-            let mut routes = self.routes();
-            let entry = routes.entry(channel.to_owned()).or_default();
-            let first = entry.is_empty();
-            entry.insert(
-                session.conn_id,
-                Route {
-                    session: Arc::clone(session),
-                    body,
-                },
-            );
-            first
-        };
-        if first
-            && let Some(subscriber) = subscriber.as_ref()
-            && let Err(error) = subscriber.subscribe(channel).await
+        let mut first_ones = Vec::new();
         {
-            self.remove_route_entry(channel, session.conn_id);
+            let mut index = self.routes();
+            for (channel, body) in routes {
+                let entry = index.entry(channel.clone()).or_default();
+                if entry.is_empty() {
+                    first_ones.push(channel.clone());
+                }
+                entry.insert(
+                    session.conn_id,
+                    Route {
+                        session: Arc::clone(session),
+                        body: Arc::clone(body),
+                    },
+                );
+            }
+        }
+        if let Some(subscriber) = subscriber.as_ref()
+            && let Err(error) = subscriber.subscribe_many(&first_ones).await
+        {
+            for (channel, _) in routes {
+                self.remove_route_entry(channel, session.conn_id);
+            }
             return Err(error);
         }
         Ok(())
@@ -205,10 +224,20 @@ impl Hub {
     /// Removes the route of connection `conn_id` on `channel`, unsubscribing the channel
     /// after its last route.
     pub async fn remove_route(&self, channel: &str, conn_id: u64) {
+        self.remove_routes(&[channel.to_owned()], conn_id).await;
+    }
+
+    /// Removes routes of connection `conn_id`, unsubscribing in one broker round trip every
+    /// channel left without a route.
+    pub async fn remove_routes(&self, channels: &[String], conn_id: u64) {
         let subscriber = self.channel_ops.lock().await;
-        if self.remove_route_entry(channel, conn_id)
-            && let Some(subscriber) = subscriber.as_ref()
-            && let Err(error) = subscriber.unsubscribe(channel).await
+        let emptied: Vec<String> = channels
+            .iter()
+            .filter(|channel| self.remove_route_entry(channel, conn_id))
+            .cloned()
+            .collect();
+        if let Some(subscriber) = subscriber.as_ref()
+            && let Err(error) = subscriber.unsubscribe_many(&emptied).await
         {
             tracing::warn!(%error, "broker unsubscribe failed");
         }

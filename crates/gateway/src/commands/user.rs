@@ -10,7 +10,6 @@ use switchboard_protocol::{ApiError, ErrorCode, MAX_SESSION_ID_LEN, MAX_USER_LEN
 use tonic::Code;
 
 use crate::clients::status_to_api_error;
-use crate::commands::event::add_subscription;
 use crate::connection::ConnState;
 use crate::dispatch::{CommandResult, Failure};
 use crate::gateway::Gateway;
@@ -104,11 +103,14 @@ pub(crate) async fn login(
         }
         .into());
     }
-    // Oldest first, so `get_subscriptions` (newest first) lists the session's first.
-    for (subclass, obj_id) in [
+    // The automatic subscriptions, in one broker round trip. Oldest first, so
+    // `get_subscriptions` (newest first) lists the session's first.
+    let automatic: Vec<(EventKey, Arc<Map<String, Value>>)> = [
         ("user_event", &reply.user),
         ("session_event", &reply.session_id),
-    ] {
+    ]
+    .into_iter()
+    .map(|(subclass, obj_id)| {
         let key = EventKey {
             service: session.service.clone(),
             class: CORE_CLASS.to_owned(),
@@ -116,17 +118,21 @@ pub(crate) async fn login(
             type_: WILDCARD.to_owned(),
             obj_id: obj_id.clone(),
         };
-        if let Err(error) = add_subscription(gateway, state, key, Map::new()).await {
-            for (key, _) in std::mem::take(&mut state.subscriptions) {
-                gateway
-                    .hub
-                    .remove_route(&key.channel(), session.conn_id)
-                    .await;
-            }
-            gateway.hub.remove_session(&reply.session_id);
-            gateway.unregister(&reply.session_id).await;
-            return Err(error.into());
-        }
+        (key, Arc::new(Map::new()))
+    })
+    .collect();
+    let routes: Vec<(String, Arc<Map<String, Value>>)> = automatic
+        .iter()
+        .map(|(key, body)| (key.channel(), Arc::clone(body)))
+        .collect();
+    if let Err(error) = gateway.hub.add_routes(&routes, &session).await {
+        tracing::warn!(%error, "automatic subscriptions failed");
+        gateway.hub.remove_session(&reply.session_id);
+        gateway.unregister(&reply.session_id).await;
+        return Err(ApiError::unavailable("event broker").into());
+    }
+    for subscription in automatic {
+        state.subscriptions.insert(0, subscription);
     }
     session.set_identity(Identity {
         session_id: reply.session_id.clone(),
