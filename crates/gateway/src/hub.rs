@@ -43,7 +43,6 @@ pub struct Hub {
     routes: Mutex<RouteIndex>,
     channel_ops: tokio::sync::Mutex<Option<Subscriber>>,
     next_conn_id: AtomicU64,
-    deliveries: AtomicU64,
     /// Origin of [`Hub::now_ms`].
     epoch: Instant,
 }
@@ -68,7 +67,6 @@ impl Hub {
             routes: Mutex::new(HashMap::new()),
             channel_ops: tokio::sync::Mutex::new(None),
             next_conn_id: AtomicU64::new(1),
-            deliveries: AtomicU64::new(0),
             epoch: Instant::now(),
         });
         let subscriber = broker.subscriber(Arc::new(HubSink(Arc::downgrade(&hub))));
@@ -135,11 +133,6 @@ impl Hub {
     /// Returns a new gateway-local connection id.
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Returns the number of event frames queued so far.
-    pub fn deliveries(&self) -> u64 {
-        self.deliveries.load(Ordering::Relaxed)
     }
 
     /// Makes a logged-in session reachable by id; false when the id is already held here.
@@ -300,8 +293,6 @@ impl Hub {
             };
             session.push_event(data);
         }
-        self.deliveries
-            .fetch_add(entry.len() as u64, Ordering::Relaxed);
     }
 
     /// Stops a local session with close code 1000; returns its user.

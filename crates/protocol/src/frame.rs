@@ -1,5 +1,7 @@
 //! Inbound frame decoding and outbound frame encoding (PROTOCOL.md §2).
 
+use std::fmt::Write as _;
+
 use serde_json::{Map, Value, json};
 
 use crate::error::{ApiError, ErrorCode};
@@ -228,7 +230,8 @@ pub fn server_request(class: &str, subclass: &str, cmd: &str, data: &Value, tid:
 pub fn event_frame(tid: u64, data_json: &str) -> String {
     let mut frame = String::with_capacity(data_json.len() + 48);
     frame.push_str("{\"class\":\"core\",\"cmd\":\"event\",\"tid\":");
-    frame.push_str(&tid.to_string());
+    // Written in place: no temporary string per delivery.
+    let _ = write!(frame, "{tid}");
     frame.push_str(",\"data\":");
     frame.push_str(data_json);
     frame.push('}');
