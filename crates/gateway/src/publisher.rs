@@ -41,6 +41,14 @@ pub(crate) struct PublishJob {
     pub(crate) permit: OwnedSemaphorePermit,
 }
 
+impl PublishJob {
+    /// Sends the reply; the connection's permit goes back once the reply is queued.
+    fn answer(self, result: Result<serde_json::Value, Failure>) {
+        self.session
+            .reply_soon(encode(&self.tid, result), self.permit);
+    }
+}
+
 /// The handle connections submit publishes to.
 #[derive(Debug, Clone)]
 pub struct Publisher {
@@ -58,9 +66,7 @@ impl Publisher {
     /// Queues a publish; its reply is sent to the session when its batch completes.
     pub(crate) async fn submit(&self, job: PublishJob) {
         if let Err(mpsc::error::SendError(job)) = self.jobs_tx.send(job).await {
-            let error = ApiError::unavailable("event bus");
-            job.session
-                .reply_soon(encode(&job.tid, Err(Failure::Api(error))));
+            job.answer(Err(Failure::Api(ApiError::unavailable("event bus"))));
         }
     }
 }
@@ -156,16 +162,13 @@ async fn batch_loop(services: Services, mut jobs_rx: mpsc::Receiver<PublishJob>)
                             "the bus answered fewer results than events",
                         ))),
                     };
-                    job.session.reply_soon(encode(&job.tid, result));
-                    drop(job.permit);
+                    job.answer(result);
                 }
             }
             Err(status) => {
                 let error = status_to_api_error(&status, "event bus");
                 for job in jobs.drain(..) {
-                    job.session
-                        .reply_soon(encode(&job.tid, Err(Failure::Api(error.clone()))));
-                    drop(job.permit);
+                    job.answer(Err(Failure::Api(error.clone())));
                 }
             }
         }

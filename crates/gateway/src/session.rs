@@ -171,14 +171,17 @@ impl SessionHandle {
     }
 
     /// Queues a reply without blocking the caller: at once when there is room, else from a
-    /// task that waits for room (or for the connection to end).
-    pub(crate) fn reply_soon(self: &Arc<Self>, text: String) {
+    /// task that waits for room (or for the connection to end). `held` (the request's
+    /// in-flight permit) is released only once the reply is queued, so a client that stops
+    /// reading cannot make these waiting tasks pile up past its in-flight budget.
+    pub(crate) fn reply_soon<T: Send + 'static>(self: &Arc<Self>, text: String, held: T) {
         match self.outbound_tx.try_send(Outbound::Text(text)) {
-            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => drop(held),
             Err(mpsc::error::TrySendError::Full(frame)) => {
                 let session = Arc::clone(self);
                 tokio::spawn(async move {
                     session.send(frame).await;
+                    drop(held);
                 });
             }
         }
