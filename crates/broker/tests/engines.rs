@@ -44,6 +44,10 @@ async fn suite(broker: Broker) {
         .subscribe_many(&["a".to_owned(), "b".to_owned()])
         .await
         .expect("subscribe both in one call");
+    first_sub
+        .subscribe("a")
+        .await
+        .expect("subscribing again is the same subscription");
     second_sub.subscribe("b").await.expect("subscribe");
     broker
         .publish(
