@@ -274,7 +274,11 @@ async fn write_loop(
     let mut ping =
         tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
     let kill = session.kill_token().clone();
-    let mut last_write = Instant::now() - config.write_coalesce;
+    let started = Instant::now();
+    // As if the last write were long ago, so the first frame goes out at once.
+    let mut last_write = started
+        .checked_sub(config.write_coalesce)
+        .unwrap_or(started);
     let mut busy_streak = 0u32;
     loop {
         tokio::select! {

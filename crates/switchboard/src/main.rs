@@ -154,24 +154,35 @@ fn main() -> ExitCode {
     }
 }
 
+/// The service a process runs.
+#[derive(Debug, Clone, Copy)]
+enum Role {
+    Dev,
+    Auth,
+    Registry,
+    Bus,
+    Gateway,
+}
+
+fn exit_code(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 async fn run(cli: Cli) -> ExitCode {
     init_tracing();
-    if let Command::Bench(args) = cli.command {
-        return match run_bench(args).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("error: {error:#}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    let (command, settings) = match cli.command {
-        Command::Bench(_) => return ExitCode::FAILURE,
-        Command::Dev(settings) => ("dev", settings),
-        Command::Auth(settings) => ("auth", settings),
-        Command::Registry(settings) => ("registry", settings),
-        Command::Bus(settings) => ("bus", settings),
-        Command::Gateway(settings) => ("gateway", settings),
+    let (role, settings) = match cli.command {
+        Command::Bench(args) => return exit_code(run_bench(args).await),
+        Command::Dev(settings) => (Role::Dev, settings),
+        Command::Auth(settings) => (Role::Auth, settings),
+        Command::Registry(settings) => (Role::Registry, settings),
+        Command::Bus(settings) => (Role::Bus, settings),
+        Command::Gateway(settings) => (Role::Gateway, settings),
     };
     // Invalid settings stop the process before anything listens, with EX_USAGE.
     let settings = match settings
@@ -184,18 +195,11 @@ async fn run(cli: Cli) -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    let result = match command {
-        "auth" => run_role(|token| roles::auth(settings, token)).await,
-        "registry" => run_role(|token| roles::registry(settings, token)).await,
-        "bus" => run_role(|token| roles::bus(settings, token)).await,
-        "gateway" => run_role(|token| roles::gateway(settings, token)).await,
-        _ => run_dev(settings).await,
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code(match role {
+        Role::Dev => run_dev(settings).await,
+        Role::Auth => run_role(|token| roles::auth(settings, token)).await,
+        Role::Registry => run_role(|token| roles::registry(settings, token)).await,
+        Role::Bus => run_role(|token| roles::bus(settings, token)).await,
+        Role::Gateway => run_role(|token| roles::gateway(settings, token)).await,
+    })
 }
