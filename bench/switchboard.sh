@@ -36,6 +36,7 @@ case "${1:-}" in
     start_one redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no
     wait_port "$REDIS_PORT"
     export SWITCHBOARD_REDIS_URL="redis://127.0.0.1:$REDIS_PORT" RUST_LOG=warn
+    export SWITCHBOARD_INTERNAL_SECRET="${SWITCHBOARD_INTERNAL_SECRET:-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')}"
     start_one auth "$BIN" auth --grpc-listen 127.0.0.1:9101 --admin-password "$PASSWORD"
     start_one registry "$BIN" registry --grpc-listen 127.0.0.1:9102
     start_one bus "$BIN" bus --grpc-listen 127.0.0.1:9103

@@ -2,6 +2,7 @@
 
 use std::future::Future;
 
+use switchboard_proto::internal::InternalSecret;
 use switchboard_proto::v1::auth_server::{Auth, AuthServer};
 use switchboard_proto::v1::{LoginReply, LoginRequest};
 use tokio::net::TcpListener;
@@ -54,10 +55,12 @@ impl Auth for GrpcAuthService {
 pub async fn serve(
     config: Config,
     listener: TcpListener,
+    secret: InternalSecret,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let service = GrpcAuthService::new(Authenticator::new(config));
     tonic::transport::Server::builder()
+        .layer(secret.server_layer())
         .add_service(AuthServer::new(service))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),

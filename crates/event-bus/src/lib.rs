@@ -10,6 +10,7 @@ use std::pin::Pin;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 use switchboard_broker::Broker;
+use switchboard_proto::internal::InternalSecret;
 use switchboard_proto::v1::event_bus_server::{EventBus, EventBusServer};
 use switchboard_proto::v1::{
     PublishBatchReply, PublishBatchRequest, PublishReply, PublishRequest, PublishResult,
@@ -184,9 +185,11 @@ async fn publish_batch(
 pub async fn serve(
     broker: Broker,
     listener: TcpListener,
+    secret: InternalSecret,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
+        .layer(secret.server_layer())
         .add_service(EventBusServer::new(GrpcEventBus::new(broker)))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use switchboard_broker::{Broker, Deliver, MemoryBroker};
+use switchboard_proto::internal::InternalSecret;
 use switchboard_proto::v1::event_bus_client::EventBusClient;
 use switchboard_proto::v1::{Event, PublishBatchRequest, PublishRequest};
 use switchboard_protocol::event::EventKey;
@@ -55,14 +56,25 @@ async fn test_publish_batch_and_stream() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
     let shutdown = CancellationToken::new();
+    let secret = InternalSecret::new("bus-test-secret-0123456789").expect("secret");
     let server = tokio::spawn(switchboard_event_bus::serve(
         broker.clone(),
         listener,
+        secret.clone(),
         shutdown.clone().cancelled_owned(),
     ));
-    let mut client = EventBusClient::connect(format!("http://{address}"))
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .expect("endpoint")
+        .connect()
         .await
         .expect("connect");
+    let mut stranger = EventBusClient::new(channel.clone());
+    let refused = stranger
+        .publish(event("media", "{}"))
+        .await
+        .expect_err("a call without the internal credential is refused");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let mut client = EventBusClient::new(secret.channel(channel));
 
     client
         .publish(event("media", r#"{"n":0}"#))

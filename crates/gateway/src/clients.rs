@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use switchboard_proto::internal::{InternalSecret, SecuredChannel};
 use switchboard_proto::v1::auth_client::AuthClient;
 use switchboard_proto::v1::event_bus_client::EventBusClient;
 use switchboard_proto::v1::session_control_client::SessionControlClient;
@@ -44,18 +45,20 @@ fn lazy_channel(address: &str) -> Result<Channel, AddressError> {
 #[derive(Debug, Clone)]
 pub struct Services {
     /// Auth service.
-    pub auth: AuthClient<Channel>,
+    pub auth: AuthClient<SecuredChannel>,
     /// Session registry.
-    pub registry: SessionRegistryClient<Channel>,
+    pub registry: SessionRegistryClient<SecuredChannel>,
     /// Event bus.
-    pub bus: EventBusClient<Channel>,
-    controls: Arc<Mutex<HashMap<String, SessionControlClient<Channel>>>>,
+    pub bus: EventBusClient<SecuredChannel>,
+    controls: Arc<Mutex<HashMap<String, SessionControlClient<SecuredChannel>>>>,
+    secret: InternalSecret,
     /// Deadline of every call but `session cmd`.
     pub rpc_timeout: Duration,
 }
 
 impl Services {
-    /// Creates lazily-connecting clients; nothing is dialled until the first call.
+    /// Creates lazily-connecting clients carrying `secret`; nothing is dialled until the
+    /// first call.
     ///
     /// # Errors
     /// [`AddressError`] for an address that is not a valid URI.
@@ -64,12 +67,14 @@ impl Services {
         registry_url: &str,
         bus_url: &str,
         rpc_timeout: Duration,
+        secret: &InternalSecret,
     ) -> Result<Self, AddressError> {
         Ok(Self {
-            auth: AuthClient::new(lazy_channel(auth_url)?),
-            registry: SessionRegistryClient::new(lazy_channel(registry_url)?),
-            bus: EventBusClient::new(lazy_channel(bus_url)?),
+            auth: AuthClient::new(secret.channel(lazy_channel(auth_url)?)),
+            registry: SessionRegistryClient::new(secret.channel(lazy_channel(registry_url)?)),
+            bus: EventBusClient::new(secret.channel(lazy_channel(bus_url)?)),
             controls: Arc::new(Mutex::new(HashMap::new())),
+            secret: secret.clone(),
             rpc_timeout,
         })
     }
@@ -85,7 +90,7 @@ impl Services {
     ///
     /// # Errors
     /// `internal_error` when the registry holds an invalid address.
-    pub fn control(&self, address: &str) -> Result<SessionControlClient<Channel>, ApiError> {
+    pub fn control(&self, address: &str) -> Result<SessionControlClient<SecuredChannel>, ApiError> {
         let mut controls = self.controls.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(client) = controls.get(address) {
             return Ok(client.clone());
@@ -94,7 +99,7 @@ impl Services {
             tracing::error!(%error, "bad gateway address in the registry");
             ApiError::new(ErrorCode::InternalError, "bad gateway address")
         })?;
-        let client = SessionControlClient::new(channel);
+        let client = SessionControlClient::new(self.secret.channel(channel));
         controls.insert(address.to_owned(), client.clone());
         Ok(client)
     }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use switchboard_proto::internal::InternalSecret;
 use switchboard_proto::v1::{HeartbeatRequest, SessionInfo, UnregisterRequest};
 
 use crate::clients::Services;
@@ -30,6 +31,8 @@ pub struct Gateway {
     pub gelf: GelfSender,
     /// Batches `send_event`s towards the bus.
     pub publisher: Publisher,
+    /// The internal credential, required by SessionControl and sent on every call.
+    pub secret: InternalSecret,
 }
 
 impl Gateway {

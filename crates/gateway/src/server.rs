@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchboard_broker::Broker;
+use switchboard_proto::internal::InternalSecret;
 use switchboard_proto::v1::session_control_server::SessionControlServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -22,16 +23,22 @@ use crate::publisher::Publisher;
 /// How long connections get to close after shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Builds the gateway's shared context (hub subscribed to `broker`, service clients, GELF).
+/// Builds the gateway's shared context (hub subscribed to `broker`, service clients carrying
+/// `secret`, GELF). The SessionControl server requires the same secret.
 ///
 /// # Errors
 /// [`AddressError`] when a service address is not a valid URI.
-pub fn build(config: Config, broker: &Broker) -> Result<Arc<Gateway>, AddressError> {
+pub fn build(
+    config: Config,
+    broker: &Broker,
+    secret: InternalSecret,
+) -> Result<Arc<Gateway>, AddressError> {
     let services = Services::new(
         &config.auth_url,
         &config.registry_url,
         &config.bus_url,
         config.rpc_timeout,
+        &secret,
     )?;
     Ok(Arc::new(Gateway {
         hub: Hub::new(broker),
@@ -39,6 +46,7 @@ pub fn build(config: Config, broker: &Broker) -> Result<Arc<Gateway>, AddressErr
         services,
         gelf: GelfSender::start(config.gelf.clone()),
         config,
+        secret,
     }))
 }
 
@@ -56,6 +64,7 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let control = tokio::spawn(
         tonic::transport::Server::builder()
+            .layer(gateway.secret.server_layer())
             .add_service(SessionControlServer::new(GrpcSessionControl::new(
                 Arc::clone(&gateway),
             )))

@@ -1,11 +1,13 @@
 //! Generated tonic/prost code for Switchboard's gRPC API (`proto/switchboard/v1`).
 //!
 //! Services: `Auth` (auth crate), `SessionRegistry` (session-registry crate), `EventBus`
-//! (event-bus crate) and `SessionControl` (served by every gateway). Backends use the same API.
-
-#![allow(missing_docs, clippy::all, unreachable_pub)]
+//! (event-bus crate) and `SessionControl` (served by every gateway). Backends use the same API, with the
+//! same credential ([`internal`]).
 
 /// Version 1 of the API.
+#[allow(missing_docs, clippy::all, unreachable_pub)]
 pub mod v1 {
     tonic::include_proto!("switchboard.v1");
 }
+
+pub mod internal;

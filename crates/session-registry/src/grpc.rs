@@ -2,6 +2,7 @@
 
 use std::future::Future;
 
+use switchboard_proto::internal::InternalSecret;
 use switchboard_proto::v1::session_registry_server::{SessionRegistry, SessionRegistryServer};
 use switchboard_proto::v1::{
     GetUserReply, GetUserRequest, HeartbeatReply, HeartbeatRequest, ListUsersReply,
@@ -123,10 +124,11 @@ pub async fn serve(
     config: Config,
     store: Store,
     listener: TcpListener,
+    secret: InternalSecret,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let reaper = tokio::spawn(reap_until(store.clone(), config.clone(), shutdown.clone()));
-    let result = serve_store(store, listener, shutdown.cancelled_owned()).await;
+    let result = serve_store(store, listener, secret, shutdown.cancelled_owned()).await;
     reaper.abort();
     result
 }
@@ -138,9 +140,11 @@ pub async fn serve(
 pub async fn serve_store(
     store: Store,
     listener: TcpListener,
+    secret: InternalSecret,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
+        .layer(secret.server_layer())
         .add_service(SessionRegistryServer::new(GrpcRegistryService::new(store)))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),

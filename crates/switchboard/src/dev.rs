@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use switchboard_broker::{Broker, MemoryBroker};
+use switchboard_proto::internal::InternalSecret;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +26,8 @@ pub struct DevConfig {
     pub gateway: switchboard_gateway::Config,
     /// Number of gateways (1 for `switchboard dev`).
     pub gateways: usize,
+    /// The internal credential between the services (random by default).
+    pub secret: InternalSecret,
 }
 
 impl DevConfig {
@@ -44,6 +47,7 @@ impl DevConfig {
                 String::new(),
             ),
             gateways: 1,
+            secret: InternalSecret::random(),
         }
     }
 }
@@ -61,6 +65,8 @@ pub struct Running {
     pub bus_addr: SocketAddr,
     /// SessionControl address of each gateway.
     pub control_addrs: Vec<SocketAddr>,
+    /// The internal credential the services require.
+    pub secret: InternalSecret,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
     gateway_shutdowns: Vec<CancellationToken>,
@@ -122,14 +128,17 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
     let (bus_listener, bus_addr) = bind("127.0.0.1:0", "event bus").await?;
 
     let token = shutdown.clone();
+    let secret = config.secret.clone();
     tasks.spawn(async move {
         log_exit(
             "auth",
-            switchboard_auth::serve(config.auth, auth_listener, token.cancelled_owned()).await,
+            switchboard_auth::serve(config.auth, auth_listener, secret, token.cancelled_owned())
+                .await,
         );
     });
     let token = shutdown.clone();
     let registry_config = config.registry.clone();
+    let secret = config.secret.clone();
     tasks.spawn(async move {
         log_exit(
             "registry",
@@ -139,6 +148,7 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
                     switchboard_session_registry::MemoryStore::new(),
                 ),
                 registry_listener,
+                secret,
                 token,
             )
             .await,
@@ -146,10 +156,12 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
     });
     let token = shutdown.clone();
     let bus_broker = broker.clone();
+    let secret = config.secret.clone();
     tasks.spawn(async move {
         log_exit(
             "bus",
-            switchboard_event_bus::serve(bus_broker, bus_listener, token.cancelled_owned()).await,
+            switchboard_event_bus::serve(bus_broker, bus_listener, secret, token.cancelled_owned())
+                .await,
         );
     });
 
@@ -170,7 +182,7 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
         gateway_config.auth_url = format!("http://{auth_addr}");
         gateway_config.registry_url = format!("http://{registry_addr}");
         gateway_config.bus_url = format!("http://{bus_addr}");
-        let gateway = switchboard_gateway::build(gateway_config, &broker)?;
+        let gateway = switchboard_gateway::build(gateway_config, &broker, config.secret.clone())?;
         let token = shutdown.child_token();
         gateway_shutdowns.push(token.clone());
         tasks.spawn(async move {
@@ -188,6 +200,7 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
         registry_addr,
         bus_addr,
         control_addrs,
+        secret: config.secret,
         shutdown,
         tasks,
         gateway_shutdowns,

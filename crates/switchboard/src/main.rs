@@ -122,6 +122,7 @@ async fn run_dev(settings: Settings) -> anyhow::Result<()> {
         config.auth.admin_user = user.clone();
     }
     settings.apply_to_gateway(&mut config.gateway)?;
+    config.secret = settings.secret_or_random()?;
     let mut running = dev::start(config).await?;
     tracing::info!(auth = %running.auth_addr, registry = %running.registry_addr, bus = %running.bus_addr, "internal gRPC services listening");
     println!(

@@ -35,6 +35,7 @@ async fn bind(address: &str, what: &str) -> anyhow::Result<TcpListener> {
 /// # Errors
 /// On a missing password, a bind failure or a transport error.
 pub async fn auth(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let secret = settings.required_secret()?;
     let admin_password = settings.admin_password.clone().context(
         "the auth service needs an admin password (--admin-password or SWITCHBOARD_ADMIN_PASSWORD)",
     )?;
@@ -50,7 +51,7 @@ pub async fn auth(settings: Settings, shutdown: CancellationToken) -> anyhow::Re
         .as_deref()
         .unwrap_or(DEFAULT_AUTH_LISTEN);
     let listener = bind(listen, "auth gRPC").await?;
-    switchboard_auth::serve(config, listener, shutdown.cancelled_owned()).await?;
+    switchboard_auth::serve(config, listener, secret, shutdown.cancelled_owned()).await?;
     Ok(())
 }
 
@@ -60,6 +61,7 @@ pub async fn auth(settings: Settings, shutdown: CancellationToken) -> anyhow::Re
 /// On an invalid setting, a bind failure or a transport error.
 pub async fn registry(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let config = settings.registry_config()?;
+    let secret = settings.required_secret()?;
     let store = RedisStore::connect(&settings.redis_url())
         .map_err(|error| anyhow::anyhow!("invalid redis_url: {error:?}"))?;
     let listen = settings
@@ -67,8 +69,14 @@ pub async fn registry(settings: Settings, shutdown: CancellationToken) -> anyhow
         .as_deref()
         .unwrap_or(DEFAULT_REGISTRY_LISTEN);
     let listener = bind(listen, "registry gRPC").await?;
-    switchboard_session_registry::serve(config, Store::Redis(Box::new(store)), listener, shutdown)
-        .await?;
+    switchboard_session_registry::serve(
+        config,
+        Store::Redis(Box::new(store)),
+        listener,
+        secret,
+        shutdown,
+    )
+    .await?;
     Ok(())
 }
 
@@ -77,6 +85,7 @@ pub async fn registry(settings: Settings, shutdown: CancellationToken) -> anyhow
 /// # Errors
 /// On an invalid setting, a bind failure or a transport error.
 pub async fn bus(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let secret = settings.required_secret()?;
     let broker = RedisBroker::connect(&settings.redis_url())
         .await
         .context("invalid redis_url")?;
@@ -88,6 +97,7 @@ pub async fn bus(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     switchboard_event_bus::serve(
         Broker::Redis(Box::new(broker)),
         listener,
+        secret,
         shutdown.cancelled_owned(),
     )
     .await?;
@@ -128,6 +138,7 @@ fn advertised_control(settings: &Settings, bound: SocketAddr, registry_url: &str
 /// # Errors
 /// On an invalid setting, a bind failure or a transport error.
 pub async fn gateway(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let secret = settings.required_secret()?;
     let auth_url = settings
         .auth_url
         .clone()
@@ -160,7 +171,7 @@ pub async fn gateway(settings: Settings, shutdown: CancellationToken) -> anyhow:
         "switchboard gateway listening on ws://{}/api/ws",
         ws_listener.local_addr()?
     );
-    let gateway = switchboard_gateway::build(config, &Broker::Redis(Box::new(broker)))?;
+    let gateway = switchboard_gateway::build(config, &Broker::Redis(Box::new(broker)), secret)?;
     switchboard_gateway::serve(gateway, ws_listener, control_listener, shutdown).await?;
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Deserialize;
 use switchboard_gateway::GelfTarget;
+use switchboard_proto::internal::InternalSecret;
 
 /// Default WebSocket listener of `switchboard dev`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9010";
@@ -27,6 +28,10 @@ pub struct Settings {
     /// Admin password [dev default: admin, with a warning].
     #[arg(long, env = "SWITCHBOARD_ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<String>,
+    /// Shared secret every internal gRPC call carries; required by auth, registry, bus and
+    /// gateway (at least 16 printable bytes) [dev default: random].
+    #[arg(long, env = "SWITCHBOARD_INTERNAL_SECRET", hide_env_values = true)]
+    pub internal_secret: Option<String>,
     /// GELF server for `session log`: udp://host:port or tcp://host:port [default: none].
     #[arg(long, env = "SWITCHBOARD_GELF")]
     pub gelf: Option<String>,
@@ -120,6 +125,7 @@ impl Settings {
             listen,
             admin_user,
             admin_password,
+            internal_secret,
             gelf,
             max_frame_bytes,
             max_json_depth,
@@ -228,7 +234,32 @@ impl Settings {
         );
         self.apply_to_gateway(&mut gateway)?;
         self.registry_config()?;
+        if let Some(secret) = &self.internal_secret {
+            InternalSecret::new(secret).context("invalid internal_secret")?;
+        }
         Ok(())
+    }
+
+    /// Returns the internal credential a production role needs.
+    ///
+    /// # Errors
+    /// When none is configured or it is invalid.
+    pub fn required_secret(&self) -> anyhow::Result<InternalSecret> {
+        let secret = self.internal_secret.as_deref().context(
+            "internal services need a shared secret (--internal-secret or SWITCHBOARD_INTERNAL_SECRET)",
+        )?;
+        InternalSecret::new(secret).context("invalid internal_secret")
+    }
+
+    /// Returns the configured internal credential, or a random one for a single process.
+    ///
+    /// # Errors
+    /// When the configured one is invalid.
+    pub fn secret_or_random(&self) -> anyhow::Result<InternalSecret> {
+        match &self.internal_secret {
+            Some(_) => self.required_secret(),
+            None => Ok(InternalSecret::random()),
+        }
     }
 
     /// Returns the registry settings.

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use switchboard_test_support::{RedisServer, free_port, wait_for_port};
 
+/// The internal credential every process of a test cluster shares.
+pub const CLUSTER_SECRET: &str = "cluster-test-secret-0123456789";
 /// Admin password of the cluster's auth service.
 pub const CLUSTER_ADMIN_PASSWORD: &str = "cluster-admin-password";
 /// Registry reap timeout used by the cluster tests.
@@ -137,6 +139,7 @@ impl Cluster {
         let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .args(&service.args)
             .env("RUST_LOG", "info")
+            .env("SWITCHBOARD_INTERNAL_SECRET", CLUSTER_SECRET)
             .env_remove("SWITCHBOARD_CONFIG")
             .stdout(Stdio::null())
             .stderr(log)
