@@ -1,38 +1,30 @@
-//! Auth configuration.
+//! Auth configuration: which backends are enabled and the throttling of failed logins.
+
+use std::path::PathBuf;
+
+use crate::jwt::JwtConfig;
+use crate::throttle::ThrottleConfig;
+use crate::users::UserRecord;
 
 /// Default admin user name.
 pub const DEFAULT_ADMIN_USER: &str = "admin";
 
-/// A user with a password given in the configuration.
-#[derive(Clone, PartialEq, Eq)]
-pub struct StaticUser {
-    /// The user name.
-    pub user: String,
-    /// The password, compared as is.
-    pub password: String,
-    /// Roles granted at login.
-    pub roles: Vec<String>,
-}
-
-impl std::fmt::Debug for StaticUser {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StaticUser")
-            .field("user", &self.user)
-            .field("password", &"<redacted>")
-            .field("roles", &self.roles)
-            .finish()
-    }
-}
-
-/// What the auth service accepts.
+/// What the auth service accepts. Every backend is optional; a login is tried against the
+/// admin, then a token (when the password is a JWT and keys are configured), then the users.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// The admin user; it has the `admin` role.
     pub admin_user: String,
     /// The admin's password; `None` disables the admin login.
     pub admin_password: Option<String>,
-    /// Further users with their passwords and roles.
-    pub users: Vec<StaticUser>,
+    /// Users given directly (embedding and tests), with argon2id hashes.
+    pub users: Vec<UserRecord>,
+    /// The users file, re-read when it changes.
+    pub users_file: Option<PathBuf>,
+    /// Signed-token keys.
+    pub jwt: JwtConfig,
+    /// Failed logins allowed per remote address.
+    pub throttle: ThrottleConfig,
 }
 
 impl Default for Config {
@@ -41,6 +33,9 @@ impl Default for Config {
             admin_user: DEFAULT_ADMIN_USER.to_owned(),
             admin_password: None,
             users: Vec::new(),
+            users_file: None,
+            jwt: JwtConfig::default(),
+            throttle: ThrottleConfig::default(),
         }
     }
 }

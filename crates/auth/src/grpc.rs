@@ -8,8 +8,7 @@ use switchboard_proto::v1::{LoginReply, LoginRequest};
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
-use crate::config::Config;
-use crate::service::{AuthError, Authenticator};
+use crate::service::{Attempt, AuthError, Authenticator};
 
 /// The tonic service around an [`Authenticator`].
 #[derive(Debug, Clone)]
@@ -28,6 +27,9 @@ impl From<AuthError> for Status {
     fn from(error: AuthError) -> Self {
         match error {
             AuthError::InvalidCredentials => Status::unauthenticated("invalid credentials"),
+            AuthError::TooManyAttempts => {
+                Status::resource_exhausted("too many failed logins from this address")
+            }
         }
     }
 }
@@ -36,32 +38,41 @@ impl From<AuthError> for Status {
 impl Auth for GrpcAuthService {
     async fn login(&self, request: Request<LoginRequest>) -> Result<Response<LoginReply>, Status> {
         let request = request.into_inner();
-        let identity =
-            self.authenticator
-                .login(&request.user, &request.password, &request.session_id)?;
+        let identity = self
+            .authenticator
+            .login(Attempt {
+                user: &request.user,
+                password: &request.password,
+                session_id: &request.session_id,
+                remote: &request.remote,
+            })
+            .await
+            .inspect_err(|error| {
+                tracing::info!(user = %request.user, remote = %request.remote, ?error, "login refused");
+            })?;
         tracing::debug!(user = %identity.user, session.id = %identity.session_id, "login accepted");
         Ok(Response::new(LoginReply {
             user: identity.user,
             session_id: identity.session_id,
             roles: identity.roles,
+            expires_at: identity.expires_at.unwrap_or_default(),
         }))
     }
 }
 
-/// Serves the auth service on `listener` until `shutdown` completes.
+/// Serves `authenticator` on `listener` until `shutdown` completes.
 ///
 /// # Errors
 /// Returns the transport error that stopped the server.
 pub async fn serve(
-    config: Config,
+    authenticator: Authenticator,
     listener: TcpListener,
     secret: InternalSecret,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    let service = GrpcAuthService::new(Authenticator::new(config));
     tonic::transport::Server::builder()
         .layer(secret.server_layer())
-        .add_service(AuthServer::new(service))
+        .add_service(AuthServer::new(GrpcAuthService::new(authenticator)))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,

@@ -1,14 +1,50 @@
-//! The credential check.
+//! The credential check: admin, signed token or users, behind the login throttle.
 
+use std::sync::Arc;
+
+use switchboard_proto::internal::constant_time_eq;
 use switchboard_protocol::policy::ADMIN_ROLE;
 
 use crate::config::Config;
+use crate::jwt::{JwtConfigError, JwtVerifier, looks_like_jwt};
+use crate::password::verify_password;
+use crate::throttle::{Throttle, address_of};
+use crate::users::{UserTable, UsersFile, UsersFileError, table};
 
 /// Why a login was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthError {
-    /// Unknown user or wrong password (one answer for both).
+    /// Unknown user, wrong password or refused token (one answer for all).
     InvalidCredentials,
+    /// Too many failed logins from this address; retry later.
+    TooManyAttempts,
+}
+
+/// Why the authenticator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The users file.
+    #[error(transparent)]
+    UsersFile(#[from] UsersFileError),
+    /// The users given directly.
+    #[error("invalid user: {0}")]
+    Users(String),
+    /// The token keys.
+    #[error("invalid token configuration: {0}")]
+    Jwt(#[from] JwtConfigError),
+}
+
+/// One login attempt.
+#[derive(Debug, Clone, Default)]
+pub struct Attempt<'a> {
+    /// The user asked for.
+    pub user: &'a str,
+    /// The password or token.
+    pub password: &'a str,
+    /// The session id asked for ("" for a fresh one).
+    pub session_id: &'a str,
+    /// The client's `remote` (`ws:IP:PORT`); failures are counted by its address.
+    pub remote: &'a str,
 }
 
 /// Who a successful login is.
@@ -20,107 +56,126 @@ pub struct Identity {
     pub session_id: String,
     /// The session's roles.
     pub roles: Vec<String>,
+    /// When the credential expires (Unix seconds), for token logins.
+    pub expires_at: Option<u64>,
 }
 
-/// Checks credentials against the configuration.
+/// Checks credentials against the configured backends.
 #[derive(Debug, Clone)]
 pub struct Authenticator {
-    config: Config,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    admin_user: String,
+    admin_password: Option<String>,
+    users: UserTable,
+    users_file: Option<UsersFile>,
+    jwt: Option<JwtVerifier>,
+    throttle: Throttle,
+}
+
+struct Granted {
+    roles: Vec<String>,
+    expires_at: Option<u64>,
 }
 
 impl Authenticator {
-    /// Creates an authenticator for `config`.
-    pub fn new(config: Config) -> Self {
-        Self { config }
-    }
-
-    /// Checks `user`/`password`; picks a fresh UUID session id when `session_id` is empty.
+    /// Creates an authenticator for `config`, loading the users file and token keys.
     ///
     /// # Errors
-    /// [`AuthError::InvalidCredentials`] for an unknown user or a wrong password.
-    pub fn login(
-        &self,
-        user: &str,
-        password: &str,
-        session_id: &str,
-    ) -> Result<Identity, AuthError> {
-        let roles = self
-            .roles_for(user, password)
-            .ok_or(AuthError::InvalidCredentials)?;
-        let session_id = if session_id.is_empty() {
+    /// [`SetupError`] when a user, the users file or a key is invalid.
+    pub fn new(config: Config) -> Result<Self, SetupError> {
+        let users = table(config.users).map_err(SetupError::Users)?;
+        let users_file = config.users_file.map(UsersFile::open).transpose()?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                admin_user: config.admin_user,
+                admin_password: config.admin_password,
+                users,
+                users_file,
+                jwt: JwtVerifier::new(&config.jwt)?,
+                throttle: Throttle::new(config.throttle),
+            }),
+        })
+    }
+
+    /// Checks an attempt; picks a fresh UUID session id when none is asked for.
+    ///
+    /// # Errors
+    /// [`AuthError::TooManyAttempts`] while the address is throttled (the credentials are not
+    /// even checked), else [`AuthError::InvalidCredentials`] for any refusal.
+    pub async fn login(&self, attempt: Attempt<'_>) -> Result<Identity, AuthError> {
+        let address = address_of(attempt.remote);
+        if self.inner.throttle.is_blocked(address) {
+            return Err(AuthError::TooManyAttempts);
+        }
+        let Some(granted) = self.check(attempt.user, attempt.password).await else {
+            self.inner.throttle.record_failure(address);
+            return Err(AuthError::InvalidCredentials);
+        };
+        self.inner.throttle.record_success(address);
+        let session_id = if attempt.session_id.is_empty() {
             uuid::Uuid::new_v4().to_string()
         } else {
-            session_id.to_owned()
+            attempt.session_id.to_owned()
         };
         Ok(Identity {
-            user: user.to_owned(),
+            user: attempt.user.to_owned(),
             session_id,
-            roles,
+            roles: granted.roles,
+            expires_at: granted.expires_at,
         })
     }
 
-    fn roles_for(&self, user: &str, password: &str) -> Option<Vec<String>> {
-        if let Some(admin_password) = &self.config.admin_password
-            && user == self.config.admin_user
+    async fn check(&self, user: &str, password: &str) -> Option<Granted> {
+        let inner = &self.inner;
+        if let Some(admin_password) = &inner.admin_password
+            && user == inner.admin_user
         {
-            return constant_time_eq(password.as_bytes(), admin_password.as_bytes())
-                .then(|| vec![ADMIN_ROLE.to_owned()]);
+            return constant_time_eq(password.as_bytes(), admin_password.as_bytes()).then(|| {
+                Granted {
+                    roles: vec![ADMIN_ROLE.to_owned()],
+                    expires_at: None,
+                }
+            });
         }
-        self.config
-            .users
-            .iter()
-            .find(|candidate| candidate.user == user)
-            .filter(|candidate| {
-                constant_time_eq(password.as_bytes(), candidate.password.as_bytes())
-            })
-            .map(|candidate| candidate.roles.clone())
-    }
-}
-
-/// Compares two byte strings in time that depends only on their lengths.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::StaticUser;
-
-    fn authenticator() -> Authenticator {
-        Authenticator::new(Config {
-            admin_password: Some("secret".into()),
-            users: vec![StaticUser {
-                user: "bob".into(),
-                password: "pw".into(),
-                roles: vec![],
-            }],
-            ..Config::default()
+        if let Some(jwt) = &inner.jwt
+            && looks_like_jwt(password)
+        {
+            return match jwt.verify(password) {
+                Ok(claims) if claims.user == user => Some(Granted {
+                    roles: claims.roles,
+                    expires_at: Some(claims.expires_at),
+                }),
+                Ok(_) => {
+                    tracing::debug!(user, "token refused: sub is another user");
+                    None
+                }
+                Err(error) => {
+                    tracing::debug!(user, %error, "token refused");
+                    None
+                }
+            };
+        }
+        let record = match inner.users.get(user) {
+            Some(record) => Some(record.clone()),
+            None => inner
+                .users_file
+                .as_ref()
+                .and_then(|file| file.users().get(user).cloned()),
+        }?;
+        let password = password.to_owned();
+        // argon2 costs tens of milliseconds of CPU by design: keep it off the runtime.
+        let matches = tokio::task::spawn_blocking(move || {
+            verify_password(&password, &record.password_hash).then_some(record.roles)
         })
-    }
-
-    #[test]
-    fn test_admin_and_users() {
-        let auth = authenticator();
-        let admin = auth.login("admin", "secret", "").expect("admin logs in");
-        assert_eq!(admin.roles, vec!["admin".to_owned()]);
-        assert_eq!(admin.session_id.len(), 36);
-        assert_eq!(
-            auth.login("admin", "nope", ""),
-            Err(AuthError::InvalidCredentials)
-        );
-        assert_eq!(
-            auth.login("eve", "secret", ""),
-            Err(AuthError::InvalidCredentials)
-        );
-        let bob = auth.login("bob", "pw", "s1").expect("bob logs in");
-        assert_eq!(bob.session_id, "s1");
-        assert!(bob.roles.is_empty());
-    }
-
-    #[test]
-    fn test_admin_disabled_without_password() {
-        let auth = Authenticator::new(Config::default());
-        assert!(auth.login("admin", "", "").is_err());
+        .await
+        .ok()??;
+        Some(Granted {
+            roles: matches,
+            expires_at: None,
+        })
     }
 }

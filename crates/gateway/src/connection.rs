@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::dispatch;
 use crate::gateway::Gateway;
 use crate::session::{CLOSE_GOING_AWAY, CLOSE_TOO_BIG, CmdAnswer, Outbound, SessionHandle};
+use crate::token::{self, TokenExpiry};
 
 /// The WebSocket path of the default service; `/api/ws/<service>` selects a named one.
 pub const WS_PATH: &str = "/api/ws";
@@ -53,6 +54,8 @@ pub(crate) struct ConnState {
     pub(crate) stop_after_reply: bool,
     /// The connection's budget of publishes waiting for the bus.
     pub(crate) publish_permits: Arc<tokio::sync::Semaphore>,
+    /// Expiry of the token the session logged in with; `None` for a password login.
+    pub(crate) token: Option<TokenExpiry>,
 }
 
 fn service_from_path(path: &str) -> Option<String> {
@@ -143,6 +146,7 @@ async fn run(
         publish_permits: Arc::new(tokio::sync::Semaphore::new(
             crate::publisher::MAX_INFLIGHT_PER_CONNECTION,
         )),
+        token: None,
     };
     read_loop(&gateway, &mut state, stream, &last_seen, epoch, &shutdown).await;
     // The writer ends after a queued close or on kill; make sure it does either way.
@@ -177,6 +181,12 @@ async fn read_loop(
                 // Drain: close with 1001 after what is queued; keep reading until the close.
                 draining = true;
                 state.session.close(CLOSE_GOING_AWAY, "gateway shutting down");
+                continue;
+            }
+            step = token::next_step(state.token) => {
+                if let Some(token) = &mut state.token {
+                    token.run(step, &state.session);
+                }
                 continue;
             }
             message = stream.next() => message,

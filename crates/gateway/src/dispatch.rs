@@ -71,11 +71,8 @@ pub(crate) async fn dispatch(
         return Some(encode(&tid, result));
     };
     if (request.subclass.as_str(), request.cmd.as_str()) == ("user", "login") {
-        let error = ApiError::new(
-            ErrorCode::AlreadyAuthenticated,
-            "this connection is logged in",
-        );
-        return Some(encode(&tid, Err(error.into())));
+        let result = commands::user::refresh(gateway, state, &identity, &request.data).await;
+        return Some(encode(&tid, result));
     }
     let access = policy::command_access(&identity.roles, &request.subclass, &request.cmd);
     if access == Access::Denied {

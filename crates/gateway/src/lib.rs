@@ -13,6 +13,7 @@
 //! - [`hub`]: local sessions, the subscription index and event fan-out.
 //! - [`publisher`]: `send_event`s batched towards the bus, in order, with backpressure.
 //! - [`session`]: the per-connection handle other tasks use.
+//! - [`token`]: the expiry of sessions that logged in with a signed token.
 //! - [`control`]: the SessionControl gRPC service.
 //! - [`gelf`]: `session log` as GELF over UDP or TCP.
 //! - [`clients`]: gRPC clients with deadlines and error mapping.
@@ -29,6 +30,7 @@ pub mod hub;
 pub mod publisher;
 pub mod server;
 pub mod session;
+pub mod token;
 
 pub use config::{Config, GelfTarget};
 pub use gateway::Gateway;

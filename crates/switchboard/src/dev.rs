@@ -119,6 +119,7 @@ fn log_exit(what: &'static str, result: Result<(), tonic::transport::Error>) {
 /// # Errors
 /// When a listener cannot be bound or an address is invalid.
 pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
+    let authenticator = switchboard_auth::Authenticator::new(config.auth.clone())?;
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let broker = Broker::Memory(MemoryBroker::new());
@@ -132,8 +133,13 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
     tasks.spawn(async move {
         log_exit(
             "auth",
-            switchboard_auth::serve(config.auth, auth_listener, secret, token.cancelled_owned())
-                .await,
+            switchboard_auth::serve(
+                authenticator,
+                auth_listener,
+                secret,
+                token.cancelled_owned(),
+            )
+            .await,
         );
     });
     let token = shutdown.clone();

@@ -35,6 +35,9 @@ enum Command {
     Bus(Settings),
     /// Runs a gateway replica (WebSocket, SessionControl gRPC, Redis subscriber).
     Gateway(Settings),
+    /// Reads a password from standard input (one line) and prints its argon2id hash for the
+    /// users file.
+    HashPassword,
     /// Measures a running deployment: connections, deliveries, latency, server CPU and RSS.
     Bench(switchboard::bench::BenchArgs),
 }
@@ -51,6 +54,15 @@ async fn run_bench(args: switchboard::bench::BenchArgs) -> anyhow::Result<()> {
             writeln!(file, "{}", serde_json::to_string(&report)?)?;
         }
     }
+    Ok(())
+}
+
+fn hash_password() -> anyhow::Result<()> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let password = line.trim_end_matches(['\r', '\n']);
+    anyhow::ensure!(!password.is_empty(), "no password on standard input");
+    println!("{}", switchboard_auth::password::hash_password(password)?);
     Ok(())
 }
 
@@ -118,9 +130,7 @@ async fn run_dev(settings: Settings) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
     let mut config = DevConfig::new(&listen, &admin_password);
-    if let Some(user) = &settings.admin_user {
-        config.auth.admin_user = user.clone();
-    }
+    config.auth = settings.auth_config(Some(admin_password))?;
     settings.apply_to_gateway(&mut config.gateway)?;
     config.secret = settings.secret_or_random()?;
     let mut running = dev::start(config).await?;
@@ -179,6 +189,7 @@ async fn run(cli: Cli) -> ExitCode {
     init_tracing();
     let (role, settings) = match cli.command {
         Command::Bench(args) => return exit_code(run_bench(args).await),
+        Command::HashPassword => return exit_code(hash_password()),
         Command::Dev(settings) => (Role::Dev, settings),
         Command::Auth(settings) => (Role::Auth, settings),
         Command::Registry(settings) => (Role::Registry, settings),

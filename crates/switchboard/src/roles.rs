@@ -39,19 +39,14 @@ pub async fn auth(settings: Settings, shutdown: CancellationToken) -> anyhow::Re
     let admin_password = settings.admin_password.clone().context(
         "the auth service needs an admin password (--admin-password or SWITCHBOARD_ADMIN_PASSWORD)",
     )?;
-    let mut config = switchboard_auth::Config {
-        admin_password: Some(admin_password),
-        ..switchboard_auth::Config::default()
-    };
-    if let Some(user) = &settings.admin_user {
-        config.admin_user = user.clone();
-    }
+    let authenticator =
+        switchboard_auth::Authenticator::new(settings.auth_config(Some(admin_password))?)?;
     let listen = settings
         .grpc_listen
         .as_deref()
         .unwrap_or(DEFAULT_AUTH_LISTEN);
     let listener = bind(listen, "auth gRPC").await?;
-    switchboard_auth::serve(config, listener, secret, shutdown.cancelled_owned()).await?;
+    switchboard_auth::serve(authenticator, listener, secret, shutdown.cancelled_owned()).await?;
     Ok(())
 }
 

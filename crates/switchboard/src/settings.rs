@@ -32,6 +32,29 @@ pub struct Settings {
     /// gateway (at least 16 printable bytes) [dev default: random].
     #[arg(long, env = "SWITCHBOARD_INTERNAL_SECRET", hide_env_values = true)]
     pub internal_secret: Option<String>,
+    /// Users file (TOML: name, argon2id password_hash, roles), re-read when it changes
+    /// [default: none].
+    #[arg(long, env = "SWITCHBOARD_USERS_FILE")]
+    pub users_file: Option<PathBuf>,
+    /// Shared secret of HS256 login tokens, at least 32 bytes [default: none].
+    #[arg(long, env = "SWITCHBOARD_JWT_HS256_SECRET", hide_env_values = true)]
+    pub jwt_hs256_secret: Option<String>,
+    /// PEM public key of RS256 (RSA) or ES256 (EC P-256) login tokens [default: none].
+    #[arg(long, env = "SWITCHBOARD_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// JWKS file of RS256/ES256 public keys for login tokens [default: none].
+    #[arg(long, env = "SWITCHBOARD_JWT_JWKS")]
+    pub jwt_jwks: Option<PathBuf>,
+    /// Clock skew tolerated on a token's exp and nbf [default: 30s].
+    #[arg(long, env = "SWITCHBOARD_JWT_LEEWAY")]
+    pub jwt_leeway: Option<String>,
+    /// Failed logins per remote address and window before `too_many_attempts`; 0 disables
+    /// [default: 10].
+    #[arg(long, env = "SWITCHBOARD_LOGIN_MAX_FAILURES")]
+    pub login_max_failures: Option<u32>,
+    /// The window of `login_max_failures`, from an address's first failure [default: 60s].
+    #[arg(long, env = "SWITCHBOARD_LOGIN_FAILURE_WINDOW")]
+    pub login_failure_window: Option<String>,
     /// GELF server for `session log`: udp://host:port or tcp://host:port [default: none].
     #[arg(long, env = "SWITCHBOARD_GELF")]
     pub gelf: Option<String>,
@@ -126,6 +149,13 @@ impl Settings {
             admin_user,
             admin_password,
             internal_secret,
+            users_file,
+            jwt_hs256_secret,
+            jwt_public_key,
+            jwt_jwks,
+            jwt_leeway,
+            login_max_failures,
+            login_failure_window,
             gelf,
             max_frame_bytes,
             max_json_depth,
@@ -234,6 +264,7 @@ impl Settings {
         );
         self.apply_to_gateway(&mut gateway)?;
         self.registry_config()?;
+        self.auth_config(None)?;
         if let Some(secret) = &self.internal_secret {
             InternalSecret::new(secret).context("invalid internal_secret")?;
         }
@@ -262,6 +293,42 @@ impl Settings {
         }
     }
 
+    /// Returns the auth settings with the given admin password. Files are read later, by
+    /// [`switchboard_auth::Authenticator::new`].
+    ///
+    /// # Errors
+    /// When a value does not parse.
+    pub fn auth_config(
+        &self,
+        admin_password: Option<String>,
+    ) -> anyhow::Result<switchboard_auth::Config> {
+        let mut config = switchboard_auth::Config {
+            admin_password,
+            users_file: self.users_file.clone(),
+            ..switchboard_auth::Config::default()
+        };
+        if let Some(user) = &self.admin_user {
+            config.admin_user = user.clone();
+        }
+        config.jwt = switchboard_auth::JwtConfig {
+            hs256_secret: self.jwt_hs256_secret.clone(),
+            public_key_files: self.jwt_public_key.iter().cloned().collect(),
+            jwks_file: self.jwt_jwks.clone(),
+            leeway: match &self.jwt_leeway {
+                Some(text) => parse_duration(text).context("invalid jwt_leeway")?,
+                None => DEFAULT_JWT_LEEWAY,
+            },
+        };
+        if let Some(max) = self.login_max_failures {
+            config.throttle.max_failures = max;
+        }
+        if let Some(text) = &self.login_failure_window {
+            config.throttle.window =
+                parse_duration(text).context("invalid login_failure_window")?;
+        }
+        Ok(config)
+    }
+
     /// Returns the registry settings.
     ///
     /// # Errors
@@ -281,6 +348,9 @@ impl Settings {
             .unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned())
     }
 }
+
+/// Default clock skew tolerated on a token's `exp` and `nbf`.
+pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(30);
 
 /// Default Redis of the scaled deployment.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";

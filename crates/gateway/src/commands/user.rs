@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
-use switchboard_proto::v1::{GetUserRequest, ListUsersRequest, LoginRequest, RegisterRequest};
+use switchboard_proto::v1::{
+    GetUserRequest, ListUsersRequest, LoginReply, LoginRequest, RegisterRequest,
+};
 use switchboard_protocol::event::{EventKey, WILDCARD};
 use switchboard_protocol::fields::Fields;
 use switchboard_protocol::{ApiError, ErrorCode, MAX_SESSION_ID_LEN, MAX_USER_LEN};
@@ -13,47 +15,57 @@ use crate::clients::status_to_api_error;
 use crate::connection::ConnState;
 use crate::dispatch::{CommandResult, Failure};
 use crate::gateway::Gateway;
-use crate::session::Identity;
+use crate::session::{Identity, SessionHandle};
+use crate::token::TokenExpiry;
 use switchboard_proto::v1::PublishRequest;
 
 /// Class of the automatic subscriptions' events.
 pub(crate) const CORE_CLASS: &str = "core";
 
-/// `user login`: authenticate, register, subscribe the automatic subscriptions.
-pub(crate) async fn login(
-    gateway: &Arc<Gateway>,
-    state: &mut ConnState,
-    data: &Map<String, Value>,
-) -> CommandResult {
-    let fields = Fields(data);
+/// The credentials of a `user login`.
+struct Credentials<'a> {
+    user: &'a str,
+    password: &'a str,
+    session_id: &'a str,
+}
+
+fn credentials(fields: Fields<'_>) -> Result<Credentials<'_>, ApiError> {
     let user = fields.required_str("user")?;
     if user.len() > MAX_USER_LEN {
-        return Err(ApiError::syntax("user", "at most 256 bytes").into());
+        return Err(ApiError::syntax("user", "at most 256 bytes"));
     }
     let Some(password) = fields
         .optional_str("password")?
         .or(fields.optional_str("pass")?)
     else {
-        return Err(ApiError::missing_field("password").into());
+        return Err(ApiError::missing_field("password"));
     };
-    let requested_id = fields.optional_str("session_id")?.unwrap_or_default();
-    if requested_id.len() > MAX_SESSION_ID_LEN {
-        return Err(ApiError::syntax("session_id", "at most 128 bytes").into());
+    let session_id = fields.optional_str("session_id")?.unwrap_or_default();
+    if session_id.len() > MAX_SESSION_ID_LEN {
+        return Err(ApiError::syntax("session_id", "at most 128 bytes"));
     }
-    let meta_json = fields
-        .optional_object("meta")?
-        .map(|meta| Value::Object(meta.clone()).to_string())
-        .unwrap_or_default();
-    let session = Arc::clone(&state.session);
+    Ok(Credentials {
+        user,
+        password,
+        session_id,
+    })
+}
+
+/// Asks the auth service about `credentials`.
+async fn authenticate(
+    gateway: &Gateway,
+    session: &SessionHandle,
+    credentials: &Credentials<'_>,
+) -> Result<LoginReply, ApiError> {
     let reply = gateway
         .services
         .auth
         .clone()
         .login(gateway.services.request(LoginRequest {
             service: session.service.clone(),
-            user: user.to_owned(),
-            password: password.to_owned(),
-            session_id: requested_id.to_owned(),
+            user: credentials.user.to_owned(),
+            password: credentials.password.to_owned(),
+            session_id: credentials.session_id.to_owned(),
             remote: session.remote.clone(),
         }))
         .await
@@ -67,8 +79,54 @@ pub(crate) async fn login(
                 "too many login attempts, retry later",
             ),
             _ => status_to_api_error(&status, "auth"),
-        })?
-        .into_inner();
+        })?;
+    Ok(reply.into_inner())
+}
+
+/// `user login` on a connection logged in with a token: a new token for the same user
+/// moves the session's expiry. Anything else is `already_authenticated`.
+pub(crate) async fn refresh(
+    gateway: &Arc<Gateway>,
+    state: &mut ConnState,
+    identity: &Identity,
+    data: &Map<String, Value>,
+) -> CommandResult {
+    let already = || {
+        ApiError::new(
+            ErrorCode::AlreadyAuthenticated,
+            "this connection is logged in",
+        )
+    };
+    if state.token.is_none() {
+        return Err(already().into());
+    }
+    let mut credentials = credentials(Fields(data))?;
+    if credentials.user != identity.user {
+        return Err(already().into());
+    }
+    credentials.session_id = &identity.session_id;
+    let reply = authenticate(gateway, &state.session, &credentials).await?;
+    if reply.user != identity.user || reply.expires_at == 0 {
+        return Err(already().into());
+    }
+    state.token = Some(TokenExpiry::new(reply.expires_at));
+    Ok(json!({"session_id": identity.session_id, "expires_at": reply.expires_at}))
+}
+
+/// `user login`: authenticate, register, subscribe the automatic subscriptions.
+pub(crate) async fn login(
+    gateway: &Arc<Gateway>,
+    state: &mut ConnState,
+    data: &Map<String, Value>,
+) -> CommandResult {
+    let fields = Fields(data);
+    let credentials = credentials(fields)?;
+    let meta_json = fields
+        .optional_object("meta")?
+        .map(|meta| Value::Object(meta.clone()).to_string())
+        .unwrap_or_default();
+    let session = Arc::clone(&state.session);
+    let reply = authenticate(gateway, &session, &credentials).await?;
     let duplicated = || ApiError::new(ErrorCode::DuplicatedSessionId, "session id is in use");
     if !gateway
         .hub
@@ -141,7 +199,11 @@ pub(crate) async fn login(
         meta_json,
     });
     tracing::debug!(conn.id = session.conn_id, session.id = %reply.session_id, user = %reply.user, "logged in");
-    Ok(json!({"session_id": reply.session_id}))
+    if reply.expires_at == 0 {
+        return Ok(json!({"session_id": reply.session_id}));
+    }
+    state.token = Some(TokenExpiry::new(reply.expires_at));
+    Ok(json!({"session_id": reply.session_id, "expires_at": reply.expires_at}))
 }
 
 /// `user list`.

@@ -30,18 +30,29 @@ pub async fn start() -> Running {
 /// Starts the services after `tune` adjusts the configuration.
 pub async fn start_with(tune: impl FnOnce(&mut DevConfig)) -> Running {
     let mut config = DevConfig::new("127.0.0.1:0", ADMIN_PASSWORD);
-    config.auth.users.push(switchboard_auth::StaticUser {
-        user: "alice".into(),
-        password: "alice-pw".into(),
-        roles: vec![],
-    });
-    config.auth.users.push(switchboard_auth::StaticUser {
-        user: "bob".into(),
-        password: "bob-pw".into(),
-        roles: vec![],
-    });
+    config
+        .auth
+        .users
+        .push(user_record("alice", "alice-pw", &[]));
+    config.auth.users.push(user_record("bob", "bob-pw", &[]));
     tune(&mut config);
     dev::start(config).await.expect("services start")
+}
+
+/// A users-file entry for `name` with a cheaply hashed `password` (the real parameters cost
+/// tens of milliseconds per login).
+pub fn user_record(name: &str, password: &str, roles: &[&str]) -> switchboard_auth::UserRecord {
+    switchboard_auth::UserRecord {
+        name: name.to_owned(),
+        password_hash: cheap_hash(password),
+        roles: roles.iter().map(|role| (*role).to_owned()).collect(),
+    }
+}
+
+/// An argon2id hash of `password` with the smallest parameters.
+pub fn cheap_hash(password: &str) -> String {
+    let params = switchboard_auth::password::Params::new(64, 1, 1, None).expect("params");
+    switchboard_auth::password::hash_with(password, params).expect("hash")
 }
 
 /// A WebSocket client that keeps unsolicited frames aside while it waits for a response.

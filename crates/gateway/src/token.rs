@@ -1,0 +1,99 @@
+//! Sessions that logged in with a signed token end when it expires: the session is told with
+//! a `core/session_event/token_expiring` event [`EXPIRY_WARNING`] before (at once for a
+//! shorter token), and at expiry gets `token_expired` and close code [`CLOSE_TOKEN_EXPIRED`],
+//! unless a `user login` with a fresh token moved the expiry meanwhile.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::session::SessionHandle;
+
+/// Close code of a session whose token expired (private-use range of RFC 6455).
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
+/// How long before expiry the session is warned.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(30);
+
+/// What happens at the next deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Send `token_expiring`.
+    Warn,
+    /// Send `token_expired` and close.
+    Close,
+}
+
+/// A token session's expiry.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TokenExpiry {
+    /// Seconds since the Unix epoch.
+    expires_at: u64,
+    warned: bool,
+}
+
+fn until(unix_seconds: u64) -> Duration {
+    let at = UNIX_EPOCH + Duration::from_secs(unix_seconds);
+    at.duration_since(SystemTime::now()).unwrap_or_default()
+}
+
+impl TokenExpiry {
+    pub(crate) fn new(expires_at: u64) -> Self {
+        Self {
+            expires_at,
+            warned: false,
+        }
+    }
+
+    /// When the next step is due.
+    pub(crate) fn next(&self) -> (Instant, Step) {
+        let remaining = until(self.expires_at);
+        if self.warned {
+            (Instant::now() + remaining, Step::Close)
+        } else {
+            (
+                Instant::now() + remaining.saturating_sub(EXPIRY_WARNING),
+                Step::Warn,
+            )
+        }
+    }
+
+    /// Carries out `step` on `session`.
+    pub(crate) fn run(&mut self, step: Step, session: &SessionHandle) {
+        let Some(identity) = session.identity() else {
+            return;
+        };
+        let event = |type_: &str| {
+            json!({
+                "class": "core",
+                "subclass": "session_event",
+                "type": type_,
+                "obj_id": identity.session_id,
+                "body": {"expires_at": self.expires_at},
+            })
+            .to_string()
+        };
+        match step {
+            Step::Warn => {
+                self.warned = true;
+                session.push_event(event("token_expiring").into());
+            }
+            Step::Close => {
+                session.push_event(event("token_expired").into());
+                session.close(CLOSE_TOKEN_EXPIRED, "token expired");
+            }
+        }
+    }
+}
+
+/// Waits for `expiry`'s next step; never returns for a session without a token.
+pub(crate) async fn next_step(expiry: Option<TokenExpiry>) -> Step {
+    match expiry {
+        Some(expiry) => {
+            let (at, step) = expiry.next();
+            tokio::time::sleep_until(at).await;
+            step
+        }
+        None => std::future::pending().await,
+    }
+}
