@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
@@ -16,7 +17,7 @@ use switchboard_proto::v1::{
     PublishBatchReply, PublishBatchRequest, PublishReply, PublishRequest, PublishResult,
 };
 use switchboard_protocol::event::{EventKey, WILDCARD};
-use switchboard_protocol::policy;
+use switchboard_protocol::policy::{Direction, Policy};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -27,12 +28,13 @@ use tonic::{Request, Response, Status, Streaming};
 #[derive(Debug, Clone)]
 pub struct GrpcEventBus {
     broker: Broker,
+    policy: Arc<Policy>,
 }
 
 impl GrpcEventBus {
-    /// Creates a bus publishing into `broker`.
-    pub fn new(broker: Broker) -> Self {
-        Self { broker }
+    /// Creates a bus publishing into `broker`, refusing what `policy` does not allow.
+    pub fn new(broker: Broker, policy: Arc<Policy>) -> Self {
+        Self { broker, policy }
     }
 }
 
@@ -51,7 +53,7 @@ fn field_or_wildcard(value: String) -> String {
 ///
 /// # Errors
 /// `InvalidArgument` for a malformed event, `PermissionDenied` when the policy refuses it.
-fn prepare(request: PublishRequest) -> Result<(Vec<String>, Bytes), Status> {
+fn prepare(policy: &Policy, request: PublishRequest) -> Result<(Vec<String>, Bytes), Status> {
     let event = request
         .event
         .ok_or_else(|| Status::invalid_argument("event is required"))?;
@@ -59,8 +61,9 @@ fn prepare(request: PublishRequest) -> Result<(Vec<String>, Bytes), Status> {
         return Err(Status::invalid_argument("event class must be set"));
     }
     if !request.trusted
-        && !policy::event_allowed(
+        && !policy.event_allowed(
             &request.roles,
+            Direction::Send,
             &event.class,
             &event.service,
             &request.publisher_service,
@@ -102,7 +105,7 @@ impl EventBus for GrpcEventBus {
         &self,
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishReply>, Status> {
-        let (channels, payload) = prepare(request.into_inner())?;
+        let (channels, payload) = prepare(&self.policy, request.into_inner())?;
         self.broker
             .publish(&channels, payload)
             .await
@@ -114,7 +117,7 @@ impl EventBus for GrpcEventBus {
         &self,
         request: Request<PublishBatchRequest>,
     ) -> Result<Response<PublishBatchReply>, Status> {
-        let reply = publish_batch(&self.broker, request.into_inner()).await?;
+        let reply = publish_batch(&self.broker, &self.policy, request.into_inner()).await?;
         Ok(Response::new(reply))
     }
 
@@ -127,11 +130,12 @@ impl EventBus for GrpcEventBus {
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
         let mut inbound = request.into_inner();
         let broker = self.broker.clone();
+        let policy = Arc::clone(&self.policy);
         let (replies_tx, replies_rx) = mpsc::channel(STREAM_REPLIES);
         tokio::spawn(async move {
             // Batches are published one after the other, so their order is kept.
             while let Ok(Some(batch)) = inbound.message().await {
-                let reply = publish_batch(&broker, batch).await;
+                let reply = publish_batch(&broker, &policy, batch).await;
                 let failed = reply.is_err();
                 if replies_tx.send(reply).await.is_err() || failed {
                     break;
@@ -148,12 +152,13 @@ const STREAM_REPLIES: usize = 16;
 /// Prepares every event of a batch and publishes the valid ones in one broker round trip.
 async fn publish_batch(
     broker: &Broker,
+    policy: &Policy,
     request: PublishBatchRequest,
 ) -> Result<PublishBatchReply, Status> {
     let mut results = Vec::with_capacity(request.events.len());
     let mut batch = Vec::with_capacity(request.events.len());
     for event in request.events {
-        match prepare(event) {
+        match prepare(policy, event) {
             Ok(prepared) => {
                 batch.push(prepared);
                 results.push(PublishResult {
@@ -184,13 +189,14 @@ async fn publish_batch(
 /// Returns the transport error that stopped the server.
 pub async fn serve(
     broker: Broker,
+    policy: Arc<Policy>,
     listener: TcpListener,
     secret: InternalSecret,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
         .layer(secret.server_layer())
-        .add_service(EventBusServer::new(GrpcEventBus::new(broker)))
+        .add_service(EventBusServer::new(GrpcEventBus::new(broker, policy)))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,

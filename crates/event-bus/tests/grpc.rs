@@ -10,6 +10,7 @@ use switchboard_proto::internal::InternalSecret;
 use switchboard_proto::v1::event_bus_client::EventBusClient;
 use switchboard_proto::v1::{Event, PublishBatchRequest, PublishRequest};
 use switchboard_protocol::event::EventKey;
+use switchboard_protocol::policy::Policy;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -59,6 +60,7 @@ async fn test_publish_batch_and_stream() {
     let secret = InternalSecret::new("bus-test-secret-0123456789").expect("secret");
     let server = tokio::spawn(switchboard_event_bus::serve(
         broker.clone(),
+        Arc::new(Policy::default()),
         listener,
         secret.clone(),
         shutdown.clone().cancelled_owned(),

@@ -1,7 +1,10 @@
 //! Gateway configuration.
 
 use std::str::FromStr;
+use std::sync::Arc;
+
 use std::time::Duration;
+use switchboard_protocol::policy::Policy;
 
 /// Default largest inbound frame (PROTOCOL.md §1); a bigger one closes with 1009.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 1024 * 1024;
@@ -11,6 +14,10 @@ pub const DEFAULT_MAX_JSON_DEPTH: usize = 64;
 pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 1024;
 /// Default number of frames queued towards one connection before it is closed with 1008.
 pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
+/// Default number of WebSocket connections one gateway accepts at once.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 50_000;
+/// Default number of inbound frames per second one connection may send (burst: as many).
+pub const DEFAULT_MAX_FRAMES_PER_SECOND: u32 = 10_000;
 /// Default interval of WebSocket pings.
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(25);
 /// Default time without traffic after which a connection is closed.
@@ -97,6 +104,13 @@ pub struct Config {
     /// wait and share a write. Zero writes every batch at once; a few milliseconds trade up
     /// to that much latency for far fewer syscalls under fan-out.
     pub write_coalesce: Duration,
+    /// Who may do what (PROTOCOL.md §8 by default).
+    pub policy: Arc<Policy>,
+    /// WebSocket connections accepted at once; more are refused with HTTP 503.
+    pub max_connections: usize,
+    /// Inbound frames per second per connection (a burst of as many is allowed); requests
+    /// over it are answered `limit_exceeded`. 0 for no limit.
+    pub max_frames_per_second: u32,
 }
 
 impl Config {
@@ -127,6 +141,9 @@ impl Config {
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             gelf: None,
             write_coalesce: Duration::ZERO,
+            policy: Arc::new(Policy::default()),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_frames_per_second: DEFAULT_MAX_FRAMES_PER_SECOND,
         }
     }
 }

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dispatch;
 use crate::gateway::Gateway;
+use crate::metrics::METRICS;
 use crate::session::{CLOSE_GOING_AWAY, CLOSE_TOO_BIG, CmdAnswer, Outbound, SessionHandle};
 use crate::token::{self, TokenExpiry};
 
@@ -56,6 +57,44 @@ pub(crate) struct ConnState {
     pub(crate) publish_permits: Arc<tokio::sync::Semaphore>,
     /// Expiry of the token the session logged in with; `None` for a password login.
     pub(crate) token: Option<TokenExpiry>,
+    /// The connection's inbound request rate limit.
+    pub(crate) frame_budget: FrameBudget,
+}
+
+/// A token bucket of requests: `rate` per second, bursts of up to `rate`.
+#[derive(Debug)]
+pub(crate) struct FrameBudget {
+    rate: f64,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl FrameBudget {
+    /// A full bucket of `rate` requests per second; 0 never runs out.
+    pub(crate) fn new(rate: u32) -> Self {
+        Self {
+            rate: f64::from(rate),
+            tokens: f64::from(rate),
+            refilled: Instant::now(),
+        }
+    }
+
+    /// Takes one request from the bucket; false when it is empty.
+    pub(crate) fn take(&mut self) -> bool {
+        if self.rate == 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        let earned = now.duration_since(self.refilled).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + earned).min(self.rate);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 fn service_from_path(path: &str) -> Option<String> {
@@ -66,6 +105,19 @@ fn service_from_path(path: &str) -> Option<String> {
     }
     let service = rest.strip_prefix('/')?.trim_end_matches('/');
     (!service.is_empty() && !service.contains('/')).then(|| service.to_owned())
+}
+
+/// Answers the handshake of a connection over the gateway's limit with HTTP 503.
+pub(crate) async fn refuse(stream: TcpStream, peer: SocketAddr) {
+    #[allow(clippy::result_large_err)]
+    let callback = |_: &Request, _: Response| -> Result<Response, ErrorResponse> {
+        let mut error = ErrorResponse::new(Some("too many connections, retry later".to_owned()));
+        *error.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        Err(error)
+    };
+    let handshake = tokio_tungstenite::accept_hdr_async(stream, callback);
+    let _ = tokio::time::timeout(Duration::from_secs(5), handshake).await;
+    tracing::debug!(peer.addr = %peer, "connection refused at the limit");
 }
 
 /// Serves one accepted TCP connection until it ends.
@@ -147,6 +199,7 @@ async fn run(
             crate::publisher::MAX_INFLIGHT_PER_CONNECTION,
         )),
         token: None,
+        frame_budget: FrameBudget::new(gateway.config.max_frames_per_second),
     };
     read_loop(&gateway, &mut state, stream, &last_seen, epoch, &shutdown).await;
     // The writer ends after a queued close or on kill; make sure it does either way.
@@ -236,6 +289,17 @@ async fn handle_text(gateway: &Arc<Gateway>, state: &mut ConnState, text: &str) 
                 frame::error_response(rejected.tid.as_ref(), &rejected.error),
             )
             .await;
+        }
+        Ok(Inbound::Request(request)) if !state.frame_budget.take() => {
+            METRICS.count_rate_limited();
+            let error = ApiError::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "more than {} requests per second on this connection",
+                    gateway.config.max_frames_per_second
+                ),
+            );
+            reply(state, frame::error_response(Some(&request.tid), &error)).await;
         }
         Ok(Inbound::Request(request)) => {
             // Boxed: a command's state lives only while it runs, so an idle connection's task

@@ -4,12 +4,13 @@ use std::sync::Arc;
 
 use serde_json::Value;
 use switchboard_protocol::frame::{self, Request};
-use switchboard_protocol::policy::{self, Access};
+use switchboard_protocol::policy::Access;
 use switchboard_protocol::{ApiError, ErrorCode};
 
 use crate::commands;
 use crate::connection::ConnState;
 use crate::gateway::Gateway;
+use crate::metrics::METRICS;
 
 /// What a command answers.
 #[derive(Debug)]
@@ -33,7 +34,10 @@ pub(crate) type CommandResult = Result<Value, Failure>;
 pub(crate) fn encode(tid: &Value, result: CommandResult) -> String {
     match result {
         Ok(data) => frame::ok_response(tid, data),
-        Err(Failure::Api(error)) => frame::error_response(Some(tid), &error),
+        Err(Failure::Api(error)) => {
+            METRICS.count_error(error.code);
+            frame::error_response(Some(tid), &error)
+        }
         Err(Failure::Forwarded(data)) => frame::error_response_with_data(Some(tid), data),
     }
 }
@@ -74,7 +78,11 @@ pub(crate) async fn dispatch(
         let result = commands::user::refresh(gateway, state, &identity, &request.data).await;
         return Some(encode(&tid, result));
     }
-    let access = policy::command_access(&identity.roles, &request.subclass, &request.cmd);
+    let access =
+        gateway
+            .config
+            .policy
+            .command_access(&identity.roles, &request.subclass, &request.cmd);
     if access == Access::Denied {
         return Some(encode(&tid, Err(ApiError::unauthorized().into())));
     }
@@ -106,7 +114,7 @@ pub(crate) async fn dispatch(
         }
         ("event", "get_subscriptions") => Ok(commands::event::get_subscriptions(state)),
         ("event", "send_event" | "send") => {
-            let publish = commands::event::send_event(state, &identity, &request.data);
+            let publish = commands::event::send_event(gateway, state, &identity, &request.data);
             return commands::submit_publish(gateway, state, tid, publish).await;
         }
         _ => Err(unknown_command(&request).into()),

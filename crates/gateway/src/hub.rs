@@ -97,6 +97,14 @@ impl Hub {
             .insert(session.conn_id, Arc::clone(session));
     }
 
+    /// Returns the number of open connections.
+    pub fn connection_count(&self) -> usize {
+        self.connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
     /// Forgets a closed connection.
     pub fn remove_connection(&self, conn_id: u64) {
         self.connections

@@ -17,6 +17,7 @@
 //! - [`control`]: the SessionControl gRPC service.
 //! - [`gelf`]: `session log` as GELF over UDP or TCP.
 //! - [`clients`]: gRPC clients with deadlines and error mapping.
+//! - [`metrics`]: counters of refusals and cut-offs, served as Prometheus text.
 
 pub mod clients;
 mod commands;
@@ -27,6 +28,7 @@ mod dispatch;
 pub mod gateway;
 pub mod gelf;
 pub mod hub;
+pub mod metrics;
 pub mod publisher;
 pub mod server;
 pub mod session;

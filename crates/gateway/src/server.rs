@@ -8,6 +8,7 @@ use switchboard_broker::Broker;
 use switchboard_proto::internal::InternalSecret;
 use switchboard_proto::v1::session_control_server::SessionControlServer;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -18,6 +19,7 @@ use crate::control::GrpcSessionControl;
 use crate::gateway::Gateway;
 use crate::gelf::GelfSender;
 use crate::hub::Hub;
+use crate::metrics::METRICS;
 use crate::publisher::Publisher;
 
 /// How long connections get to close after shutdown begins.
@@ -77,20 +79,27 @@ pub async fn serve(
     let heartbeat = tokio::spawn(heartbeat_loop(Arc::clone(&gateway), shutdown.clone()));
     let watchdog = tokio::spawn(write_watchdog(Arc::clone(&gateway), shutdown.clone()));
     let tracker = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(gateway.config.max_connections));
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = ws_listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => {
-                tracker.spawn(connection::handle(
-                    Arc::clone(&gateway),
-                    stream,
-                    peer,
-                    shutdown.clone(),
-                ));
-            }
+            Ok((stream, peer)) => match Arc::clone(&slots).try_acquire_owned() {
+                Ok(slot) => {
+                    let gateway = Arc::clone(&gateway);
+                    let shutdown = shutdown.clone();
+                    tracker.spawn(async move {
+                        connection::handle(gateway, stream, peer, shutdown).await;
+                        drop(slot);
+                    });
+                }
+                Err(_) => {
+                    METRICS.count_refused_connection();
+                    tracker.spawn(connection::refuse(stream, peer));
+                }
+            },
             Err(error) => {
                 // EMFILE and friends return at once: back off instead of spinning.
                 tracing::warn!(%error, "accept failed");

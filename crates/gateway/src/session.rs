@@ -153,6 +153,7 @@ impl SessionHandle {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::warn!(conn.id = self.conn_id, "slow consumer disconnected");
+                crate::metrics::METRICS.count_slow_consumer();
                 self.kill(CLOSE_POLICY, "slow consumer: outbound queue full");
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {}

@@ -20,12 +20,16 @@ use crate::store::{RegistryError, Store};
 #[derive(Debug, Clone)]
 pub struct GrpcRegistryService {
     store: Store,
+    max_sessions_per_user: usize,
 }
 
 impl GrpcRegistryService {
-    /// Wraps a store.
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    /// Wraps a store; a user may hold `max_sessions_per_user` sessions per service (0: any).
+    pub fn new(store: Store, max_sessions_per_user: usize) -> Self {
+        Self {
+            store,
+            max_sessions_per_user,
+        }
     }
 }
 
@@ -33,6 +37,9 @@ impl From<RegistryError> for Status {
     fn from(error: RegistryError) -> Self {
         match error {
             RegistryError::DuplicateSession => Status::already_exists("session id in use"),
+            RegistryError::TooManySessions => {
+                Status::resource_exhausted("the user has the most sessions allowed")
+            }
             RegistryError::NotFound => Status::not_found("not found"),
             RegistryError::Unavailable(reason) => {
                 tracing::warn!(%reason, "registry store unavailable");
@@ -55,7 +62,9 @@ impl SessionRegistry for GrpcRegistryService {
         if session.session_id.is_empty() {
             return Err(Status::invalid_argument("session_id is required"));
         }
-        self.store.register(session).await?;
+        self.store
+            .register_limited(session, self.max_sessions_per_user)
+            .await?;
         Ok(Response::new(RegisterReply {}))
     }
 
@@ -128,24 +137,25 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let reaper = tokio::spawn(reap_until(store.clone(), config.clone(), shutdown.clone()));
-    let result = serve_store(store, listener, secret, shutdown.cancelled_owned()).await;
+    let service = GrpcRegistryService::new(store.clone(), config.max_sessions_per_user);
+    let result = serve_service(service, listener, secret, shutdown.cancelled_owned()).await;
     reaper.abort();
     result
 }
 
-/// Serves an existing store (tests and embedding) until `shutdown` completes.
+/// Serves `service` (tests and embedding) until `shutdown` completes, without a reaper.
 ///
 /// # Errors
 /// Returns the transport error that stopped the server.
-pub async fn serve_store(
-    store: Store,
+pub async fn serve_service(
+    service: GrpcRegistryService,
     listener: TcpListener,
     secret: InternalSecret,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
         .layer(secret.server_layer())
-        .add_service(SessionRegistryServer::new(GrpcRegistryService::new(store)))
+        .add_service(SessionRegistryServer::new(service))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,

@@ -19,6 +19,8 @@ pub const TOMBSTONE_TTL: Duration = Duration::from_secs(60);
 pub enum RegistryError {
     /// The session id is already registered.
     DuplicateSession,
+    /// The user already has the most sessions allowed.
+    TooManySessions,
     /// No such session or user.
     NotFound,
     /// The backing store cannot be reached; the call may be retried.
@@ -40,9 +42,23 @@ impl Store {
     /// # Errors
     /// [`RegistryError::DuplicateSession`] when its id is taken.
     pub async fn register(&self, session: SessionInfo) -> Result<(), RegistryError> {
+        self.register_limited(session, 0).await
+    }
+
+    /// Registers a session unless its user already has `max_per_user` sessions in its
+    /// service (0: no limit).
+    ///
+    /// # Errors
+    /// [`RegistryError::DuplicateSession`] when its id is taken,
+    /// [`RegistryError::TooManySessions`] at the limit.
+    pub async fn register_limited(
+        &self,
+        session: SessionInfo,
+        max_per_user: usize,
+    ) -> Result<(), RegistryError> {
         match self {
-            Self::Memory(store) => store.register(session),
-            Self::Redis(store) => store.register(&session).await,
+            Self::Memory(store) => store.register(session, max_per_user),
+            Self::Redis(store) => store.register(&session, max_per_user).await,
         }
     }
 

@@ -36,6 +36,23 @@ async fn suite(store: Store) {
         store.register(session("s1", "w", "g2")).await,
         Err(RegistryError::DuplicateSession)
     );
+    // At the per-user limit: refused; other users and other services are unaffected.
+    assert_eq!(
+        store.register_limited(session("s7", "u", "g1"), 2).await,
+        Err(RegistryError::TooManySessions)
+    );
+    store
+        .register_limited(session("s7", "v", "g1"), 2)
+        .await
+        .expect("v has one session");
+    store.unregister("s7", "").await.expect("unregister");
+    let mut elsewhere = session("s8", "u", "g1");
+    elsewhere.service = "other".into();
+    store
+        .register_limited(elsewhere, 2)
+        .await
+        .expect("the limit is per service");
+    store.unregister("s8", "").await.expect("unregister");
     // A user name that looks like a key separator cannot collide with another user.
     store
         .register(session("s4", "u:x", "g2"))

@@ -28,6 +28,8 @@ pub struct DevConfig {
     pub gateways: usize,
     /// The internal credential between the services (random by default).
     pub secret: InternalSecret,
+    /// Metrics endpoint of the first gateway; further gateways take a free loopback port.
+    pub metrics_listen: Option<String>,
 }
 
 impl DevConfig {
@@ -48,6 +50,7 @@ impl DevConfig {
             ),
             gateways: 1,
             secret: InternalSecret::random(),
+            metrics_listen: None,
         }
     }
 }
@@ -67,6 +70,8 @@ pub struct Running {
     pub control_addrs: Vec<SocketAddr>,
     /// The internal credential the services require.
     pub secret: InternalSecret,
+    /// Metrics endpoint of each gateway, when enabled.
+    pub metrics_addrs: Vec<SocketAddr>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
     gateway_shutdowns: Vec<CancellationToken>,
@@ -162,18 +167,26 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
     });
     let token = shutdown.clone();
     let bus_broker = broker.clone();
+    let bus_policy = std::sync::Arc::clone(&config.gateway.policy);
     let secret = config.secret.clone();
     tasks.spawn(async move {
         log_exit(
             "bus",
-            switchboard_event_bus::serve(bus_broker, bus_listener, secret, token.cancelled_owned())
-                .await,
+            switchboard_event_bus::serve(
+                bus_broker,
+                bus_policy,
+                bus_listener,
+                secret,
+                token.cancelled_owned(),
+            )
+            .await,
         );
     });
 
     let mut ws_addrs = Vec::new();
     let mut control_addrs = Vec::new();
     let mut gateway_shutdowns = Vec::new();
+    let mut metrics_addrs = Vec::new();
     for index in 0..config.gateways.max(1) {
         let ws_address = if index == 0 {
             config.listen.as_str()
@@ -191,6 +204,20 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
         let gateway = switchboard_gateway::build(gateway_config, &broker, config.secret.clone())?;
         let token = shutdown.child_token();
         gateway_shutdowns.push(token.clone());
+        if let Some(address) = &config.metrics_listen {
+            let address = if index == 0 {
+                address.as_str()
+            } else {
+                "127.0.0.1:0"
+            };
+            let (listener, metrics_addr) = bind(address, "metrics").await?;
+            metrics_addrs.push(metrics_addr);
+            tasks.spawn(switchboard_gateway::metrics::serve_metrics(
+                std::sync::Arc::clone(&gateway),
+                listener,
+                token.clone(),
+            ));
+        }
         tasks.spawn(async move {
             log_exit(
                 "gateway",
@@ -207,6 +234,7 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
         bus_addr,
         control_addrs,
         secret: config.secret,
+        metrics_addrs,
         shutdown,
         tasks,
         gateway_shutdowns,

@@ -133,6 +133,8 @@ async fn run_dev(settings: Settings) -> anyhow::Result<()> {
     config.auth = settings.auth_config(Some(admin_password))?;
     settings.apply_to_gateway(&mut config.gateway)?;
     config.secret = settings.secret_or_random()?;
+    config.registry = settings.registry_config()?;
+    config.metrics_listen = settings.metrics_listen.clone();
     let mut running = dev::start(config).await?;
     tracing::info!(auth = %running.auth_addr, registry = %running.registry_addr, bus = %running.bus_addr, "internal gRPC services listening");
     println!(

@@ -91,6 +91,7 @@ pub async fn bus(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let listener = bind(listen, "bus gRPC").await?;
     switchboard_event_bus::serve(
         Broker::Redis(Box::new(broker)),
+        settings.policy()?,
         listener,
         secret,
         shutdown.cancelled_owned(),
@@ -167,6 +168,14 @@ pub async fn gateway(settings: Settings, shutdown: CancellationToken) -> anyhow:
         ws_listener.local_addr()?
     );
     let gateway = switchboard_gateway::build(config, &Broker::Redis(Box::new(broker)), secret)?;
+    if let Some(address) = &settings.metrics_listen {
+        let listener = bind(address, "gateway metrics").await?;
+        tokio::spawn(switchboard_gateway::metrics::serve_metrics(
+            std::sync::Arc::clone(&gateway),
+            listener,
+            shutdown.clone(),
+        ));
+    }
     switchboard_gateway::serve(gateway, ws_listener, control_listener, shutdown).await?;
     Ok(())
 }

@@ -2,12 +2,14 @@
 //! given with `--config`, in that order of precedence, then the default.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use serde::Deserialize;
 use switchboard_gateway::GelfTarget;
 use switchboard_proto::internal::InternalSecret;
+use switchboard_protocol::policy::Policy;
 
 /// Default WebSocket listener of `switchboard dev`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9010";
@@ -55,6 +57,10 @@ pub struct Settings {
     /// The window of `login_max_failures`, from an address's first failure [default: 60s].
     #[arg(long, env = "SWITCHBOARD_LOGIN_FAILURE_WINDOW")]
     pub login_failure_window: Option<String>,
+    /// Policy file (TOML, `[roles.NAME]` tables) replacing the default policy of
+    /// PROTOCOL.md §8; read by gateways and the bus [default: none].
+    #[arg(long, env = "SWITCHBOARD_POLICY_FILE")]
+    pub policy_file: Option<PathBuf>,
     /// GELF server for `session log`: udp://host:port or tcp://host:port [default: none].
     #[arg(long, env = "SWITCHBOARD_GELF")]
     pub gelf: Option<String>,
@@ -67,6 +73,20 @@ pub struct Settings {
     /// Subscriptions per session [default: 1024].
     #[arg(long, env = "SWITCHBOARD_MAX_SUBSCRIPTIONS")]
     pub max_subscriptions: Option<usize>,
+    /// WebSocket connections one gateway accepts at once; more get HTTP 503 [default: 50000].
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Requests per second per connection (bursts of as many); more are answered
+    /// `limit_exceeded`; 0 for no limit [default: 10000].
+    #[arg(long, env = "SWITCHBOARD_MAX_FRAMES_PER_SECOND")]
+    pub max_frames_per_second: Option<u32>,
+    /// Sessions one user may hold per service; more logins get `limit_exceeded`; 0 for no
+    /// limit (enforced by the registry) [default: 1000].
+    #[arg(long, env = "SWITCHBOARD_MAX_SESSIONS_PER_USER")]
+    pub max_sessions_per_user: Option<usize>,
+    /// Address of the gateway's Prometheus endpoint, GET /metrics [default: none].
+    #[arg(long, env = "SWITCHBOARD_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// Frames queued to one connection before it is closed with 1008 [default: 1024].
     #[arg(long, env = "SWITCHBOARD_OUTBOUND_QUEUE")]
     pub outbound_queue: Option<usize>,
@@ -156,10 +176,15 @@ impl Settings {
             jwt_leeway,
             login_max_failures,
             login_failure_window,
+            policy_file,
             gelf,
             max_frame_bytes,
             max_json_depth,
             max_subscriptions,
+            max_connections,
+            max_frames_per_second,
+            max_sessions_per_user,
+            metrics_listen,
             outbound_queue,
             ping_interval,
             idle_timeout,
@@ -208,6 +233,13 @@ impl Settings {
         if let Some(value) = self.max_subscriptions {
             config.max_subscriptions = value;
         }
+        if let Some(value) = self.max_connections {
+            anyhow::ensure!(value > 0, "max_connections must be at least 1");
+            config.max_connections = value;
+        }
+        if let Some(value) = self.max_frames_per_second {
+            config.max_frames_per_second = value;
+        }
         if let Some(value) = self.outbound_queue {
             anyhow::ensure!(value > 0, "outbound_queue must be at least 1");
             config.outbound_queue = value;
@@ -245,6 +277,7 @@ impl Settings {
             !config.ping_interval.is_zero() && !config.heartbeat_interval.is_zero(),
             "ping_interval and heartbeat_interval must be above zero"
         );
+        config.policy = self.policy()?;
         if let Some(gateway_id) = &self.gateway_id {
             config.gateway_id = gateway_id.clone();
         }
@@ -293,6 +326,21 @@ impl Settings {
         }
     }
 
+    /// Returns the policy: the file's when one is configured, else the default.
+    ///
+    /// # Errors
+    /// When the file cannot be read or is not a valid policy.
+    pub fn policy(&self) -> anyhow::Result<Arc<Policy>> {
+        let Some(path) = &self.policy_file else {
+            return Ok(Arc::new(Policy::default()));
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read policy file {}", path.display()))?;
+        let policy = Policy::from_toml(&text)
+            .with_context(|| format!("invalid policy file {}", path.display()))?;
+        Ok(Arc::new(policy))
+    }
+
     /// Returns the auth settings with the given admin password. Files are read later, by
     /// [`switchboard_auth::Authenticator::new`].
     ///
@@ -337,6 +385,9 @@ impl Settings {
         let mut config = switchboard_session_registry::Config::default();
         if let Some(text) = &self.gateway_timeout {
             config.gateway_timeout = parse_duration(text).context("invalid gateway_timeout")?;
+        }
+        if let Some(value) = self.max_sessions_per_user {
+            config.max_sessions_per_user = value;
         }
         Ok(config)
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 use switchboard_protocol::event::{EventKey, WILDCARD};
 use switchboard_protocol::fields::Fields;
-use switchboard_protocol::policy;
+use switchboard_protocol::policy::Direction;
 use switchboard_protocol::{ApiError, ErrorCode};
 
 use super::publish_request;
@@ -35,12 +35,15 @@ fn event_key(state: &ConnState, data: &Map<String, Value>) -> Result<EventKey, A
 }
 
 fn check_event_policy(
+    gateway: &Gateway,
     identity: &Identity,
     state: &ConnState,
     key: &EventKey,
+    direction: Direction,
 ) -> Result<(), ApiError> {
-    if policy::event_allowed(
+    if gateway.config.policy.event_allowed(
         &identity.roles,
+        direction,
         &key.class,
         &key.service,
         &state.session.service,
@@ -95,7 +98,7 @@ pub(crate) async fn subscribe(
     data: &Map<String, Value>,
 ) -> CommandResult {
     let key = event_key(state, data)?;
-    check_event_policy(identity, state, &key)?;
+    check_event_policy(gateway, identity, state, &key, Direction::Subscribe)?;
     let body = Fields(data)
         .optional_object("body")?
         .cloned()
@@ -138,12 +141,13 @@ pub(crate) fn get_subscriptions(state: &ConnState) -> Value {
 
 /// `event send_event` (alias `send`).
 pub(crate) fn send_event(
+    gateway: &Gateway,
     state: &ConnState,
     identity: &Identity,
     data: &Map<String, Value>,
 ) -> Result<PublishRequest, Failure> {
     let key = event_key(state, data)?;
-    check_event_policy(identity, state, &key)?;
+    check_event_policy(gateway, identity, state, &key, Direction::Send)?;
     Ok(publish_request(
         key,
         Fields(data).optional_value("body"),

@@ -19,16 +19,7 @@ use crate::publisher::PublishJob;
 
 /// Tells whether `subclass`/`cmd` is a core command.
 pub(crate) fn is_known(subclass: &str, cmd: &str) -> bool {
-    matches!(
-        (subclass, cmd),
-        ("user", "login" | "list" | "get" | "send_event")
-            | ("session", "stop" | "send_event" | "cmd" | "log" | "ping")
-            | ("core", "ping")
-            | (
-                "event",
-                "subscribe" | "unsubscribe" | "get_subscriptions" | "send_event" | "send"
-            )
-    )
+    switchboard_protocol::policy::is_command(subclass, cmd)
 }
 
 /// Builds the bus request of `user send_event` and `session send_event`: the event

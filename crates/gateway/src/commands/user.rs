@@ -151,12 +151,16 @@ pub(crate) async fn login(
         .await;
     if let Err(status) = registered {
         gateway.hub.remove_session(&reply.session_id);
-        if status.code() != Code::AlreadyExists {
+        if !matches!(status.code(), Code::AlreadyExists | Code::ResourceExhausted) {
             // The registry may have stored it before the call failed: take it back.
             gateway.unregister(&reply.session_id).await;
         }
         return Err(match status.code() {
             Code::AlreadyExists => duplicated(),
+            Code::ResourceExhausted => ApiError::new(
+                ErrorCode::LimitExceeded,
+                "this user has the most sessions allowed",
+            ),
             _ => status_to_api_error(&status, "session registry"),
         }
         .into());

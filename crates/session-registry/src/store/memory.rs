@@ -69,10 +69,14 @@ impl MemoryStore {
     ///
     /// # Errors
     /// [`RegistryError::DuplicateSession`] when its id is taken.
-    pub fn register(&self, session: SessionInfo) -> Result<(), RegistryError> {
+    pub fn register(&self, session: SessionInfo, max_per_user: usize) -> Result<(), RegistryError> {
         let mut state = self.lock();
         if state.sessions.contains_key(&session.session_id) {
             return Err(RegistryError::DuplicateSession);
+        }
+        let user_key = (session.service.clone(), session.user.clone());
+        if max_per_user > 0 && state.by_user.get(&user_key).map_or(0, Vec::len) >= max_per_user {
+            return Err(RegistryError::TooManySessions);
         }
         state.tombstones.remove(&session.session_id);
         state.insert(session);
@@ -194,10 +198,14 @@ mod tests {
     #[test]
     fn test_register_list_get_unregister() {
         let store = MemoryStore::new();
-        store.register(session("s1", "u", "g")).expect("register");
-        store.register(session("s2", "u", "g")).expect("register");
+        store
+            .register(session("s1", "u", "g"), 0)
+            .expect("register");
+        store
+            .register(session("s2", "u", "g"), 0)
+            .expect("register");
         assert_eq!(
-            store.register(session("s1", "v", "g")),
+            store.register(session("s1", "v", "g"), 0),
             Err(RegistryError::DuplicateSession)
         );
         assert_eq!(
@@ -220,8 +228,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn test_reap_silent_gateway() {
         let store = MemoryStore::new();
-        store.register(session("a", "u", "g1")).expect("register");
-        store.register(session("b", "u", "g2")).expect("register");
+        store
+            .register(session("a", "u", "g1"), 0)
+            .expect("register");
+        store
+            .register(session("b", "u", "g2"), 0)
+            .expect("register");
         tokio::time::advance(Duration::from_secs(10)).await;
         store.heartbeat("g2", vec![]);
         tokio::time::advance(Duration::from_secs(6)).await;

@@ -29,6 +29,8 @@ const GATEWAYS_KEY: &str = "sb:gw";
 /// registry replicas with skewed clocks agree.
 const REGISTER: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local max = tonumber(ARGV[6])
+if max > 0 and redis.call('SCARD', KEYS[2]) >= max then return -1 end
 if ARGV[5] == '1' then
   if redis.call('EXISTS', KEYS[6]) == 1 then return 0 end
 else
@@ -156,11 +158,13 @@ impl RedisStore {
             .map_err(unavailable)
     }
 
+    /// Runs REGISTER: 1 created, 0 taken (or tombstoned when relearning), -1 at the limit.
     async fn try_register(
         &self,
         session: &SessionInfo,
         relearn: bool,
-    ) -> Result<bool, RegistryError> {
+        max_per_user: usize,
+    ) -> Result<i64, RegistryError> {
         let mut connection = self.connection.clone();
         let mut invocation = self.register.prepare_invoke();
         invocation
@@ -174,16 +178,20 @@ impl RedisStore {
             .arg(&session.session_id)
             .arg(&session.user)
             .arg(&session.gateway_id)
-            .arg(if relearn { "1" } else { "0" });
-        let created: i64 = Self::timed(invocation.invoke_async(&mut connection)).await?;
-        Ok(created == 1)
+            .arg(if relearn { "1" } else { "0" })
+            .arg(max_per_user);
+        Self::timed(invocation.invoke_async(&mut connection)).await
     }
 
-    pub(crate) async fn register(&self, session: &SessionInfo) -> Result<(), RegistryError> {
-        if self.try_register(session, false).await? {
-            Ok(())
-        } else {
-            Err(RegistryError::DuplicateSession)
+    pub(crate) async fn register(
+        &self,
+        session: &SessionInfo,
+        max_per_user: usize,
+    ) -> Result<(), RegistryError> {
+        match self.try_register(session, false, max_per_user).await? {
+            1 => Ok(()),
+            -1 => Err(RegistryError::TooManySessions),
+            _ => Err(RegistryError::DuplicateSession),
         }
     }
 
@@ -287,7 +295,7 @@ impl RedisStore {
         if known != sessions.len() {
             let mut relearned = 0;
             for session in sessions {
-                if self.try_register(session, true).await? {
+                if self.try_register(session, true, 0).await? == 1 {
                     relearned += 1;
                 }
             }
