@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use switchboard_protocol::policy::Policy;
 
+use crate::tls::Tls;
+
 /// Default largest inbound frame (PROTOCOL.md §1); a bigger one closes with 1009.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 1024 * 1024;
 /// Default deepest JSON nesting of an inbound frame.
@@ -111,6 +113,8 @@ pub struct Config {
     /// Inbound frames per second per connection (a burst of as many is allowed); requests
     /// over it are answered `limit_exceeded`. 0 for no limit.
     pub max_frames_per_second: u32,
+    /// Certificate of the `wss://` listener, when there is one.
+    pub tls: Option<Tls>,
 }
 
 impl Config {
@@ -144,6 +148,7 @@ impl Config {
             policy: Arc::new(Policy::default()),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_frames_per_second: DEFAULT_MAX_FRAMES_PER_SECOND,
+            tls: None,
         }
     }
 }

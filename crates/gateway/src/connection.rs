@@ -15,10 +15,12 @@ use serde_json::{Map, Value};
 use switchboard_protocol::event::EventKey;
 use switchboard_protocol::frame::{self, Inbound};
 use switchboard_protocol::{ApiError, ErrorCode};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
@@ -38,6 +40,8 @@ pub const WS_PATH: &str = "/api/ws";
 
 /// Consecutive closely spaced writes after which a connection counts as busy and coalesces.
 const COALESCE_AFTER_STREAK: u32 = 2;
+/// Longest a TLS or WebSocket handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Read chunk of a connection (see `handle`).
 const READ_BUFFER_BYTES: usize = 2048;
 /// Most frames the writer batches into one flush.
@@ -120,14 +124,31 @@ pub(crate) async fn refuse(stream: TcpStream, peer: SocketAddr) {
     tracing::debug!(peer.addr = %peer, "connection refused at the limit");
 }
 
-/// Serves one accepted TCP connection until it ends.
+/// Serves one accepted TCP connection until it ends; with `tls`, the TLS handshake comes
+/// first (`wss:`).
 pub(crate) async fn handle(
     gateway: Arc<Gateway>,
     stream: TcpStream,
     peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
+    let Some(tls) = tls else {
+        return upgrade(gateway, stream, format!("ws:{peer}"), shutdown).await;
+    };
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+        Ok(Ok(stream)) => upgrade(gateway, stream, format!("wss:{peer}"), shutdown).await,
+        Ok(Err(error)) => tracing::debug!(peer.addr = %peer, %error, "TLS handshake failed"),
+        Err(_) => tracing::debug!(peer.addr = %peer, "TLS handshake timed out"),
+    }
+}
+
+/// Runs the WebSocket handshake on `stream`, then serves the connection.
+async fn upgrade<S>(gateway: Arc<Gateway>, stream: S, remote: String, shutdown: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut service = None;
     // The handshake API fixes the callback's error type.
     #[allow(clippy::result_large_err)]
@@ -152,28 +173,30 @@ pub(crate) async fn handle(
     ws_config.read_buffer_size = READ_BUFFER_BYTES;
     let handshake =
         tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config));
-    let socket = match tokio::time::timeout(Duration::from_secs(10), handshake).await {
+    let socket = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(socket)) => socket,
         Ok(Err(error)) => {
-            tracing::debug!(peer.addr = %peer, %error, "handshake failed");
+            tracing::debug!(peer.addr = %remote, %error, "handshake failed");
             return;
         }
         Err(_) => {
-            tracing::debug!(peer.addr = %peer, "handshake timed out");
+            tracing::debug!(peer.addr = %remote, "handshake timed out");
             return;
         }
     };
     let service = service.unwrap_or_default();
-    run(gateway, socket, service, format!("ws:{peer}"), shutdown).await;
+    run(gateway, socket, service, remote, shutdown).await;
 }
 
-async fn run(
+async fn run<S>(
     gateway: Arc<Gateway>,
-    socket: WebSocketStream<TcpStream>,
+    socket: WebSocketStream<S>,
     service: String,
     remote: String,
     shutdown: CancellationToken,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let conn_id = gateway.hub.next_conn_id();
     let (outbound_tx, outbound_rx) = mpsc::channel(gateway.config.outbound_queue);
     let session = Arc::new(SessionHandle::new(conn_id, service, remote, outbound_tx));
@@ -217,10 +240,10 @@ async fn run(
     tracing::debug!(conn.id = conn_id, "disconnected");
 }
 
-async fn read_loop(
+async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
     gateway: &Arc<Gateway>,
     state: &mut ConnState,
-    mut stream: futures_util::stream::SplitStream<WebSocketStream<TcpStream>>,
+    mut stream: futures_util::stream::SplitStream<WebSocketStream<S>>,
     last_seen: &AtomicU64,
     epoch: Instant,
     shutdown: &CancellationToken,
@@ -336,8 +359,8 @@ fn server_tid(tid: &Value) -> Option<u64> {
     }
 }
 
-async fn write_loop(
-    mut sink: futures_util::stream::SplitSink<WebSocketStream<TcpStream>, Message>,
+async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
+    mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
     mut outbound_rx: mpsc::Receiver<Outbound>,
     session: Arc<SessionHandle>,
     gateway: Arc<Gateway>,
@@ -428,8 +451,8 @@ enum BatchEnd {
 
 /// Writes `first` and whatever else is already queued (up to [`WRITE_BATCH`] frames), then
 /// flushes once, so a burst of frames costs one write.
-async fn write_batch(
-    sink: &mut futures_util::stream::SplitSink<WebSocketStream<TcpStream>, Message>,
+async fn write_batch<S: AsyncRead + AsyncWrite + Unpin>(
+    sink: &mut futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
     outbound_rx: &mut mpsc::Receiver<Outbound>,
     session: &SessionHandle,
     first: Outbound,

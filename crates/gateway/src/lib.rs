@@ -17,6 +17,7 @@
 //! - [`control`]: the SessionControl gRPC service.
 //! - [`gelf`]: `session log` as GELF over UDP or TCP.
 //! - [`clients`]: gRPC clients with deadlines and error mapping.
+//! - [`tls`]: the `wss://` listener's certificate.
 //! - [`metrics`]: counters of refusals and cut-offs, served as Prometheus text.
 
 pub mod clients;
@@ -32,8 +33,9 @@ pub mod metrics;
 pub mod publisher;
 pub mod server;
 pub mod session;
+pub mod tls;
 pub mod token;
 
 pub use config::{Config, GelfTarget};
 pub use gateway::Gateway;
-pub use server::{build, serve};
+pub use server::{Listeners, build, serve};

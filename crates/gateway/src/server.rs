@@ -52,18 +52,44 @@ pub fn build(
     }))
 }
 
-/// Serves WebSocket clients on `ws_listener` and SessionControl on `control_listener` until
-/// `shutdown` is cancelled, then drains: stops accepting, closes every socket with 1001,
-/// unregisters its sessions and returns.
+/// The sockets a gateway serves.
+#[derive(Debug)]
+pub struct Listeners {
+    /// `ws://` clients.
+    pub ws: TcpListener,
+    /// `wss://` clients, with the certificate of [`Config::tls`].
+    pub wss: Option<TcpListener>,
+    /// SessionControl gRPC.
+    pub control: TcpListener,
+}
+
+async fn accept_optional(
+    listener: Option<&TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Serves WebSocket clients on the `ws` (and `wss`) listeners and SessionControl on
+/// `control` until `shutdown` is cancelled, then drains: stops accepting, closes every
+/// socket with 1001, unregisters its sessions and returns.
 ///
 /// # Errors
 /// Returns the SessionControl server's transport error.
 pub async fn serve(
     gateway: Arc<Gateway>,
-    ws_listener: TcpListener,
-    control_listener: TcpListener,
+    listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
+    let Listeners {
+        ws: ws_listener,
+        wss: wss_listener,
+        control: control_listener,
+    } = listeners;
+    let tls = gateway.config.tls.as_ref().map(crate::tls::Tls::acceptor);
+    let wss_listener = wss_listener.filter(|_| tls.is_some());
     let control = tokio::spawn(
         tonic::transport::Server::builder()
             .layer(gateway.secret.server_layer())
@@ -81,9 +107,10 @@ pub async fn serve(
     let tracker = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(gateway.config.max_connections));
     loop {
-        let accepted = tokio::select! {
+        let (accepted, tls) = tokio::select! {
             () = shutdown.cancelled() => break,
-            accepted = ws_listener.accept() => accepted,
+            accepted = ws_listener.accept() => (accepted, None),
+            accepted = accept_optional(wss_listener.as_ref()) => (accepted, tls.clone()),
         };
         match accepted {
             Ok((stream, peer)) => match Arc::clone(&slots).try_acquire_owned() {
@@ -91,7 +118,7 @@ pub async fn serve(
                     let gateway = Arc::clone(&gateway);
                     let shutdown = shutdown.clone();
                     tracker.spawn(async move {
-                        connection::handle(gateway, stream, peer, shutdown).await;
+                        connection::handle(gateway, stream, peer, tls, shutdown).await;
                         drop(slot);
                     });
                 }
@@ -108,6 +135,7 @@ pub async fn serve(
         }
     }
     drop(ws_listener);
+    drop(wss_listener);
     tracker.close();
     if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
         .await

@@ -13,6 +13,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+/// Default `wss://` listener of `switchboard dev` with a certificate.
+pub const DEFAULT_DEV_TLS_LISTEN: &str = "127.0.0.1:9011";
+
 /// What to start.
 #[derive(Debug, Clone)]
 pub struct DevConfig {
@@ -30,6 +33,8 @@ pub struct DevConfig {
     pub secret: InternalSecret,
     /// Metrics endpoint of the first gateway; further gateways take a free loopback port.
     pub metrics_listen: Option<String>,
+    /// `wss://` address of the first gateway when `gateway.tls` is set.
+    pub tls_listen: String,
 }
 
 impl DevConfig {
@@ -51,6 +56,7 @@ impl DevConfig {
             gateways: 1,
             secret: InternalSecret::random(),
             metrics_listen: None,
+            tls_listen: DEFAULT_DEV_TLS_LISTEN.to_owned(),
         }
     }
 }
@@ -72,6 +78,8 @@ pub struct Running {
     pub secret: InternalSecret,
     /// Metrics endpoint of each gateway, when enabled.
     pub metrics_addrs: Vec<SocketAddr>,
+    /// `wss://` address of each gateway, when a certificate is configured.
+    pub wss_addrs: Vec<SocketAddr>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
     gateway_shutdowns: Vec<CancellationToken>,
@@ -187,6 +195,7 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
     let mut control_addrs = Vec::new();
     let mut gateway_shutdowns = Vec::new();
     let mut metrics_addrs = Vec::new();
+    let mut wss_addrs = Vec::new();
     for index in 0..config.gateways.max(1) {
         let ws_address = if index == 0 {
             config.listen.as_str()
@@ -195,6 +204,19 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
         };
         let (ws_listener, ws_addr) = bind(ws_address, "WebSocket listener").await?;
         let (control_listener, control_addr) = bind("127.0.0.1:0", "session control").await?;
+        let wss_listener = match &config.gateway.tls {
+            Some(_) => {
+                let address = if index == 0 {
+                    config.tls_listen.as_str()
+                } else {
+                    "127.0.0.1:0"
+                };
+                let (listener, address) = bind(address, "secure WebSocket listener").await?;
+                wss_addrs.push(address);
+                Some(listener)
+            }
+            None => None,
+        };
         let mut gateway_config = config.gateway.clone();
         gateway_config.gateway_id = format!("gateway-{index}-{}", std::process::id());
         gateway_config.control_addr = control_addr.to_string();
@@ -221,7 +243,16 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
         tasks.spawn(async move {
             log_exit(
                 "gateway",
-                switchboard_gateway::serve(gateway, ws_listener, control_listener, token).await,
+                switchboard_gateway::serve(
+                    gateway,
+                    switchboard_gateway::Listeners {
+                        ws: ws_listener,
+                        wss: wss_listener,
+                        control: control_listener,
+                    },
+                    token,
+                )
+                .await,
             );
         });
         ws_addrs.push(ws_addr);
@@ -235,6 +266,7 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
         control_addrs,
         secret: config.secret,
         metrics_addrs,
+        wss_addrs,
         shutdown,
         tasks,
         gateway_shutdowns,

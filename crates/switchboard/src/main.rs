@@ -135,12 +135,18 @@ async fn run_dev(settings: Settings) -> anyhow::Result<()> {
     config.secret = settings.secret_or_random()?;
     config.registry = settings.registry_config()?;
     config.metrics_listen = settings.metrics_listen.clone();
+    if let Some(address) = &settings.tls_listen {
+        config.tls_listen = address.clone();
+    }
     let mut running = dev::start(config).await?;
     tracing::info!(auth = %running.auth_addr, registry = %running.registry_addr, bus = %running.bus_addr, "internal gRPC services listening");
     println!(
         "switchboard dev listening on ws://{}/api/ws",
         running.ws_addrs[0]
     );
+    if let Some(address) = running.wss_addrs.first() {
+        println!("switchboard dev listening on wss://{address}/api/ws");
+    }
     let token = running.shutdown_token();
     tokio::select! {
         () = shutdown_signal() => tracing::info!("shutting down"),

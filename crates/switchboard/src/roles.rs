@@ -19,6 +19,8 @@ pub const DEFAULT_REGISTRY_LISTEN: &str = "0.0.0.0:9102";
 pub const DEFAULT_BUS_LISTEN: &str = "0.0.0.0:9103";
 /// Default WebSocket listener of a gateway.
 pub const DEFAULT_GATEWAY_LISTEN: &str = "0.0.0.0:9010";
+/// Default `wss://` listener of a gateway with a certificate.
+pub const DEFAULT_GATEWAY_TLS_LISTEN: &str = "0.0.0.0:9011";
 /// Default SessionControl listener of a gateway.
 pub const DEFAULT_CONTROL_LISTEN: &str = "0.0.0.0:9104";
 
@@ -160,6 +162,21 @@ pub async fn gateway(settings: Settings, shutdown: CancellationToken) -> anyhow:
         .unwrap_or(DEFAULT_CONTROL_LISTEN);
     let ws_listener = bind(ws_listen, "gateway WebSocket").await?;
     let control_listener = bind(control_listen, "gateway SessionControl").await?;
+    let wss_listener = match &config.tls {
+        Some(_) => {
+            let address = settings
+                .tls_listen
+                .as_deref()
+                .unwrap_or(DEFAULT_GATEWAY_TLS_LISTEN);
+            let listener = bind(address, "gateway secure WebSocket").await?;
+            println!(
+                "switchboard gateway listening on wss://{}/api/ws",
+                listener.local_addr()?
+            );
+            Some(listener)
+        }
+        None => None,
+    };
     config.control_addr =
         advertised_control(&settings, control_listener.local_addr()?, &registry_url);
     tracing::info!(gateway.id = %config.gateway_id, control = %config.control_addr, "gateway starting");
@@ -176,6 +193,11 @@ pub async fn gateway(settings: Settings, shutdown: CancellationToken) -> anyhow:
             shutdown.clone(),
         ));
     }
-    switchboard_gateway::serve(gateway, ws_listener, control_listener, shutdown).await?;
+    let listeners = switchboard_gateway::Listeners {
+        ws: ws_listener,
+        wss: wss_listener,
+        control: control_listener,
+    };
+    switchboard_gateway::serve(gateway, listeners, shutdown).await?;
     Ok(())
 }

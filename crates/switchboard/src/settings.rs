@@ -61,6 +61,15 @@ pub struct Settings {
     /// PROTOCOL.md §8; read by gateways and the bus [default: none].
     #[arg(long, env = "SWITCHBOARD_POLICY_FILE")]
     pub policy_file: Option<PathBuf>,
+    /// PEM certificate chain of the `wss://` listener [default: none, no wss].
+    #[arg(long, env = "SWITCHBOARD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the `wss://` listener [default: none].
+    #[arg(long, env = "SWITCHBOARD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// `wss://` listen address [defaults: 0.0.0.0:9011; dev 127.0.0.1:9011].
+    #[arg(long, env = "SWITCHBOARD_TLS_LISTEN")]
+    pub tls_listen: Option<String>,
     /// GELF server for `session log`: udp://host:port or tcp://host:port [default: none].
     #[arg(long, env = "SWITCHBOARD_GELF")]
     pub gelf: Option<String>,
@@ -177,6 +186,9 @@ impl Settings {
             login_max_failures,
             login_failure_window,
             policy_file,
+            tls_cert,
+            tls_key,
+            tls_listen,
             gelf,
             max_frame_bytes,
             max_json_depth,
@@ -278,6 +290,13 @@ impl Settings {
             "ping_interval and heartbeat_interval must be above zero"
         );
         config.policy = self.policy()?;
+        config.tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(switchboard_gateway::tls::Tls::from_pem_files(cert, key)?)
+            }
+            (None, None) => None,
+            _ => anyhow::bail!("tls_cert and tls_key go together"),
+        };
         if let Some(gateway_id) = &self.gateway_id {
             config.gateway_id = gateway_id.clone();
         }
