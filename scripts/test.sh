@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs Switchboard's whole test suite: formatting, lints, then every unit and integration test.
+# Runs Switchboard's whole test suite: formatting, lints, every unit and integration test, then
+# the docker-compose deployment built, run and broken on purpose (deploy/compose-test.sh).
 # Installs what the tests need when it is missing (on Debian/Ubuntu, through apt-get).
+# SWITCHBOARD_SKIP_COMPOSE=1 leaves the compose test out (e.g. where no Docker engine can run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,5 +27,11 @@ echo "== cargo test"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 cargo test -j "$jobs" --workspace --locked 2>&1 | tee "$log"
-# One closing line for the whole suite (cargo prints one per test binary).
+# One closing line for the cargo tests (cargo prints one per test binary).
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "summary: %d passed, %d failed\n", passed, failed }' "$log"
+
+if [ "${SWITCHBOARD_SKIP_COMPOSE:-0}" != 1 ]; then
+    echo "== docker-compose cluster"
+    cargo build -j "$jobs" --release --locked -p switchboard
+    deploy/compose-test.sh
+fi
