@@ -121,8 +121,10 @@ def short(name):
 
 
 async def connection_map():
-    """The peer (ip, port) of every established connection to a gateway's :9010 → gateways."""
+    """The peer port of every established connection to a gateway's :9010 → gateways, and the
+    peer addresses seen (the load balancer's)."""
     peers = collections.defaultdict(list)
+    balancers = set()
     for gateway in await containers("gateway"):
         try:
             table = await run("docker", "exec", gateway, "cat", "/proc/net/tcp", timeout=20)
@@ -133,9 +135,9 @@ async def connection_map():
             if len(fields) < 4 or fields[3] != "01" or int(fields[1].split(":")[1], 16) != 9010:
                 continue
             ip_hex, port_hex = fields[2].split(":")
-            ip = ".".join(str(b) for b in reversed(bytes.fromhex(ip_hex)))
-            peers[(ip, int(port_hex, 16))].append(gateway)
-    return peers
+            balancers.add(".".join(str(b) for b in reversed(bytes.fromhex(ip_hex))))
+            peers[int(port_hex, 16)].append(gateway)
+    return peers, balancers
 
 
 async def locate(clients, via):
@@ -145,12 +147,16 @@ async def locate(clients, via):
     accounts for its own entry, and clients that stay ambiguous are returned (connect them anew).
     """
     sessions = await via.call("user", "get", {"user": ADMIN})
-    peers = await connection_map()
+    peers, balancers = await connection_map()
 
     def peer_of(client):
+        # `remote` is ws:CLIENT_IP:PORT: the client's address from the balancer's
+        # X-Forwarded-For, with the port of the balancer's connection to the gateway.
         remote = sessions.get(client.session_id, {}).get("remote", "")
         ip, _, port = remote.partition(":")[2].rpartition(":")
-        return ip, int(port or 0)
+        if ip in balancers:
+            raise Failed(f"{client.name}'s remote {remote} is the load balancer, not the client")
+        return int(port or 0)
 
     for client in clients:
         if client.gateway is not None:

@@ -115,6 +115,9 @@ pub struct Config {
     pub max_frames_per_second: u32,
     /// Certificate of the `wss://` listener, when there is one.
     pub tls: Option<Tls>,
+    /// Take the client's address (session `remote`, login throttling) from the last
+    /// `X-Forwarded-For` entry of the handshake; only behind a proxy that sets it.
+    pub trust_forwarded_for: bool,
 }
 
 impl Config {
@@ -149,6 +152,7 @@ impl Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_frames_per_second: DEFAULT_MAX_FRAMES_PER_SECOND,
             tls: None,
+            trust_forwarded_for: false,
         }
     }
 }

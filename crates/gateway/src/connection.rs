@@ -5,7 +5,7 @@
 //! awaits internal calls per request (in order, as PROTOCOL.md §6 requires for events from one
 //! publisher) while the writer must keep draining events and pinging meanwhile.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -135,24 +135,46 @@ pub(crate) async fn handle(
 ) {
     let _ = stream.set_nodelay(true);
     let Some(tls) = tls else {
-        return upgrade(gateway, stream, format!("ws:{peer}"), shutdown).await;
+        return upgrade(gateway, stream, "ws", peer, shutdown).await;
     };
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
-        Ok(Ok(stream)) => upgrade(gateway, stream, format!("wss:{peer}"), shutdown).await,
+        Ok(Ok(stream)) => upgrade(gateway, stream, "wss", peer, shutdown).await,
         Ok(Err(error)) => tracing::debug!(peer.addr = %peer, %error, "TLS handshake failed"),
         Err(_) => tracing::debug!(peer.addr = %peer, "TLS handshake timed out"),
     }
 }
 
+/// The client's address as the last proxy saw it: the last `X-Forwarded-For` entry, when it
+/// is an IP address.
+fn forwarded_for(request: &Request) -> Option<IpAddr> {
+    let header = request
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .next_back()?;
+    let last = header.to_str().ok()?.rsplit(',').next()?.trim();
+    last.parse().ok()
+}
+
 /// Runs the WebSocket handshake on `stream`, then serves the connection.
-async fn upgrade<S>(gateway: Arc<Gateway>, stream: S, remote: String, shutdown: CancellationToken)
-where
+async fn upgrade<S>(
+    gateway: Arc<Gateway>,
+    stream: S,
+    scheme: &'static str,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let trust_forwarded_for = gateway.config.trust_forwarded_for;
+    let mut client_ip = None;
     let mut service = None;
     // The handshake API fixes the callback's error type.
     #[allow(clippy::result_large_err)]
     let callback = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
+        if trust_forwarded_for {
+            client_ip = forwarded_for(request);
+        }
         match service_from_path(request.uri().path()) {
             Some(found) => {
                 service = Some(found);
@@ -176,15 +198,17 @@ where
     let socket = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(socket)) => socket,
         Ok(Err(error)) => {
-            tracing::debug!(peer.addr = %remote, %error, "handshake failed");
+            tracing::debug!(peer.addr = %peer, %error, "handshake failed");
             return;
         }
         Err(_) => {
-            tracing::debug!(peer.addr = %remote, "handshake timed out");
+            tracing::debug!(peer.addr = %peer, "handshake timed out");
             return;
         }
     };
     let service = service.unwrap_or_default();
+    let address = SocketAddr::new(client_ip.unwrap_or(peer.ip()), peer.port());
+    let remote = format!("{scheme}:{address}");
     run(gateway, socket, service, remote, shutdown).await;
 }
 

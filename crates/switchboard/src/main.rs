@@ -195,6 +195,12 @@ fn exit_code(result: anyhow::Result<()>) -> ExitCode {
 
 async fn run(cli: Cli) -> ExitCode {
     init_tracing();
+    // Every WebSocket and gRPC connection is a descriptor; container runtimes often start
+    // processes with a soft limit of 1024. Take what the hard limit allows.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open file limit"),
+    }
     let (role, settings) = match cli.command {
         Command::Bench(args) => return exit_code(run_bench(args).await),
         Command::HashPassword => return exit_code(hash_password()),

@@ -70,6 +70,10 @@ pub struct Settings {
     /// `wss://` listen address [defaults: 0.0.0.0:9011; dev 127.0.0.1:9011].
     #[arg(long, env = "SWITCHBOARD_TLS_LISTEN")]
     pub tls_listen: Option<String>,
+    /// Take the client address from the last X-Forwarded-For entry of the handshake; only
+    /// behind a proxy that sets it (clients could forge it otherwise) [default: false].
+    #[arg(long, env = "SWITCHBOARD_TRUST_FORWARDED_FOR")]
+    pub trust_forwarded_for: Option<bool>,
     /// GELF server for `session log`: udp://host:port or tcp://host:port [default: none].
     #[arg(long, env = "SWITCHBOARD_GELF")]
     pub gelf: Option<String>,
@@ -189,6 +193,7 @@ impl Settings {
             tls_cert,
             tls_key,
             tls_listen,
+            trust_forwarded_for,
             gelf,
             max_frame_bytes,
             max_json_depth,
@@ -290,6 +295,9 @@ impl Settings {
             "ping_interval and heartbeat_interval must be above zero"
         );
         config.policy = self.policy()?;
+        if let Some(trust) = self.trust_forwarded_for {
+            config.trust_forwarded_for = trust;
+        }
         config.tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => {
                 Some(switchboard_gateway::tls::Tls::from_pem_files(cert, key)?)

@@ -163,3 +163,55 @@ async fn test_failed_logins_are_throttled_without_blocking_others() {
     assert_eq!(admin.event().await["class"], "news");
     running.stop().await;
 }
+
+/// Logs in through a proxy that says the client is `ip`.
+async fn login_from(url: &str, ip: &str, user: &str, password: &str) -> (Value, Client) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request().expect("request");
+    request.headers_mut().insert(
+        "x-forwarded-for",
+        format!("203.0.113.9, {ip}").parse().expect("header"),
+    );
+    let mut client = Client::connect_request(request).await;
+    let reply = login(&mut client, user, password).await;
+    (reply, client)
+}
+
+#[tokio::test]
+async fn test_forwarded_for_is_trusted_only_when_configured() {
+    let running = common::start_with(|config| {
+        config.auth.throttle.max_failures = 2;
+        config.gateway.trust_forwarded_for = true;
+    })
+    .await;
+    let url = running.ws_url(0);
+    for _ in 0..2 {
+        let (reply, _) = login_from(&url, "10.9.9.1", "admin", "guess").await;
+        assert_eq!(reply["data"]["code"], "invalid_credentials", "{reply}");
+    }
+    let (reply, _) = login_from(&url, "10.9.9.1", "admin", common::ADMIN_PASSWORD).await;
+    assert_eq!(reply["data"]["code"], "too_many_attempts", "{reply}");
+    // Another client behind the same proxy is not throttled, and is seen as itself.
+    let (reply, mut other) = login_from(&url, "10.9.9.2", "admin", common::ADMIN_PASSWORD).await;
+    assert_eq!(reply["result"], "ok", "{reply}");
+    let session_id = reply["data"]["session_id"].as_str().expect("id").to_owned();
+    let sessions = other.ok("user", "get", json!({"user": "admin"})).await;
+    let remote = sessions[&session_id]["remote"].as_str().expect("remote");
+    assert!(remote.starts_with("ws:10.9.9.2:"), "{remote}");
+    running.stop().await;
+
+    // Without the setting the header is ignored: a client cannot forge its address.
+    let running = common::start().await;
+    let (reply, mut forged) = login_from(
+        &running.ws_url(0),
+        "10.9.9.3",
+        "admin",
+        common::ADMIN_PASSWORD,
+    )
+    .await;
+    let session_id = reply["data"]["session_id"].as_str().expect("id").to_owned();
+    let sessions = forged.ok("user", "get", json!({"user": "admin"})).await;
+    let remote = sessions[&session_id]["remote"].as_str().expect("remote");
+    assert!(remote.starts_with("ws:127.0.0.1:"), "{remote}");
+    running.stop().await;
+}

@@ -67,7 +67,15 @@ pub struct Client {
 impl Client {
     /// Connects to `url`.
     pub async fn connect(url: &str) -> Client {
-        let (socket, _) = tokio::time::timeout(WAIT, connect_async(url))
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        Client::connect_request(url.into_client_request().expect("url")).await
+    }
+
+    /// Connects with a prepared handshake request (extra headers).
+    pub async fn connect_request(
+        request: tokio_tungstenite::tungstenite::handshake::client::Request,
+    ) -> Client {
+        let (socket, _) = tokio::time::timeout(WAIT, connect_async(request))
             .await
             .expect("connect in time")
             .expect("connect");
