@@ -11,7 +11,7 @@ pub const DEFAULT_ADMIN_USER: &str = "admin";
 
 /// What the auth service accepts. Every backend is optional; a login is tried against the
 /// admin, then a token (when the password is a JWT and keys are configured), then the users.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Config {
     /// The admin user; it has the `admin` role.
     pub admin_user: String,
@@ -25,6 +25,22 @@ pub struct Config {
     pub jwt: JwtConfig,
     /// Failed logins allowed per remote address.
     pub throttle: ThrottleConfig,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("admin_user", &self.admin_user)
+            .field(
+                "admin_password",
+                &self.admin_password.as_ref().map(|_| "<redacted>"),
+            )
+            .field("users", &self.users)
+            .field("users_file", &self.users_file)
+            .field("jwt", &self.jwt)
+            .field("throttle", &self.throttle)
+            .finish()
+    }
 }
 
 impl Default for Config {

@@ -66,7 +66,6 @@ pub struct Authenticator {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
     admin_user: String,
     admin_password: Option<String>,
@@ -74,6 +73,17 @@ struct Inner {
     users_file: Option<UsersFile>,
     jwt: Option<JwtVerifier>,
     throttle: Throttle,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("admin_user", &self.admin_user)
+            .field("users", &self.users.len())
+            .field("users_file", &self.users_file)
+            .field("jwt", &self.jwt)
+            .finish_non_exhaustive()
+    }
 }
 
 struct Granted {

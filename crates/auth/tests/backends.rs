@@ -87,6 +87,29 @@ fn no_throttle() -> ThrottleConfig {
     }
 }
 
+#[test]
+fn test_secrets_stay_out_of_debug_output() {
+    let config = Config {
+        admin_password: Some("admin-secret-value".into()),
+        jwt: JwtConfig {
+            hs256_secret: Some(HS_SECRET.into()),
+            ..JwtConfig::default()
+        },
+        users: vec![UserRecord {
+            name: "a".into(),
+            password_hash: cheap_hash("x"),
+            roles: vec![],
+        }],
+        ..Config::default()
+    };
+    let auth = Authenticator::new(config.clone()).expect("config");
+    for text in [format!("{config:?}"), format!("{auth:?}")] {
+        assert!(!text.contains("admin-secret-value"), "{text}");
+        assert!(!text.contains(HS_SECRET), "{text}");
+        assert!(!text.contains("argon2id"), "{text}");
+    }
+}
+
 #[tokio::test]
 async fn test_admin_accepts_the_right_password_only() {
     let auth = Authenticator::new(Config {
