@@ -38,7 +38,8 @@ case "${1:-}" in
     export SWITCHBOARD_REDIS_URL="redis://127.0.0.1:$REDIS_PORT" RUST_LOG=warn
     export SWITCHBOARD_INTERNAL_SECRET="${SWITCHBOARD_INTERNAL_SECRET:-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')}"
     start_one auth "$BIN" auth --grpc-listen 127.0.0.1:9101 --admin-password "$PASSWORD"
-    start_one registry "$BIN" registry --grpc-listen 127.0.0.1:9102
+    # Every benchmark client logs in as the same user.
+    start_one registry "$BIN" registry --grpc-listen 127.0.0.1:9102 --max-sessions-per-user 0
     start_one bus "$BIN" bus --grpc-listen 127.0.0.1:9103
     wait_port 9101; wait_port 9102; wait_port 9103
     start_one gateway1 "$BIN" gateway $GATEWAY_ARGS --listen 127.0.0.1:9010 --control-listen 127.0.0.1:9104

@@ -43,7 +43,7 @@ const COALESCE_AFTER_STREAK: u32 = 2;
 /// Longest a TLS or WebSocket handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Read chunk of a connection (see `handle`).
-const READ_BUFFER_BYTES: usize = 2048;
+const READ_BUFFER_BYTES: usize = 1024;
 /// Most frames the writer batches into one flush.
 const WRITE_BATCH: usize = 256;
 
@@ -134,14 +134,20 @@ pub(crate) async fn handle(
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
+    // The connection's task is allocated at the size of its largest state, for its whole
+    // life: the TLS path and the handshakes live in boxes of their own, so an idle `ws://`
+    // connection does not carry room for a TLS session or a handshake it finished long ago.
     let Some(tls) = tls else {
         return upgrade(gateway, stream, "ws", peer, shutdown).await;
     };
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
-        Ok(Ok(stream)) => upgrade(gateway, stream, "wss", peer, shutdown).await,
-        Ok(Err(error)) => tracing::debug!(peer.addr = %peer, %error, "TLS handshake failed"),
-        Err(_) => tracing::debug!(peer.addr = %peer, "TLS handshake timed out"),
-    }
+    Box::pin(async move {
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+            Ok(Ok(stream)) => upgrade(gateway, stream, "wss", peer, shutdown).await,
+            Ok(Err(error)) => tracing::debug!(peer.addr = %peer, %error, "TLS handshake failed"),
+            Err(_) => tracing::debug!(peer.addr = %peer, "TLS handshake timed out"),
+        }
+    })
+    .await;
 }
 
 /// The client's address as the last proxy saw it: the last `X-Forwarded-For` entry, when it
@@ -193,8 +199,11 @@ async fn upgrade<S>(
     // tungstenite zero-fills a read chunk of this size per connection; the 128 KiB default
     // costs 128 KiB of RSS per idle client. Larger frames still arrive, in more reads.
     ws_config.read_buffer_size = READ_BUFFER_BYTES;
-    let handshake =
-        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config));
+    let handshake = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
+        stream,
+        callback,
+        Some(ws_config),
+    ));
     let socket = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(socket)) => socket,
         Ok(Err(error)) => {
@@ -259,7 +268,7 @@ async fn run<S>(
         tracing::debug!(conn.id = conn_id, "writer did not stop in time");
         abort_writer.abort();
     }
-    cleanup(&gateway, &mut state).await;
+    Box::pin(cleanup(&gateway, &mut state)).await;
     gateway.hub.remove_connection(conn_id);
     tracing::debug!(conn.id = conn_id, "disconnected");
 }
