@@ -1,7 +1,7 @@
 //! Signed tokens: a JWT given as the login password. HS256 with a shared secret, RS256 and
 //! ES256 (P-256) with public keys from PEM files or a JWKS file. `sub` is the user, `exp` is
 //! required and enforced, `nbf` is enforced when present, `roles` (an array of strings) gives
-//! the session's roles.
+//! the session's roles. `aud` and `iss` are checked when an audience or issuer is configured.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,6 +21,10 @@ pub struct JwtConfig {
     pub jwks_file: Option<PathBuf>,
     /// Clock skew tolerated on `exp` and `nbf`.
     pub leeway: Duration,
+    /// When set, tokens must have this `aud`; otherwise `aud` is not checked.
+    pub audience: Option<String>,
+    /// When set, tokens must have this `iss`; otherwise `iss` is not checked.
+    pub issuer: Option<String>,
 }
 
 impl std::fmt::Debug for JwtConfig {
@@ -33,6 +37,8 @@ impl std::fmt::Debug for JwtConfig {
             .field("public_key_files", &self.public_key_files)
             .field("jwks_file", &self.jwks_file)
             .field("leeway", &self.leeway)
+            .field("audience", &self.audience)
+            .field("issuer", &self.issuer)
             .finish()
     }
 }
@@ -93,6 +99,8 @@ struct Key {
 pub struct JwtVerifier {
     keys: Vec<Key>,
     leeway: u64,
+    audience: Option<String>,
+    issuer: Option<String>,
 }
 
 impl std::fmt::Debug for JwtVerifier {
@@ -192,6 +200,8 @@ impl JwtVerifier {
         Ok(Some(Self {
             keys,
             leeway: config.leeway.as_secs(),
+            audience: config.audience.clone(),
+            issuer: config.issuer.clone(),
         }))
     }
 
@@ -214,7 +224,19 @@ impl JwtVerifier {
             return Err(TokenError::WrongAlgorithm);
         }
         let mut validation = Validation::new(header.alg);
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        let mut required = vec!["exp", "sub"];
+        match &self.audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
+        }
+        if let Some(issuer) = &self.issuer {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
         validation.validate_nbf = true;
         validation.leeway = self.leeway;
         let mut last = TokenError::Malformed;

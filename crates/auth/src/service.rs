@@ -35,7 +35,7 @@ pub enum SetupError {
 }
 
 /// One login attempt.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Attempt<'a> {
     /// The user asked for.
     pub user: &'a str,
@@ -45,6 +45,17 @@ pub struct Attempt<'a> {
     pub session_id: &'a str,
     /// The client's `remote` (`ws:IP:PORT`); failures are counted by its address.
     pub remote: &'a str,
+}
+
+impl std::fmt::Debug for Attempt<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attempt")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .field("session_id", &self.session_id)
+            .field("remote", &self.remote)
+            .finish()
+    }
 }
 
 /// Who a successful login is.
@@ -73,6 +84,18 @@ struct Inner {
     users_file: Option<UsersFile>,
     jwt: Option<JwtVerifier>,
     throttle: Throttle,
+    /// Password checks running at once: each costs the hash's memory (19 MiB by default).
+    hashing: Arc<tokio::sync::Semaphore>,
+}
+
+/// Password checks allowed at once per core.
+const HASHES_PER_CORE: usize = 2;
+
+/// A hash to check unknown users' passwords against, so a refusal takes as long whether or
+/// not the user exists.
+fn decoy_hash() -> &'static str {
+    static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DECOY.get_or_init(|| crate::password::hash_password("decoy").unwrap_or_default())
 }
 
 impl std::fmt::Debug for Inner {
@@ -107,6 +130,9 @@ impl Authenticator {
                 users_file,
                 jwt: JwtVerifier::new(&config.jwt)?,
                 throttle: Throttle::new(config.throttle),
+                hashing: Arc::new(tokio::sync::Semaphore::new(
+                    std::thread::available_parallelism().map_or(1, usize::from) * HASHES_PER_CORE,
+                )),
             }),
         })
     }
@@ -125,7 +151,6 @@ impl Authenticator {
             self.inner.throttle.record_failure(address);
             return Err(AuthError::InvalidCredentials);
         };
-        self.inner.throttle.record_success(address);
         let session_id = if attempt.session_id.is_empty() {
             uuid::Uuid::new_v4().to_string()
         } else {
@@ -169,22 +194,32 @@ impl Authenticator {
                 }
             };
         }
+        if inner.users.is_empty() && inner.users_file.is_none() {
+            return None;
+        }
         let record = match inner.users.get(user) {
             Some(record) => Some(record.clone()),
             None => inner
                 .users_file
                 .as_ref()
                 .and_then(|file| file.users().get(user).cloned()),
-        }?;
+        };
+        let (hash, roles) = match record {
+            Some(record) => (Some(record.password_hash), Some(record.roles)),
+            None => (None, None),
+        };
         let password = password.to_owned();
-        // argon2 costs tens of milliseconds of CPU by design: keep it off the runtime.
+        // argon2 costs tens of milliseconds and megabytes by design: a bounded number at
+        // once, off the runtime.
+        let _permit = Arc::clone(&inner.hashing).acquire_owned().await.ok()?;
         let matches = tokio::task::spawn_blocking(move || {
-            verify_password(&password, &record.password_hash).then_some(record.roles)
+            let hash = hash.as_deref().unwrap_or_else(|| decoy_hash());
+            verify_password(&password, hash)
         })
         .await
-        .ok()??;
+        .ok()?;
         Some(Granted {
-            roles: matches,
+            roles: roles.filter(|_| matches)?,
             expires_at: None,
         })
     }

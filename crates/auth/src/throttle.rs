@@ -4,8 +4,11 @@ use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-/// Addresses tracked before old windows are swept.
+/// Addresses tracked before old windows are swept (at most once a second).
 const SWEEP_ABOVE: usize = 4096;
+/// Most addresses tracked at once; past it new addresses are not counted (memory stays
+/// bounded under a spread-out attack; the ones already counted stay throttled).
+const MAX_TRACKED: usize = 100_000;
 
 /// Failed logins allowed per address and window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,11 +34,18 @@ struct Window {
     failures: u32,
 }
 
-/// Counts failures per address.
+#[derive(Debug)]
+struct Windows {
+    by_address: HashMap<String, Window>,
+    swept: Instant,
+}
+
+/// Counts failures per address. A success does not clear them: otherwise one valid account
+/// would let an address guess other users' passwords without limit.
 #[derive(Debug)]
 pub struct Throttle {
     config: ThrottleConfig,
-    windows: Mutex<HashMap<String, Window>>,
+    windows: Mutex<Windows>,
 }
 
 impl Throttle {
@@ -43,7 +53,10 @@ impl Throttle {
     pub fn new(config: ThrottleConfig) -> Self {
         Self {
             config,
-            windows: Mutex::new(HashMap::new()),
+            windows: Mutex::new(Windows {
+                by_address: HashMap::new(),
+                swept: Instant::now(),
+            }),
         }
     }
 
@@ -53,7 +66,7 @@ impl Throttle {
             return false;
         }
         let windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
-        windows.get(address).is_some_and(|window| {
+        windows.by_address.get(address).is_some_and(|window| {
             window.started.elapsed() < self.config.window
                 && window.failures >= self.config.max_failures
         })
@@ -65,15 +78,26 @@ impl Throttle {
             return;
         }
         let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
-        if windows.len() >= SWEEP_ABOVE {
-            let window = self.config.window;
-            windows.retain(|_, entry| entry.started.elapsed() < window);
-        }
         let now = Instant::now();
-        let entry = windows.entry(address.to_owned()).or_insert(Window {
-            started: now,
-            failures: 0,
-        });
+        if windows.by_address.len() >= SWEEP_ABOVE
+            && now.duration_since(windows.swept) >= Duration::from_secs(1)
+        {
+            let window = self.config.window;
+            windows
+                .by_address
+                .retain(|_, entry| entry.started.elapsed() < window);
+            windows.swept = now;
+        }
+        if windows.by_address.len() >= MAX_TRACKED && !windows.by_address.contains_key(address) {
+            return;
+        }
+        let entry = windows
+            .by_address
+            .entry(address.to_owned())
+            .or_insert(Window {
+                started: now,
+                failures: 0,
+            });
         if entry.started.elapsed() >= self.config.window {
             *entry = Window {
                 started: now,
@@ -81,17 +105,6 @@ impl Throttle {
             };
         }
         entry.failures = entry.failures.saturating_add(1);
-    }
-
-    /// Forgets `address`'s failures after a successful login.
-    pub fn record_success(&self, address: &str) {
-        if self.config.max_failures == 0 {
-            return;
-        }
-        self.windows
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(address);
     }
 }
 
@@ -135,9 +148,5 @@ mod tests {
         );
         std::thread::sleep(Duration::from_millis(60));
         assert!(!throttle.is_blocked("a"), "the window ends");
-        throttle.record_failure("a");
-        throttle.record_success("a");
-        throttle.record_failure("a");
-        assert!(!throttle.is_blocked("a"), "a success resets the count");
     }
 }

@@ -309,6 +309,59 @@ async fn test_hs256_tokens() {
 }
 
 #[tokio::test]
+async fn test_audience_and_issuer() {
+    let exp = now() + 600;
+    let open = hs_authenticator();
+    open.login(attempt(
+        "kim",
+        &hs(&json!({"sub": "kim", "exp": exp, "aud": "any", "iss": "any"})),
+    ))
+    .await
+    .expect("aud and iss are not checked unless configured");
+    let strict = Authenticator::new(Config {
+        jwt: JwtConfig {
+            hs256_secret: Some(HS_SECRET.into()),
+            audience: Some("switchboard".into()),
+            issuer: Some("https://idp.example".into()),
+            ..JwtConfig::default()
+        },
+        throttle: no_throttle(),
+        ..Config::default()
+    })
+    .expect("config");
+    let good =
+        json!({"sub": "kim", "exp": exp, "aud": "switchboard", "iss": "https://idp.example"});
+    strict
+        .login(attempt("kim", &hs(&good)))
+        .await
+        .expect("right aud and iss");
+    for (what, claims) in [
+        (
+            "wrong aud",
+            json!({"sub": "kim", "exp": exp, "aud": "other", "iss": "https://idp.example"}),
+        ),
+        (
+            "missing aud",
+            json!({"sub": "kim", "exp": exp, "iss": "https://idp.example"}),
+        ),
+        (
+            "wrong iss",
+            json!({"sub": "kim", "exp": exp, "aud": "switchboard", "iss": "https://evil"}),
+        ),
+        (
+            "missing iss",
+            json!({"sub": "kim", "exp": exp, "aud": "switchboard"}),
+        ),
+    ] {
+        assert_eq!(
+            refused(&strict, "kim", &hs(&claims)).await,
+            AuthError::InvalidCredentials,
+            "{what}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn test_rs256_pem_and_es256_jwks_tokens() {
     let auth = Authenticator::new(Config {
         jwt: JwtConfig {
@@ -410,7 +463,29 @@ async fn test_failed_logins_are_throttled_per_address() {
         remote: "ws:10.0.0.10:1000",
         ..right
     };
-    auth.login(elsewhere)
+    auth.login(elsewhere.clone())
         .await
         .expect("other addresses are not affected");
+    // A success does not clear an address's failures (one valid account must not buy
+    // unlimited guesses at others).
+    for _ in 0..2 {
+        let guess = Attempt {
+            password: "guess",
+            ..elsewhere.clone()
+        };
+        assert_eq!(auth.login(guess).await, Err(AuthError::InvalidCredentials));
+    }
+    auth.login(elsewhere.clone())
+        .await
+        .expect("still under the limit");
+    let guess = Attempt {
+        password: "guess",
+        ..elsewhere.clone()
+    };
+    assert_eq!(auth.login(guess).await, Err(AuthError::InvalidCredentials));
+    assert_eq!(
+        auth.login(elsewhere).await,
+        Err(AuthError::TooManyAttempts),
+        "three failures in the window, successes in between or not"
+    );
 }

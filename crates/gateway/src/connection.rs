@@ -63,6 +63,8 @@ pub(crate) struct ConnState {
     pub(crate) token: Option<TokenExpiry>,
     /// The connection's inbound request rate limit.
     pub(crate) frame_budget: FrameBudget,
+    /// Set when the session's token expired: every request is refused until the close.
+    pub(crate) expired: bool,
 }
 
 /// A token bucket of requests: `rate` per second, bursts of up to `rate`.
@@ -111,7 +113,7 @@ fn service_from_path(path: &str) -> Option<String> {
     (!service.is_empty() && !service.contains('/')).then(|| service.to_owned())
 }
 
-/// Answers the handshake of a connection over the gateway's limit with HTTP 503.
+/// Answers the handshake of a `ws://` connection over the gateway's limit with HTTP 503.
 pub(crate) async fn refuse(stream: TcpStream, peer: SocketAddr) {
     #[allow(clippy::result_large_err)]
     let callback = |_: &Request, _: Response| -> Result<Response, ErrorResponse> {
@@ -256,6 +258,7 @@ async fn run<S>(
         )),
         token: None,
         frame_budget: FrameBudget::new(gateway.config.max_frames_per_second),
+        expired: false,
     };
     read_loop(&gateway, &mut state, stream, &last_seen, epoch, &shutdown).await;
     // The writer ends after a queued close or on kill; make sure it does either way.
@@ -293,8 +296,13 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
                 continue;
             }
             step = token::next_step(state.token) => {
+                let Some(step) = step else { continue };
                 if let Some(token) = &mut state.token {
                     token.run(step, &state.session);
+                }
+                if step == token::Step::Close {
+                    state.token = None;
+                    state.expired = true;
                 }
                 continue;
             }
@@ -317,9 +325,13 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
         match message {
             Message::Text(text) => handle_text(gateway, state, text.as_str()).await,
             Message::Binary(_) => {
-                let error =
-                    ApiError::new(ErrorCode::InvalidFrame, "binary frames are not supported");
-                reply(state, frame::error_response(None, &error)).await;
+                if state.frame_budget.take() {
+                    let error =
+                        ApiError::new(ErrorCode::InvalidFrame, "binary frames are not supported");
+                    reply(state, frame::error_response(None, &error)).await;
+                } else {
+                    METRICS.count_rate_limited();
+                }
             }
             Message::Close(_) => return,
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
@@ -338,7 +350,11 @@ async fn reply(state: &ConnState, text: String) {
 }
 
 async fn handle_text(gateway: &Arc<Gateway>, state: &mut ConnState, text: &str) {
+    // Every frame counts against the rate, requests or not; past it, requests are answered
+    // `limit_exceeded` and invalid frames get no answer at all.
+    let within_rate = state.frame_budget.take();
     match frame::decode(text, gateway.config.max_json_depth) {
+        Err(_) if !within_rate => METRICS.count_rate_limited(),
         Err(rejected) => {
             reply(
                 state,
@@ -346,7 +362,7 @@ async fn handle_text(gateway: &Arc<Gateway>, state: &mut ConnState, text: &str) 
             )
             .await;
         }
-        Ok(Inbound::Request(request)) if !state.frame_budget.take() => {
+        Ok(Inbound::Request(request)) if !within_rate => {
             METRICS.count_rate_limited();
             let error = ApiError::new(
                 ErrorCode::LimitExceeded,

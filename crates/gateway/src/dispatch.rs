@@ -66,6 +66,10 @@ pub(crate) async fn dispatch(
     if !known {
         return Some(encode(&tid, Err(unknown_command(&request).into())));
     }
+    if state.expired {
+        let error = ApiError::new(ErrorCode::NotAuthenticated, "the session's token expired");
+        return Some(encode(&tid, Err(error.into())));
+    }
     let Some(identity) = state.session.identity().cloned() else {
         let result = if (request.subclass.as_str(), request.cmd.as_str()) == ("user", "login") {
             commands::user::login(gateway, state, &request.data).await

@@ -22,6 +22,8 @@ use crate::hub::Hub;
 use crate::metrics::METRICS;
 use crate::publisher::Publisher;
 
+/// Connections over the limit being answered HTTP 503 at once.
+const MAX_REFUSALS: usize = 64;
 /// How long connections get to close after shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -106,6 +108,7 @@ pub async fn serve(
     let watchdog = tokio::spawn(write_watchdog(Arc::clone(&gateway), shutdown.clone()));
     let tracker = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(gateway.config.max_connections));
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     loop {
         let (accepted, tls) = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -124,7 +127,16 @@ pub async fn serve(
                 }
                 Err(_) => {
                     METRICS.count_refused_connection();
-                    tracker.spawn(connection::refuse(stream, peer));
+                    // A `ws://` client is told why (HTTP 503), by a bounded number of tasks;
+                    // a `wss://` one, or one past that bound, is just closed.
+                    if tls.is_none()
+                        && let Ok(permit) = Arc::clone(&refusals).try_acquire_owned()
+                    {
+                        tracker.spawn(async move {
+                            connection::refuse(stream, peer).await;
+                            drop(permit);
+                        });
+                    }
                 }
             },
             Err(error) => {

@@ -12,6 +12,8 @@ use crate::session::SessionHandle;
 
 /// Close code of a session whose token expired (private-use range of RFC 6455).
 pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
+/// `core/session_event` types only the gateway sends (`session send_event` refuses them).
+pub const RESERVED_TYPES: &[&str] = &["token_expiring", "token_expired"];
 /// How long before expiry the session is warned.
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(30);
 
@@ -32,9 +34,17 @@ pub(crate) struct TokenExpiry {
     warned: bool,
 }
 
+/// Longest wait a timer is set for; a later expiry is checked again then.
+const MAX_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Time until `unix_seconds`, at most [`MAX_WAIT`] (an `exp` far in the future must not
+/// overflow the clock arithmetic).
 fn until(unix_seconds: u64) -> Duration {
-    let at = UNIX_EPOCH + Duration::from_secs(unix_seconds);
-    at.duration_since(SystemTime::now()).unwrap_or_default()
+    UNIX_EPOCH
+        .checked_add(Duration::from_secs(unix_seconds))
+        .and_then(|at| at.duration_since(SystemTime::now()).ok())
+        .unwrap_or_default()
+        .min(MAX_WAIT)
 }
 
 impl TokenExpiry {
@@ -45,15 +55,19 @@ impl TokenExpiry {
         }
     }
 
-    /// When the next step is due.
-    pub(crate) fn next(&self) -> (Instant, Step) {
+    /// When the next step is due; `None` when the expiry is beyond [`MAX_WAIT`] (wait that
+    /// long, then look again).
+    pub(crate) fn next(&self) -> (Instant, Option<Step>) {
         let remaining = until(self.expires_at);
+        if remaining >= MAX_WAIT {
+            return (Instant::now() + MAX_WAIT, None);
+        }
         if self.warned {
-            (Instant::now() + remaining, Step::Close)
+            (Instant::now() + remaining, Some(Step::Close))
         } else {
             (
                 Instant::now() + remaining.saturating_sub(EXPIRY_WARNING),
-                Step::Warn,
+                Some(Step::Warn),
             )
         }
     }
@@ -86,8 +100,9 @@ impl TokenExpiry {
     }
 }
 
-/// Waits for `expiry`'s next step; never returns for a session without a token.
-pub(crate) async fn next_step(expiry: Option<TokenExpiry>) -> Step {
+/// Waits for `expiry`'s next step (`None`: nothing to do yet); never returns for a session
+/// without a token.
+pub(crate) async fn next_step(expiry: Option<TokenExpiry>) -> Option<Step> {
     match expiry {
         Some(expiry) => {
             let (at, step) = expiry.next();

@@ -18,7 +18,7 @@ pub const DEV_ADMIN_PASSWORD: &str = "admin";
 
 /// Every setting of every role; unset ones fall back to the file, then the default. A role
 /// ignores the settings it does not use.
-#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[derive(Clone, Default, clap::Args, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// WebSocket listen address [default: 127.0.0.1:9010].
@@ -47,6 +47,12 @@ pub struct Settings {
     /// JWKS file of RS256/ES256 public keys for login tokens [default: none].
     #[arg(long, env = "SWITCHBOARD_JWT_JWKS")]
     pub jwt_jwks: Option<PathBuf>,
+    /// The `aud` login tokens must carry [default: none, `aud` not checked].
+    #[arg(long, env = "SWITCHBOARD_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// The `iss` login tokens must carry [default: none, `iss` not checked].
+    #[arg(long, env = "SWITCHBOARD_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
     /// Clock skew tolerated on a token's exp and nbf [default: 30s].
     #[arg(long, env = "SWITCHBOARD_JWT_LEEWAY")]
     pub jwt_leeway: Option<String>,
@@ -155,6 +161,17 @@ pub struct Settings {
     pub gateway_timeout: Option<String>,
 }
 
+/// Passwords, secrets and the Redis URL (which may carry a password) are never printed.
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("listen", &self.listen)
+            .field("grpc_listen", &self.grpc_listen)
+            .field("admin_user", &self.admin_user)
+            .finish_non_exhaustive()
+    }
+}
+
 macro_rules! or_file {
     ($cli:ident, $file:ident, $($field:ident),+ $(,)?) => {
         Settings { $($field: $cli.$field.or($file.$field)),+ }
@@ -187,6 +204,8 @@ impl Settings {
             jwt_public_key,
             jwt_jwks,
             jwt_leeway,
+            jwt_audience,
+            jwt_issuer,
             login_max_failures,
             login_failure_window,
             policy_file,
@@ -393,6 +412,8 @@ impl Settings {
                 Some(text) => parse_duration(text).context("invalid jwt_leeway")?,
                 None => DEFAULT_JWT_LEEWAY,
             },
+            audience: self.jwt_audience.clone(),
+            issuer: self.jwt_issuer.clone(),
         };
         if let Some(max) = self.login_max_failures {
             config.throttle.max_failures = max;

@@ -100,6 +100,28 @@ async fn test_token_session_is_warned_then_closed_unless_refreshed() {
     .await;
     assert_eq!(again["result"], "ok", "{again}");
     assert_eq!(again["data"]["session_id"], session_id, "same session");
+    // A fresh token with other roles does not change a live session's rights.
+    let other_roles = login(
+        &mut refreshed,
+        "hugo",
+        &token("hugo", Duration::from_secs(600), &["admin"]),
+    )
+    .await;
+    assert_eq!(
+        other_roles["data"]["code"], "already_authenticated",
+        "{other_roles}"
+    );
+    // Nobody can fake the gateway's expiry events.
+    for type_ in ["token_expiring", "token_expired"] {
+        let code = refreshed
+            .error_code(
+                "session",
+                "send_event",
+                json!({"session_id": session_id, "type": type_}),
+            )
+            .await;
+        assert_eq!(code, "unauthorized", "{type_}");
+    }
     // Another user's token does not take over the session.
     let other = login(
         &mut refreshed,

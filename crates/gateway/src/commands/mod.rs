@@ -11,6 +11,7 @@ use switchboard_proto::v1::{Event, PublishRequest};
 use switchboard_protocol::event::EventKey;
 use switchboard_protocol::event::WILDCARD;
 use switchboard_protocol::fields::Fields;
+use switchboard_protocol::{ApiError, ErrorCode};
 
 use crate::connection::ConnState;
 use crate::dispatch::{Failure, encode};
@@ -34,6 +35,13 @@ pub(crate) fn core_event_request(
     let fields = Fields(data);
     let target = fields.required_str(target_field)?;
     let type_ = fields.str_or("type", WILDCARD)?;
+    if subclass == "session_event" && crate::token::RESERVED_TYPES.contains(&type_) {
+        return Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            format!("event type {type_} is sent by the gateway only"),
+        )
+        .into());
+    }
     let key = EventKey {
         service: state.session.service.clone(),
         class: user::CORE_CLASS.to_owned(),

@@ -109,6 +109,13 @@ pub(crate) async fn refresh(
     if reply.user != identity.user || reply.expires_at == 0 {
         return Err(already().into());
     }
+    if reply.roles != identity.roles {
+        return Err(ApiError::new(
+            ErrorCode::AlreadyAuthenticated,
+            "the new token's roles differ from the session's: log in on a new connection",
+        )
+        .into());
+    }
     state.token = Some(TokenExpiry::new(reply.expires_at));
     Ok(json!({"session_id": identity.session_id, "expires_at": reply.expires_at}))
 }
