@@ -40,10 +40,12 @@ const MAX_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Time until `unix_seconds`, at most [`MAX_WAIT`] (an `exp` far in the future must not
 /// overflow the clock arithmetic).
 fn until(unix_seconds: u64) -> Duration {
+    // Past the clock's range is as good as never: wait the longest and look again.
     UNIX_EPOCH
         .checked_add(Duration::from_secs(unix_seconds))
-        .and_then(|at| at.duration_since(SystemTime::now()).ok())
-        .unwrap_or_default()
+        .map_or(MAX_WAIT, |at| {
+            at.duration_since(SystemTime::now()).unwrap_or_default()
+        })
         .min(MAX_WAIT)
 }
 
@@ -110,5 +112,23 @@ pub(crate) async fn next_step(expiry: Option<TokenExpiry>) -> Option<Step> {
             step
         }
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_far_and_past_expiries() {
+        let (at, step) = TokenExpiry::new(u64::MAX).next();
+        assert_eq!(step, None, "an exp beyond a week is looked at again later");
+        assert!(at > Instant::now() + MAX_WAIT - Duration::from_secs(1));
+        let mut past = TokenExpiry::new(0);
+        let (at, step) = past.next();
+        assert_eq!(step, Some(Step::Warn));
+        assert!(at <= Instant::now());
+        past.warned = true;
+        assert_eq!(past.next().1, Some(Step::Close));
     }
 }
