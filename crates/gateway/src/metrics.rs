@@ -119,6 +119,8 @@ impl Metrics {
     }
 }
 
+/// Scrapes answered at once.
+const MAX_SCRAPES: usize = 16;
 /// Largest request head the endpoint reads.
 const MAX_REQUEST: usize = 4096;
 
@@ -128,6 +130,7 @@ pub async fn serve_metrics(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) {
+    let scrapes = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -137,9 +140,14 @@ pub async fn serve_metrics(
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        // A bounded number of scrapes at once; a connection past that is closed.
+        let Ok(permit) = Arc::clone(&scrapes).try_acquire_owned() else {
+            continue;
+        };
         let gateway = Arc::clone(&gateway);
         tokio::spawn(async move {
             let _ = tokio::time::timeout(Duration::from_secs(5), answer(&gateway, stream)).await;
+            drop(permit);
         });
     }
 }
