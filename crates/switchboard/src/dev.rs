@@ -127,6 +127,15 @@ fn log_exit(what: &'static str, result: Result<(), tonic::transport::Error>) {
     }
 }
 
+/// The first gateway takes the configured address, the others a free loopback port.
+fn gateway_address(index: usize, configured: &str) -> &str {
+    if index == 0 {
+        configured
+    } else {
+        "127.0.0.1:0"
+    }
+}
+
 /// Binds every listener, then starts the services.
 ///
 /// # Errors
@@ -197,22 +206,14 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
     let mut metrics_addrs = Vec::new();
     let mut wss_addrs = Vec::new();
     for index in 0..config.gateways.max(1) {
-        let ws_address = if index == 0 {
-            config.listen.as_str()
-        } else {
-            "127.0.0.1:0"
-        };
-        let (ws_listener, ws_addr) = bind(ws_address, "WebSocket listener").await?;
+        let address = |first| gateway_address(index, first);
+        let (ws_listener, ws_addr) = bind(address(&config.listen), "WebSocket listener").await?;
         let (control_listener, control_addr) = bind("127.0.0.1:0", "session control").await?;
         let wss_listener = match &config.gateway.tls {
             Some(_) => {
-                let address = if index == 0 {
-                    config.tls_listen.as_str()
-                } else {
-                    "127.0.0.1:0"
-                };
-                let (listener, address) = bind(address, "secure WebSocket listener").await?;
-                wss_addrs.push(address);
+                let (listener, wss_addr) =
+                    bind(address(&config.tls_listen), "secure WebSocket listener").await?;
+                wss_addrs.push(wss_addr);
                 Some(listener)
             }
             None => None,
@@ -226,13 +227,8 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
         let gateway = switchboard_gateway::build(gateway_config, &broker, config.secret.clone())?;
         let token = shutdown.child_token();
         gateway_shutdowns.push(token.clone());
-        if let Some(address) = &config.metrics_listen {
-            let address = if index == 0 {
-                address.as_str()
-            } else {
-                "127.0.0.1:0"
-            };
-            let (listener, metrics_addr) = bind(address, "metrics").await?;
+        if let Some(metrics_listen) = &config.metrics_listen {
+            let (listener, metrics_addr) = bind(address(metrics_listen), "metrics").await?;
             metrics_addrs.push(metrics_addr);
             tasks.spawn(switchboard_gateway::metrics::serve_metrics(
                 std::sync::Arc::clone(&gateway),

@@ -199,6 +199,16 @@ async fn login_from(url: &str, ip: &str, user: &str, password: &str) -> (Value, 
     (reply, client)
 }
 
+/// The `remote` the registry holds for the admin session `login` (its ok reply) created.
+async fn own_remote(client: &mut Client, login: &Value) -> String {
+    let session_id = login["data"]["session_id"].as_str().expect("id");
+    let sessions = client.ok("user", "get", json!({"user": "admin"})).await;
+    sessions[session_id]["remote"]
+        .as_str()
+        .expect("remote")
+        .to_owned()
+}
+
 #[tokio::test]
 async fn test_forwarded_for_is_trusted_only_when_configured() {
     let running = common::start_with(|config| {
@@ -216,9 +226,7 @@ async fn test_forwarded_for_is_trusted_only_when_configured() {
     // Another client behind the same proxy is not throttled, and is seen as itself.
     let (reply, mut other) = login_from(&url, "10.9.9.2", "admin", common::ADMIN_PASSWORD).await;
     assert_eq!(reply["result"], "ok", "{reply}");
-    let session_id = reply["data"]["session_id"].as_str().expect("id").to_owned();
-    let sessions = other.ok("user", "get", json!({"user": "admin"})).await;
-    let remote = sessions[&session_id]["remote"].as_str().expect("remote");
+    let remote = own_remote(&mut other, &reply).await;
     assert!(remote.starts_with("ws:10.9.9.2:"), "{remote}");
     running.stop().await;
 
@@ -231,9 +239,7 @@ async fn test_forwarded_for_is_trusted_only_when_configured() {
         common::ADMIN_PASSWORD,
     )
     .await;
-    let session_id = reply["data"]["session_id"].as_str().expect("id").to_owned();
-    let sessions = forged.ok("user", "get", json!({"user": "admin"})).await;
-    let remote = sessions[&session_id]["remote"].as_str().expect("remote");
+    let remote = own_remote(&mut forged, &reply).await;
     assert!(remote.starts_with("ws:127.0.0.1:"), "{remote}");
     running.stop().await;
 }
