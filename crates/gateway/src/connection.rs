@@ -5,19 +5,19 @@
 //! awaits internal calls per request (in order, as PROTOCOL.md §6 requires for events from one
 //! publisher) while the writer must keep draining events and pinging meanwhile.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{Map, Value};
-use switchboard_protocol::event::EventKey;
+use serde_json::Value;
 use switchboard_protocol::frame::{self, Inbound};
 use switchboard_protocol::{ApiError, ErrorCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dispatch;
 use crate::gateway::Gateway;
+use crate::hub::Subscription;
 use crate::metrics::METRICS;
 use crate::session::{CLOSE_GOING_AWAY, CLOSE_TOO_BIG, CmdAnswer, Outbound, SessionHandle};
 use crate::token::{self, TokenExpiry};
@@ -42,8 +43,8 @@ pub const WS_PATH: &str = "/api/ws";
 const COALESCE_AFTER_STREAK: u32 = 2;
 /// Longest a TLS or WebSocket handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Read chunk of a connection (see `handle`).
-const READ_BUFFER_BYTES: usize = 1024;
+/// Read chunk of a connection (see `upgrade`).
+const READ_BUFFER_BYTES: usize = 512;
 /// Most frames the writer batches into one flush.
 const WRITE_BATCH: usize = 256;
 
@@ -52,13 +53,13 @@ const WRITE_BATCH: usize = 256;
 pub(crate) struct ConnState {
     pub(crate) session: Arc<SessionHandle>,
     /// Subscriptions, newest first.
-    pub(crate) subscriptions: Vec<(EventKey, Arc<Map<String, Value>>)>,
-    /// `session cmd` calls in flight; aborted when the connection ends.
-    pub(crate) cmd_tasks: JoinSet<()>,
+    pub(crate) subscriptions: Vec<Subscription>,
+    /// `session cmd` calls in flight, from the first one on; aborted when the connection ends.
+    pub(crate) cmd_tasks: Option<JoinSet<()>>,
     /// Set by a `session stop` of the connection's own session: close after the reply.
     pub(crate) stop_after_reply: bool,
-    /// The connection's budget of publishes waiting for the bus.
-    pub(crate) publish_permits: Arc<tokio::sync::Semaphore>,
+    /// The connection's budget of publishes waiting for the bus, from its first publish on.
+    pub(crate) publish_permits: Option<Arc<tokio::sync::Semaphore>>,
     /// Expiry of the token the session logged in with; `None` for a password login.
     pub(crate) token: Option<TokenExpiry>,
     /// The connection's inbound request rate limit.
@@ -140,11 +141,15 @@ pub(crate) async fn handle(
     // life: the TLS path and the handshakes live in boxes of their own, so an idle `ws://`
     // connection does not carry room for a TLS session or a handshake it finished long ago.
     let Some(tls) = tls else {
-        return upgrade(gateway, stream, "ws", peer, shutdown).await;
+        let upgrade = Box::pin(upgrade(Arc::clone(&gateway), stream, "ws", peer));
+        return run(gateway, upgrade, shutdown).await;
     };
     Box::pin(async move {
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
-            Ok(Ok(stream)) => upgrade(gateway, stream, "wss", peer, shutdown).await,
+            Ok(Ok(stream)) => {
+                let upgrade = Box::pin(upgrade(Arc::clone(&gateway), stream, "wss", peer));
+                run(gateway, upgrade, shutdown).await;
+            }
             Ok(Err(error)) => tracing::debug!(peer.addr = %peer, %error, "TLS handshake failed"),
             Err(_) => tracing::debug!(peer.addr = %peer, "TLS handshake timed out"),
         }
@@ -164,14 +169,24 @@ fn forwarded_for(request: &Request) -> Option<IpAddr> {
     last.parse().ok()
 }
 
-/// Runs the WebSocket handshake on `stream`, then serves the connection.
+/// A connection past its WebSocket handshake.
+struct Accepted<S> {
+    sink: futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
+    stream: futures_util::stream::SplitStream<WebSocketStream<S>>,
+    /// The service the path names ("" for the default one).
+    service: String,
+    /// "ws:IP:PORT" or "wss:IP:PORT".
+    remote: String,
+}
+
+/// Runs the WebSocket handshake on `stream`; `None` when it fails (logged).
 async fn upgrade<S>(
     gateway: Arc<Gateway>,
     stream: S,
     scheme: &'static str,
     peer: SocketAddr,
-    shutdown: CancellationToken,
-) where
+) -> Option<Accepted<S>>
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let trust_forwarded_for = gateway.config.trust_forwarded_for;
@@ -210,57 +225,68 @@ async fn upgrade<S>(
         Ok(Ok(socket)) => socket,
         Ok(Err(error)) => {
             tracing::debug!(peer.addr = %peer, %error, "handshake failed");
-            return;
+            return None;
         }
         Err(_) => {
             tracing::debug!(peer.addr = %peer, "handshake timed out");
-            return;
+            return None;
         }
     };
     let service = service.unwrap_or_default();
     let address = SocketAddr::new(client_ip.unwrap_or(peer.ip()), peer.port());
     let remote = format!("{scheme}:{address}");
-    run(gateway, socket, service, remote, shutdown).await;
+    // Split here rather than in `run`: an async fn keeps room for its arguments for its whole
+    // life, and a whole `WebSocketStream` is a few hundred bytes per connection.
+    let (sink, stream) = socket.split();
+    Some(Accepted {
+        sink,
+        stream,
+        service,
+        remote,
+    })
 }
 
+/// Serves a connection until it ends, once `upgrade` has accepted it.
+///
+/// Takes the handshake rather than its result: an accepted connection held as an argument
+/// would keep its room in this future (a few hundred bytes) for the connection's whole life.
 async fn run<S>(
     gateway: Arc<Gateway>,
-    socket: WebSocketStream<S>,
-    service: String,
-    remote: String,
+    upgrade: Pin<Box<impl Future<Output = Option<Accepted<S>>>>>,
     shutdown: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Some(Accepted {
+        sink,
+        stream,
+        service,
+        remote,
+    }) = upgrade.await
+    else {
+        return;
+    };
     let conn_id = gateway.hub.next_conn_id();
-    let (outbound_tx, outbound_rx) = mpsc::channel(gateway.config.outbound_queue);
-    let session = Arc::new(SessionHandle::new(conn_id, service, remote, outbound_tx));
+    let session = Arc::new(SessionHandle::new(
+        conn_id,
+        service,
+        remote,
+        gateway.config.outbound_queue,
+    ));
     gateway.hub.add_connection(&session);
     tracing::debug!(conn.id = conn_id, peer.addr = %session.remote, "connected");
-    let (sink, stream) = socket.split();
-    let last_seen = Arc::new(AtomicU64::new(0));
-    let epoch = Instant::now();
-    let writer = tokio::spawn(write_loop(
-        sink,
-        outbound_rx,
-        Arc::clone(&session),
-        Arc::clone(&gateway),
-        Arc::clone(&last_seen),
-        epoch,
-    ));
+    let writer = tokio::spawn(write_loop(sink, Arc::clone(&session), Arc::clone(&gateway)));
     let mut state = ConnState {
         session: Arc::clone(&session),
         subscriptions: Vec::new(),
-        cmd_tasks: JoinSet::new(),
+        cmd_tasks: None,
         stop_after_reply: false,
-        publish_permits: Arc::new(tokio::sync::Semaphore::new(
-            crate::publisher::MAX_INFLIGHT_PER_CONNECTION,
-        )),
+        publish_permits: None,
         token: None,
         frame_budget: FrameBudget::new(gateway.config.max_frames_per_second),
         expired: false,
     };
-    read_loop(&gateway, &mut state, stream, &last_seen, epoch, &shutdown).await;
+    read_loop(&gateway, &mut state, stream, &shutdown).await;
     // The writer ends after a queued close or on kill; make sure it does either way.
     session.kill(CLOSE_GOING_AWAY, "");
     let abort_writer = writer.abort_handle();
@@ -280,8 +306,6 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
     gateway: &Arc<Gateway>,
     state: &mut ConnState,
     mut stream: futures_util::stream::SplitStream<WebSocketStream<S>>,
-    last_seen: &AtomicU64,
-    epoch: Instant,
     shutdown: &CancellationToken,
 ) {
     let kill = state.session.kill_token().clone();
@@ -308,7 +332,7 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
             }
             message = stream.next() => message,
         };
-        last_seen.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        state.session.touch(gateway.hub.now_ms());
         let message = match message {
             None => return,
             Some(Ok(message)) => message,
@@ -323,12 +347,14 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
             }
         };
         match message {
-            Message::Text(text) => handle_text(gateway, state, text.as_str()).await,
+            // Boxed, like every state of the loop other than waiting: a future is as large as
+            // its largest state, and this one would double an idle connection's task.
+            Message::Text(text) => Box::pin(handle_text(gateway, state, text.as_str())).await,
             Message::Binary(_) => {
                 if state.frame_budget.take() {
                     let error =
                         ApiError::new(ErrorCode::InvalidFrame, "binary frames are not supported");
-                    reply(state, frame::error_response(None, &error)).await;
+                    Box::pin(reply(state, frame::error_response(None, &error))).await;
                 } else {
                     METRICS.count_rate_limited();
                 }
@@ -410,12 +436,12 @@ fn server_tid(tid: &Value) -> Option<u64> {
 
 async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
     mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
-    mut outbound_rx: mpsc::Receiver<Outbound>,
     session: Arc<SessionHandle>,
     gateway: Arc<Gateway>,
-    last_seen: Arc<AtomicU64>,
-    epoch: Instant,
 ) {
+    let queue = session.outbound();
+    // However the writer ends (abort included), nothing waits on its queue any more.
+    let _closed = CloseQueueOnDrop(queue);
     let config = &gateway.config;
     let mut ping =
         tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
@@ -433,12 +459,11 @@ async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
                     && !reason.is_empty()
                 {
                     // A client killed for not reading gets until `write_timeout` to take its close.
-                    let _ = tokio::time::timeout(config.write_timeout, sink.send(close_message(code, &reason))).await;
+                    send_within(config.write_timeout, &mut sink, close_message(code, &reason)).await;
                 }
                 return;
             }
-            next = outbound_rx.recv() => {
-                let Some(first) = next else { return };
+            () = queue.ready() => {
                 // A connection under sustained traffic (several writes in a row, each within
                 // `write_coalesce` of the last) writes at most once per `write_coalesce`, so
                 // its frames share writes; a frame for a quiet connection goes out at once.
@@ -450,18 +475,27 @@ async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
                     busy_streak = 0;
                 }
                 if busy_streak >= COALESCE_AFTER_STREAK && now < next_write {
-                    tokio::select! {
-                        () = tokio::time::sleep_until(next_write) => {}
-                        () = kill.cancelled() => continue,
+                    let killed = Box::pin(async {
+                        tokio::select! {
+                            () = tokio::time::sleep_until(next_write) => false,
+                            () = kill.cancelled() => true,
+                        }
+                    });
+                    if killed.await {
+                        continue;
                     }
                 }
                 last_write = Instant::now();
                 // No timer per batch: the gateway's watchdog kills a write that stalls.
                 session.set_write_started(gateway.hub.now_ms());
-                let outcome = tokio::select! {
-                    written = write_batch(&mut sink, &mut outbound_rx, &session, first) => Some(written),
-                    () = kill.cancelled() => None,
-                };
+                let batch = queue.take(WRITE_BATCH);
+                let outcome = Box::pin(async {
+                    tokio::select! {
+                        written = write_batch(&mut sink, batch, &session) => Some(written),
+                        () = kill.cancelled() => None,
+                    }
+                })
+                .await;
                 session.set_write_started(0);
                 match outcome {
                     Some(Ok(BatchEnd::More)) => {}
@@ -474,20 +508,30 @@ async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             _ = ping.tick() => {
-                let idle_ms = (epoch.elapsed().as_millis() as u64).saturating_sub(last_seen.load(Ordering::Relaxed));
+                let idle_ms = gateway.hub.now_ms().saturating_sub(session.last_seen_ms());
                 if Duration::from_millis(idle_ms) > config.idle_timeout {
-                    let _ = tokio::time::timeout(config.write_timeout, sink.send(close_message(CLOSE_GOING_AWAY, "idle timeout"))).await;
+                    send_within(config.write_timeout, &mut sink, close_message(CLOSE_GOING_AWAY, "idle timeout")).await;
                     session.kill(CLOSE_GOING_AWAY, "");
                     return;
                 }
-                let pinged = tokio::time::timeout(config.write_timeout, sink.send(Message::Ping(Vec::new().into()))).await;
-                if !matches!(pinged, Ok(Ok(()))) {
+                if !send_within(config.write_timeout, &mut sink, Message::Ping(Vec::new().into())).await {
                     session.kill(CLOSE_GOING_AWAY, "");
                     return;
                 }
             }
         }
     }
+}
+
+/// Sends one message unless `limit` passes first; true when it was sent. Boxed, so the
+/// writer's task is not sized for a send it makes once in a while.
+async fn send_within<S: AsyncRead + AsyncWrite + Unpin>(
+    limit: Duration,
+    sink: &mut futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
+    message: Message,
+) -> bool {
+    let sent = Box::pin(tokio::time::timeout(limit, sink.send(message))).await;
+    matches!(sent, Ok(Ok(())))
 }
 
 /// How a batch of writes ended.
@@ -498,18 +542,15 @@ enum BatchEnd {
     Closed,
 }
 
-/// Writes `first` and whatever else is already queued (up to [`WRITE_BATCH`] frames), then
-/// flushes once, so a burst of frames costs one write.
+/// Writes `batch` (up to a close frame), then flushes once, so a burst of frames costs one
+/// write.
 async fn write_batch<S: AsyncRead + AsyncWrite + Unpin>(
     sink: &mut futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
-    outbound_rx: &mut mpsc::Receiver<Outbound>,
+    mut batch: VecDeque<Outbound>,
     session: &SessionHandle,
-    first: Outbound,
 ) -> Result<BatchEnd, WsError> {
     let mut end = BatchEnd::More;
-    let mut batch = 0;
-    let mut pending = Some(first);
-    while let Some(frame) = pending.take() {
+    while let Some(frame) = batch.pop_front() {
         let message = match frame {
             Outbound::Text(text) => Message::Text(text.into()),
             Outbound::Event(data) => {
@@ -521,14 +562,21 @@ async fn write_batch<S: AsyncRead + AsyncWrite + Unpin>(
             }
         };
         sink.feed(message).await?;
-        batch += 1;
-        if matches!(end, BatchEnd::Closed) || batch >= WRITE_BATCH {
+        if matches!(end, BatchEnd::Closed) {
             break;
         }
-        pending = outbound_rx.try_recv().ok();
     }
     sink.flush().await?;
     Ok(end)
+}
+
+/// Closes a connection's queue when its writer ends.
+struct CloseQueueOnDrop<'a>(&'a crate::outbound::OutboundQueue);
+
+impl Drop for CloseQueueOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 fn close_message(code: u16, reason: &str) -> Message {
@@ -539,15 +587,14 @@ fn close_message(code: u16, reason: &str) -> Message {
 }
 
 async fn cleanup(gateway: &Arc<Gateway>, state: &mut ConnState) {
-    state.cmd_tasks.abort_all();
+    if let Some(tasks) = &mut state.cmd_tasks {
+        tasks.abort_all();
+    }
     state.session.drop_pending();
-    let channels: Vec<String> = std::mem::take(&mut state.subscriptions)
-        .iter()
-        .map(|(key, _)| key.channel())
-        .collect();
+    let subscriptions = std::mem::take(&mut state.subscriptions);
     gateway
         .hub
-        .remove_routes(&channels, state.session.conn_id)
+        .remove_routes(&subscriptions, state.session.conn_id)
         .await;
     if let Some(identity) = state.session.identity() {
         gateway.hub.remove_session(&identity.session_id);

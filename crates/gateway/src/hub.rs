@@ -6,12 +6,14 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
 use switchboard_broker::{Broker, BrokerError, Deliver, Subscriber};
+#[cfg(doc)]
+use switchboard_protocol::event::EventKey;
 use switchboard_protocol::event::EventMessage;
 use switchboard_protocol::frame;
 use switchboard_protocol::{ApiError, ErrorCode};
@@ -20,6 +22,21 @@ use tokio::time::Instant;
 
 use crate::session::{AckSignal, CLOSE_NORMAL, CmdAnswer, Outbound, PendingRequest, SessionHandle};
 
+/// One subscription of a connection: its broker channel, which encodes its key
+/// ([`EventKey::from_channel`] reads it back), and its body. The channel text is shared with
+/// the route index.
+#[derive(Debug, Clone)]
+pub(crate) struct Subscription {
+    pub(crate) channel: Arc<str>,
+    pub(crate) body: Arc<Map<String, Value>>,
+}
+
+/// The body of every subscription without one, shared.
+pub(crate) fn empty_body() -> Arc<Map<String, Value>> {
+    static EMPTY: LazyLock<Arc<Map<String, Value>>> = LazyLock::new(|| Arc::new(Map::new()));
+    Arc::clone(&EMPTY)
+}
+
 /// One local subscription in the index.
 #[derive(Debug, Clone)]
 struct Route {
@@ -27,8 +44,57 @@ struct Route {
     body: Arc<Map<String, Value>>,
 }
 
-/// channel → connection id → route.
-type RouteIndex = HashMap<String, HashMap<u64, Route>>;
+/// The local subscribers of one channel, by connection id. Most channels have exactly one (a
+/// session's own `user_event` and `session_event` channels), which then needs no map.
+#[derive(Debug)]
+enum Routes {
+    One(u64, Route),
+    Many(HashMap<u64, Route>),
+}
+
+impl Routes {
+    /// Adds or replaces the route of `conn_id`.
+    fn insert(&mut self, conn_id: u64, route: Route) {
+        match self {
+            Self::One(known, existing) if *known == conn_id => *existing = route,
+            Self::One(known, existing) => {
+                let mut many = HashMap::with_capacity(2);
+                many.insert(*known, existing.clone());
+                many.insert(conn_id, route);
+                *self = Self::Many(many);
+            }
+            Self::Many(many) => {
+                many.insert(conn_id, route);
+            }
+        }
+    }
+
+    /// Removes the route of `conn_id`; returns (whether it was there, whether none is left).
+    fn remove(&mut self, conn_id: u64) -> (bool, bool) {
+        match self {
+            Self::One(known, _) => (*known == conn_id, *known == conn_id),
+            Self::Many(many) => {
+                let removed = many.remove(&conn_id).is_some();
+                if many.len() == 1
+                    && let Some((&last_id, last)) = many.iter().next()
+                {
+                    *self = Self::One(last_id, last.clone());
+                }
+                (removed, matches!(self, Self::Many(many) if many.is_empty()))
+            }
+        }
+    }
+
+    fn for_each(&self, mut visit: impl FnMut(&Route)) {
+        match self {
+            Self::One(_, route) => visit(route),
+            Self::Many(many) => many.values().for_each(visit),
+        }
+    }
+}
+
+/// channel → its local routes.
+type RouteIndex = HashMap<Arc<str>, Routes>;
 
 /// Shared gateway state.
 ///
@@ -168,74 +234,56 @@ impl Hub {
         self.sessions().values().cloned().collect()
     }
 
-    /// Adds or replaces the route of `session` on `channel`; the broker subscription is in
-    /// effect when this returns.
-    ///
-    /// # Errors
-    /// [`BrokerError`] when the channel had to be subscribed and the broker failed.
-    pub async fn add_route(
-        &self,
-        channel: &str,
-        session: &Arc<SessionHandle>,
-        body: Arc<Map<String, Value>>,
-    ) -> Result<(), BrokerError> {
-        self.add_routes(&[(channel.to_owned(), body)], session)
-            .await
-    }
-
     /// Adds or replaces routes of `session`, subscribing every channel that had none in one
     /// broker round trip; all of them are in effect when this returns.
     ///
     /// # Errors
     /// [`BrokerError`] when the broker failed; none of the routes is then added.
-    pub async fn add_routes(
+    pub(crate) async fn add_routes(
         &self,
-        routes: &[(String, Arc<Map<String, Value>>)],
+        subscriptions: &[Subscription],
         session: &Arc<SessionHandle>,
     ) -> Result<(), BrokerError> {
         let subscriber = self.channel_ops.lock().await;
         let mut first_ones = Vec::new();
         {
             let mut index = self.routes();
-            for (channel, body) in routes {
-                let entry = index.entry(channel.clone()).or_default();
-                if entry.is_empty() {
-                    first_ones.push(channel.clone());
+            for subscription in subscriptions {
+                let route = Route {
+                    session: Arc::clone(session),
+                    body: Arc::clone(&subscription.body),
+                };
+                match index.get_mut(&subscription.channel) {
+                    Some(routes) => routes.insert(session.conn_id, route),
+                    None => {
+                        first_ones.push(subscription.channel.to_string());
+                        index.insert(
+                            Arc::clone(&subscription.channel),
+                            Routes::One(session.conn_id, route),
+                        );
+                    }
                 }
-                entry.insert(
-                    session.conn_id,
-                    Route {
-                        session: Arc::clone(session),
-                        body: Arc::clone(body),
-                    },
-                );
             }
         }
         if let Some(subscriber) = subscriber.as_ref()
             && let Err(error) = subscriber.subscribe_many(&first_ones).await
         {
-            for (channel, _) in routes {
-                self.remove_route_entry(channel, session.conn_id);
+            for subscription in subscriptions {
+                self.remove_route_entry(&subscription.channel, session.conn_id);
             }
             return Err(error);
         }
         Ok(())
     }
 
-    /// Removes the route of connection `conn_id` on `channel`, unsubscribing the channel
-    /// after its last route.
-    pub async fn remove_route(&self, channel: &str, conn_id: u64) {
-        self.remove_routes(&[channel.to_owned()], conn_id).await;
-    }
-
     /// Removes routes of connection `conn_id`, unsubscribing in one broker round trip every
     /// channel left without a route.
-    pub async fn remove_routes(&self, channels: &[String], conn_id: u64) {
+    pub(crate) async fn remove_routes(&self, subscriptions: &[Subscription], conn_id: u64) {
         let subscriber = self.channel_ops.lock().await;
-        let emptied: Vec<String> = channels
+        let emptied: Vec<String> = subscriptions
             .iter()
-            .filter(|channel| self.remove_route_entry(channel, conn_id))
-            .cloned()
+            .filter(|subscription| self.remove_route_entry(&subscription.channel, conn_id))
+            .map(|subscription| subscription.channel.to_string())
             .collect();
         if let Some(subscriber) = subscriber.as_ref()
             && let Err(error) = subscriber.unsubscribe_many(&emptied).await
@@ -246,18 +294,15 @@ impl Hub {
 
     /// Removes one entry; true when the channel has no route left.
     fn remove_route_entry(&self, channel: &str, conn_id: u64) -> bool {
-        let mut routes = self.routes();
-        let Some(entry) = routes.get_mut(channel) else {
+        let mut index = self.routes();
+        let Some(routes) = index.get_mut(channel) else {
             return false;
         };
-        if entry.remove(&conn_id).is_none() {
-            return false;
+        let (removed, none_left) = routes.remove(conn_id);
+        if removed && none_left {
+            index.remove(channel);
         }
-        if entry.is_empty() {
-            routes.remove(channel);
-            return true;
-        }
-        false
+        removed && none_left
     }
 
     /// Routes one broker message to the local subscribers of `channel`.
@@ -285,7 +330,7 @@ impl Hub {
         let Some(entry) = routes.get(channel) else {
             return;
         };
-        for route in entry.values() {
+        entry.for_each(|route| {
             let session = &route.session;
             let data = if route.body.is_empty() {
                 let slot = if session.service == event.key.service {
@@ -300,7 +345,7 @@ impl Hub {
                 Arc::from(event.frame_data(&route.body, &session.service).to_string())
             };
             session.push_event(data);
-        }
+        });
     }
 
     /// Stops a local session with close code 1000; returns its user.

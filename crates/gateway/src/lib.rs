@@ -13,6 +13,7 @@
 //! - [`hub`]: local sessions, the subscription index and event fan-out.
 //! - [`publisher`]: `send_event`s batched towards the bus, in order, with backpressure.
 //! - [`session`]: the per-connection handle other tasks use.
+//! - `outbound`: a connection's bounded queue of frames for its writer.
 //! - [`token`]: the expiry of sessions that logged in with a signed token.
 //! - [`control`]: the SessionControl gRPC service.
 //! - [`gelf`]: `session log` as GELF over UDP or TCP.
@@ -30,6 +31,7 @@ pub mod gateway;
 pub mod gelf;
 pub mod hub;
 pub mod metrics;
+mod outbound;
 pub mod publisher;
 pub mod server;
 pub mod session;

@@ -5,8 +5,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use serde_json::Value;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
+
+use crate::outbound::{OutboundQueue, Refused};
 
 /// Close code of a normal close (`session stop`).
 pub const CLOSE_NORMAL: u16 = 1000;
@@ -93,7 +95,7 @@ pub struct SessionHandle {
     /// "ws:IP:PORT".
     pub remote: String,
     identity: OnceLock<Identity>,
-    outbound_tx: mpsc::Sender<Outbound>,
+    outbound: OutboundQueue,
     /// Server tids (events and server requests) of this connection.
     next_server_tid: AtomicU64,
     pending: Mutex<HashMap<u64, PendingRequest>>,
@@ -101,30 +103,34 @@ pub struct SessionHandle {
     kill: CancellationToken,
     kill_reason: Mutex<Option<(u16, String)>>,
     closing: AtomicBool,
+    /// When the client last sent a frame (ms on the hub clock); the writer closes the
+    /// connection after `idle_timeout` without one.
+    last_seen_ms: AtomicU64,
     /// When the writer's current socket write began (ms on the hub clock), 0 when idle; the
     /// gateway's watchdog kills connections whose write stalls.
     write_started_ms: AtomicU64,
 }
 
 impl SessionHandle {
-    /// Creates the handle of a new connection with its outbound queue sender.
+    /// Creates the handle of a new connection with room for `outbound_queue` frames.
     pub(crate) fn new(
         conn_id: u64,
         service: String,
         remote: String,
-        outbound_tx: mpsc::Sender<Outbound>,
+        outbound_queue: usize,
     ) -> Self {
         Self {
             conn_id,
             service,
             remote,
             identity: OnceLock::new(),
-            outbound_tx,
+            outbound: OutboundQueue::new(outbound_queue),
             next_server_tid: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
             kill: CancellationToken::new(),
             kill_reason: Mutex::new(None),
             closing: AtomicBool::new(false),
+            last_seen_ms: AtomicU64::new(0),
             write_started_ms: AtomicU64::new(0),
         }
     }
@@ -149,14 +155,13 @@ impl SessionHandle {
         if self.closing.load(Ordering::Relaxed) {
             return;
         }
-        match self.outbound_tx.try_send(Outbound::Event(data)) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
+        match self.outbound.try_push(Outbound::Event(data)) {
+            Ok(()) | Err(Refused::Closed) => {}
+            Err(Refused::Full(_)) => {
                 tracing::warn!(conn.id = self.conn_id, "slow consumer disconnected");
                 crate::metrics::METRICS.count_slow_consumer();
                 self.kill(CLOSE_POLICY, "slow consumer: outbound queue full");
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 
@@ -166,7 +171,7 @@ impl SessionHandle {
     /// Returns as soon as the connection is killed, so a stuck client never blocks the caller.
     pub(crate) async fn send(&self, frame: Outbound) -> bool {
         tokio::select! {
-            sent = self.outbound_tx.send(frame) => sent.is_ok(),
+            sent = self.outbound.push(frame) => sent,
             () = self.kill.cancelled() => false,
         }
     }
@@ -176,9 +181,9 @@ impl SessionHandle {
     /// in-flight permit) is released only once the reply is queued, so a client that stops
     /// reading cannot make these waiting tasks pile up past its in-flight budget.
     pub(crate) fn reply_soon<T: Send + 'static>(self: &Arc<Self>, text: String, held: T) {
-        match self.outbound_tx.try_send(Outbound::Text(text)) {
-            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => drop(held),
-            Err(mpsc::error::TrySendError::Full(frame)) => {
+        match self.outbound.try_push(Outbound::Text(text)) {
+            Ok(()) | Err(Refused::Closed) => drop(held),
+            Err(Refused::Full(frame)) => {
                 let session = Arc::clone(self);
                 tokio::spawn(async move {
                     session.send(frame).await;
@@ -194,8 +199,8 @@ impl SessionHandle {
             return;
         }
         if self
-            .outbound_tx
-            .try_send(Outbound::Close(code, reason.to_owned()))
+            .outbound
+            .try_push(Outbound::Close(code, reason.to_owned()))
             .is_err()
         {
             self.kill(code, reason);
@@ -216,6 +221,16 @@ impl SessionHandle {
         self.kill.cancel();
     }
 
+    /// Records a frame from the client at `now_ms`.
+    pub(crate) fn touch(&self, now_ms: u64) {
+        self.last_seen_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// When the client last sent a frame (0: never).
+    pub(crate) fn last_seen_ms(&self) -> u64 {
+        self.last_seen_ms.load(Ordering::Relaxed)
+    }
+
     /// Marks the start (`now_ms > 0`) or the end (`0`) of a socket write.
     pub(crate) fn set_write_started(&self, now_ms: u64) {
         self.write_started_ms.store(now_ms, Ordering::Relaxed);
@@ -225,6 +240,11 @@ impl SessionHandle {
     pub(crate) fn write_stalled(&self, now_ms: u64, limit_ms: u64) -> bool {
         let started = self.write_started_ms.load(Ordering::Relaxed);
         started != 0 && now_ms.saturating_sub(started) > limit_ms
+    }
+
+    /// The queue the connection's writer drains.
+    pub(crate) fn outbound(&self) -> &OutboundQueue {
+        &self.outbound
     }
 
     pub(crate) fn kill_token(&self) -> &CancellationToken {

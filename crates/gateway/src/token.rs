@@ -108,7 +108,8 @@ pub(crate) async fn next_step(expiry: Option<TokenExpiry>) -> Option<Step> {
     match expiry {
         Some(expiry) => {
             let (at, step) = expiry.next();
-            tokio::time::sleep_until(at).await;
+            // Boxed: the connection's task holds this future even without a token.
+            Box::pin(tokio::time::sleep_until(at)).await;
             step
         }
         None => std::future::pending().await,

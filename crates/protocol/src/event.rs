@@ -49,6 +49,30 @@ impl EventKey {
         channel
     }
 
+    /// Reads back the key of a channel made by [`EventKey::channel`]; `None` for any other
+    /// text.
+    pub fn from_channel(channel: &str) -> Option<Self> {
+        let mut rest = channel.strip_prefix("sb:ev")?;
+        let mut fields: [String; 5] = Default::default();
+        for field in &mut fields {
+            let (length, after) = rest.strip_prefix(':')?.split_once(':')?;
+            let length: usize = length.parse().ok()?;
+            *field = after.get(..length)?.to_owned();
+            rest = after.get(length..)?;
+        }
+        if !rest.is_empty() {
+            return None;
+        }
+        let [service, class, subclass, type_, obj_id] = fields;
+        Some(Self {
+            service,
+            class,
+            subclass,
+            type_,
+            obj_id,
+        })
+    }
+
     /// Returns the channels of every subscription key this event can match: its class crossed
     /// with {value, `*`} for each of subclass, type and obj_id (at most 8, no duplicates).
     pub fn candidate_channels(&self) -> Vec<String> {
@@ -172,6 +196,30 @@ pub fn merge_body(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn test_from_channel_reads_back_every_key() {
+        let keys = [
+            key("*", "*", "*"),
+            key("a:b", "3:x", ""),
+            EventKey {
+                service: "média".into(),
+                ..key("s", "t", "o:1:2")
+            },
+        ];
+        for key in keys {
+            assert_eq!(EventKey::from_channel(&key.channel()), Some(key));
+        }
+        for bad in [
+            "",
+            "sb:ev",
+            "sb:ev:1:a",
+            "sb:ev:0::1:c:1:*:1:*:1:*:x",
+            "other",
+        ] {
+            assert_eq!(EventKey::from_channel(bad), None, "{bad}");
+        }
+    }
 
     fn key(subclass: &str, type_: &str, obj_id: &str) -> EventKey {
         EventKey {

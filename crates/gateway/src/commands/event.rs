@@ -12,6 +12,7 @@ use super::publish_request;
 use crate::connection::ConnState;
 use crate::dispatch::{CommandResult, Failure};
 use crate::gateway::Gateway;
+use crate::hub::{Subscription, empty_body};
 use crate::session::Identity;
 use switchboard_proto::v1::PublishRequest;
 
@@ -58,14 +59,14 @@ fn check_event_policy(
 pub(crate) async fn add_subscription(
     gateway: &Gateway,
     state: &mut ConnState,
-    key: EventKey,
+    key: &EventKey,
     body: Map<String, Value>,
 ) -> Result<(), ApiError> {
-    let body = Arc::new(body);
+    let channel = key.channel();
     let existing = state
         .subscriptions
         .iter()
-        .position(|(known, _)| *known == key);
+        .position(|known| *known.channel == *channel);
     if existing.is_none() && state.subscriptions.len() >= gateway.config.max_subscriptions {
         return Err(ApiError::new(
             ErrorCode::LimitExceeded,
@@ -75,17 +76,28 @@ pub(crate) async fn add_subscription(
             ),
         ));
     }
+    let subscription = Subscription {
+        channel: match existing {
+            Some(index) => Arc::clone(&state.subscriptions[index].channel),
+            None => Arc::from(channel),
+        },
+        body: if body.is_empty() {
+            empty_body()
+        } else {
+            Arc::new(body)
+        },
+    };
     gateway
         .hub
-        .add_route(&key.channel(), &state.session, Arc::clone(&body))
+        .add_routes(std::slice::from_ref(&subscription), &state.session)
         .await
         .map_err(|error| {
             tracing::warn!(%error, "subscribe failed");
             ApiError::unavailable("event broker")
         })?;
     match existing {
-        Some(index) => state.subscriptions[index].1 = body,
-        None => state.subscriptions.insert(0, (key, body)),
+        Some(index) => state.subscriptions[index] = subscription,
+        None => state.subscriptions.insert(0, subscription),
     }
     Ok(())
 }
@@ -103,7 +115,7 @@ pub(crate) async fn subscribe(
         .optional_object("body")?
         .cloned()
         .unwrap_or_default();
-    add_subscription(gateway, state, key, body).await?;
+    add_subscription(gateway, state, &key, body).await?;
     Ok(json!({}))
 }
 
@@ -113,16 +125,16 @@ pub(crate) async fn unsubscribe(
     state: &mut ConnState,
     data: &Map<String, Value>,
 ) -> CommandResult {
-    let key = event_key(state, data)?;
+    let channel = event_key(state, data)?.channel();
     if let Some(index) = state
         .subscriptions
         .iter()
-        .position(|(known, _)| *known == key)
+        .position(|known| *known.channel == *channel)
     {
-        state.subscriptions.remove(index);
+        let subscription = state.subscriptions.remove(index);
         gateway
             .hub
-            .remove_route(&key.channel(), state.session.conn_id)
+            .remove_routes(&[subscription], state.session.conn_id)
             .await;
     }
     Ok(json!({}))
@@ -134,7 +146,10 @@ pub(crate) fn get_subscriptions(state: &ConnState) -> Value {
         state
             .subscriptions
             .iter()
-            .map(|(key, body)| key.describe(body))
+            .filter_map(|subscription| {
+                let key = EventKey::from_channel(&subscription.channel)?;
+                Some(key.describe(&subscription.body))
+            })
             .collect(),
     )
 }

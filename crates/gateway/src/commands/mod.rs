@@ -89,7 +89,7 @@ pub(crate) fn publish_request(
 /// Waits while the connection already has its budget of publishes in flight.
 pub(crate) async fn submit_publish(
     gateway: &Gateway,
-    state: &ConnState,
+    state: &mut ConnState,
     tid: Value,
     request: Result<PublishRequest, Failure>,
 ) -> Option<String> {
@@ -97,7 +97,11 @@ pub(crate) async fn submit_publish(
         Ok(request) => request,
         Err(failure) => return Some(encode(&tid, Err(failure))),
     };
-    let permits = Arc::clone(&state.publish_permits);
+    let permits = Arc::clone(state.publish_permits.get_or_insert_with(|| {
+        Arc::new(tokio::sync::Semaphore::new(
+            crate::publisher::MAX_INFLIGHT_PER_CONNECTION,
+        ))
+    }));
     let permit = tokio::select! {
         permit = permits.acquire_owned() => permit.ok()?,
         () = state.session.kill_token().cancelled() => return None,

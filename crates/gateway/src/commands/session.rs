@@ -177,8 +177,11 @@ pub(crate) fn cmd(
         Ok(fields) => fields,
         Err(error) => return Some(encode(&tid, Err(error.into()))),
     };
-    while state.cmd_tasks.try_join_next().is_some() {}
-    if state.cmd_tasks.len() >= gateway.config.max_pending_cmds {
+    let cmd_tasks = state
+        .cmd_tasks
+        .get_or_insert_with(tokio::task::JoinSet::new);
+    while cmd_tasks.try_join_next().is_some() {}
+    if cmd_tasks.len() >= gateway.config.max_pending_cmds {
         let error = ApiError::new(
             ErrorCode::LimitExceeded,
             format!(
@@ -191,7 +194,7 @@ pub(crate) fn cmd(
     let gateway = Arc::clone(gateway);
     let session = Arc::clone(&state.session);
     let identity = identity.clone();
-    state.cmd_tasks.spawn(async move {
+    cmd_tasks.spawn(async move {
         let result = run_cmd(&gateway, &identity, own_user_only, fields).await;
         session.send(Outbound::Text(encode(&tid, result))).await;
     });

@@ -15,6 +15,7 @@ use crate::clients::status_to_api_error;
 use crate::connection::ConnState;
 use crate::dispatch::{CommandResult, Failure};
 use crate::gateway::Gateway;
+use crate::hub::{Subscription, empty_body};
 use crate::session::{Identity, SessionHandle};
 use crate::token::TokenExpiry;
 use switchboard_proto::v1::PublishRequest;
@@ -174,7 +175,7 @@ pub(crate) async fn login(
     }
     // The automatic subscriptions, in one broker round trip. Oldest first, so
     // `get_subscriptions` (newest first) lists the session's first.
-    let automatic: Vec<(EventKey, Arc<Map<String, Value>>)> = [
+    let automatic: Vec<Subscription> = [
         ("user_event", &reply.user),
         ("session_event", &reply.session_id),
     ]
@@ -187,14 +188,13 @@ pub(crate) async fn login(
             type_: WILDCARD.to_owned(),
             obj_id: obj_id.clone(),
         };
-        (key, Arc::new(Map::new()))
+        Subscription {
+            channel: Arc::from(key.channel()),
+            body: empty_body(),
+        }
     })
     .collect();
-    let routes: Vec<(String, Arc<Map<String, Value>>)> = automatic
-        .iter()
-        .map(|(key, body)| (key.channel(), Arc::clone(body)))
-        .collect();
-    if let Err(error) = gateway.hub.add_routes(&routes, &session).await {
+    if let Err(error) = gateway.hub.add_routes(&automatic, &session).await {
         tracing::warn!(%error, "automatic subscriptions failed");
         gateway.hub.remove_session(&reply.session_id);
         gateway.unregister(&reply.session_id).await;

@@ -1,0 +1,226 @@
+//! A connection's bounded queue of frames waiting for its writer.
+//!
+//! A `VecDeque` behind a mutex rather than a tokio `mpsc` channel: an idle connection's queue
+//! holds no buffer at all (the writer takes the whole deque with each batch), where a channel
+//! keeps its first block of slots allocated for the connection's whole life (about 1.5 KiB
+//! per connection). Producers never wait for the writer's task to run: a push is one lock,
+//! one `push_back` and, only when the writer sleeps on an empty queue, one wake-up.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::task::{Poll, Waker};
+
+use tokio::sync::Notify;
+
+use crate::session::Outbound;
+
+/// Why a frame was not queued.
+#[derive(Debug)]
+pub(crate) enum Refused {
+    /// The queue holds `capacity` frames already.
+    Full(Outbound),
+    /// The writer has ended; the frame is dropped.
+    Closed,
+}
+
+#[derive(Debug, Default)]
+struct Slots {
+    frames: VecDeque<Outbound>,
+    /// Set once the writer ends: every later push is refused.
+    closed: bool,
+    /// The writer, when it waits for a frame.
+    writer: Option<Waker>,
+    /// A push found the queue full since the last take: wake whoever waits for room.
+    full_seen: bool,
+}
+
+/// A bounded multi-producer, single-consumer frame queue.
+#[derive(Debug)]
+pub(crate) struct OutboundQueue {
+    capacity: usize,
+    slots: Mutex<Slots>,
+    room: Notify,
+}
+
+impl OutboundQueue {
+    /// An empty queue of at most `capacity` frames (at least 1).
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            slots: Mutex::new(Slots::default()),
+            room: Notify::new(),
+        }
+    }
+
+    fn slots(&self) -> MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `frame` if there is room, waking the writer if it waits.
+    pub(crate) fn try_push(&self, frame: Outbound) -> Result<(), Refused> {
+        let mut slots = self.slots();
+        if slots.closed {
+            return Err(Refused::Closed);
+        }
+        if slots.frames.len() >= self.capacity {
+            slots.full_seen = true;
+            return Err(Refused::Full(frame));
+        }
+        slots.frames.push_back(frame);
+        let writer = slots.writer.take();
+        drop(slots);
+        if let Some(writer) = writer {
+            writer.wake();
+        }
+        Ok(())
+    }
+
+    /// Queues `frame`, waiting for room; false when the writer has ended.
+    ///
+    /// # Cancel safety
+    /// Dropping the future before it completes queues nothing.
+    pub(crate) async fn push(&self, mut frame: Outbound) -> bool {
+        loop {
+            // Registered before the attempt, so a take between the two cannot be missed.
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match self.try_push(frame) {
+                Ok(()) => return true,
+                Err(Refused::Closed) => return false,
+                Err(Refused::Full(back)) => frame = back,
+            }
+            room.await;
+        }
+    }
+
+    /// Waits until at least one frame is queued. For the writer only.
+    pub(crate) async fn ready(&self) {
+        poll_fn(|cx| {
+            let mut slots = self.slots();
+            if !slots.frames.is_empty() {
+                return Poll::Ready(());
+            }
+            match &mut slots.writer {
+                Some(waker) if waker.will_wake(cx.waker()) => {}
+                slot => *slot = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+        .await;
+    }
+
+    /// Takes up to `max` frames, oldest first. Taking everything hands over the queue's
+    /// buffer itself, so a drained queue holds no memory.
+    pub(crate) fn take(&self, max: usize) -> VecDeque<Outbound> {
+        let mut slots = self.slots();
+        let batch = if slots.frames.len() <= max {
+            std::mem::take(&mut slots.frames)
+        } else {
+            slots.frames.drain(..max).collect()
+        };
+        let wake_senders = std::mem::take(&mut slots.full_seen);
+        drop(slots);
+        if wake_senders {
+            self.room.notify_waiters();
+        }
+        batch
+    }
+
+    /// Refuses every later push and drops what is queued; wakes those waiting for room.
+    pub(crate) fn close(&self) {
+        let mut slots = self.slots();
+        slots.closed = true;
+        let dropped = std::mem::take(&mut slots.frames);
+        drop(slots);
+        drop(dropped);
+        self.room.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn text(value: &str) -> Outbound {
+        Outbound::Text(value.to_owned())
+    }
+
+    fn texts(batch: VecDeque<Outbound>) -> Vec<String> {
+        batch
+            .into_iter()
+            .map(|frame| match frame {
+                Outbound::Text(text) => text,
+                other => panic!("unexpected frame {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn test_full_queue_refuses_and_take_keeps_order() {
+        let queue = OutboundQueue::new(2);
+        assert!(queue.try_push(text("a")).is_ok());
+        assert!(queue.try_push(text("b")).is_ok());
+        assert!(matches!(queue.try_push(text("c")), Err(Refused::Full(_))));
+        assert_eq!(texts(queue.take(1)), ["a"]);
+        assert!(queue.try_push(text("c")).is_ok());
+        assert_eq!(texts(queue.take(10)), ["b", "c"]);
+        assert!(queue.take(10).is_empty());
+    }
+
+    #[test]
+    fn test_closed_queue_refuses() {
+        let queue = OutboundQueue::new(2);
+        assert!(queue.try_push(text("a")).is_ok());
+        queue.close();
+        assert!(matches!(queue.try_push(text("b")), Err(Refused::Closed)));
+        assert!(queue.take(10).is_empty());
+    }
+
+    #[tokio::test]
+    async fn test_push_waits_for_room_and_ready_wakes_the_writer() {
+        let queue = Arc::new(OutboundQueue::new(1));
+        assert!(queue.push(text("a")).await);
+        let pusher = tokio::spawn({
+            let queue = Arc::clone(&queue);
+            async move { queue.push(text("b")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!pusher.is_finished(), "a push into a full queue waits");
+        assert_eq!(texts(queue.take(10)), ["a"]);
+        let pushed = tokio::time::timeout(Duration::from_secs(5), pusher).await;
+        assert!(matches!(pushed, Ok(Ok(true))));
+        tokio::time::timeout(Duration::from_secs(5), queue.ready())
+            .await
+            .expect("ready with a frame queued");
+        assert_eq!(texts(queue.take(10)), ["b"]);
+
+        let writer = tokio::spawn({
+            let queue = Arc::clone(&queue);
+            async move { queue.ready().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!writer.is_finished(), "ready waits on an empty queue");
+        assert!(queue.try_push(text("c")).is_ok());
+        let woke = tokio::time::timeout(Duration::from_secs(5), writer).await;
+        assert!(woke.is_ok(), "a push wakes the waiting writer");
+    }
+
+    #[tokio::test]
+    async fn test_close_releases_a_waiting_push() {
+        let queue = Arc::new(OutboundQueue::new(1));
+        assert!(queue.try_push(text("a")).is_ok());
+        let pusher = tokio::spawn({
+            let queue = Arc::clone(&queue);
+            async move { queue.push(text("b")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        queue.close();
+        let pushed = tokio::time::timeout(Duration::from_secs(5), pusher).await;
+        assert!(matches!(pushed, Ok(Ok(false))));
+    }
+}
