@@ -150,7 +150,13 @@ impl EventBus for GrpcEventBus {
 const STREAM_REPLIES: usize = 16;
 
 /// Prepares every event of a batch and publishes the valid ones in one broker round trip.
-async fn publish_batch(
+///
+/// This is the whole of a publish: gateways that hold the broker themselves call it directly
+/// (one hop fewer), and the gRPC service calls it for everyone else.
+///
+/// # Errors
+/// `Unavailable` when the broker failed; refused events are results, not errors.
+pub async fn publish_batch(
     broker: &Broker,
     policy: &Policy,
     request: PublishBatchRequest,

@@ -118,6 +118,9 @@ pub struct Config {
     /// Take the client's address (session `remote`, login throttling) from the last
     /// `X-Forwarded-For` entry of the handshake; only behind a proxy that sets it.
     pub trust_forwarded_for: bool,
+    /// Send `send_event`s to the event bus over gRPC instead of publishing them into the
+    /// broker directly (with the same validation and policy as the bus).
+    pub publish_via_bus: bool,
 }
 
 impl Config {
@@ -153,6 +156,7 @@ impl Config {
             max_frames_per_second: DEFAULT_MAX_FRAMES_PER_SECOND,
             tls: None,
             trust_forwarded_for: false,
+            publish_via_bus: false,
         }
     }
 }

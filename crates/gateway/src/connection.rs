@@ -40,7 +40,9 @@ use crate::token::{self, TokenExpiry};
 pub const WS_PATH: &str = "/api/ws";
 
 /// Consecutive closely spaced writes after which a connection counts as busy and coalesces.
-const COALESCE_AFTER_STREAK: u32 = 2;
+/// Sustained traffic builds such a streak within a few frames; a quiet connection that gets
+/// two or three frames close together by chance (random targeted events) is not held back.
+const COALESCE_AFTER_STREAK: u32 = 4;
 /// Longest a TLS or WebSocket handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Read chunk of a connection (see `upgrade`).

@@ -2,8 +2,9 @@
 //! connection: the session, its subscriptions, its outbound queue and its pending server
 //! requests.
 //!
-//! Calls `Auth` (login), `SessionRegistry` (register, list, get, lookup, heartbeat) and
-//! `EventBus` (publish) over gRPC; subscribes broker channels for its local subscriptions;
+//! Calls `Auth` (login) and `SessionRegistry` (register, list, get, lookup, heartbeat) over
+//! gRPC; publishes events into the broker through the event bus's code (or to `EventBus` over
+//! gRPC with `publish_via_bus`); subscribes broker channels for its local subscriptions;
 //! serves `SessionControl` (stop, cmd) to other replicas and backends.
 //!
 //! # Layout
@@ -11,7 +12,8 @@
 //! - [`connection`]: one WebSocket: reader, batching writer, cleanup.
 //! - `dispatch` and `commands`: request routing and the `core` commands.
 //! - [`hub`]: local sessions, the subscription index and event fan-out.
-//! - [`publisher`]: `send_event`s batched towards the bus, in order, with backpressure.
+//! - [`publisher`]: `send_event`s batched into the broker (or the bus), in order, with
+//!   backpressure.
 //! - [`session`]: the per-connection handle other tasks use.
 //! - `outbound`: a connection's bounded queue of frames for its writer.
 //! - [`token`]: the expiry of sessions that logged in with a signed token.

@@ -20,7 +20,7 @@ use crate::gateway::Gateway;
 use crate::gelf::GelfSender;
 use crate::hub::Hub;
 use crate::metrics::METRICS;
-use crate::publisher::Publisher;
+use crate::publisher::{PublishRoute, Publisher};
 
 /// Connections over the limit being answered HTTP 503 at once.
 const MAX_REFUSALS: usize = 64;
@@ -46,7 +46,15 @@ pub fn build(
     )?;
     Ok(Arc::new(Gateway {
         hub: Hub::new(broker),
-        publisher: Publisher::start(services.clone()),
+        publisher: Publisher::start(if config.publish_via_bus {
+            PublishRoute::Bus(Box::new(services.clone()))
+        } else {
+            PublishRoute::Broker {
+                broker: broker.clone(),
+                policy: Arc::clone(&config.policy),
+                deadline: config.rpc_timeout,
+            }
+        }),
         services,
         gelf: GelfSender::start(config.gelf.clone()),
         config,

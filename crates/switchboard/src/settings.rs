@@ -80,6 +80,10 @@ pub struct Settings {
     /// behind a proxy that sets it (clients could forge it otherwise) [default: false].
     #[arg(long, env = "SWITCHBOARD_TRUST_FORWARDED_FOR")]
     pub trust_forwarded_for: Option<bool>,
+    /// Gateways send `send_event`s to the bus over gRPC instead of publishing them into
+    /// Redis themselves (same validation and policy either way) [default: false].
+    #[arg(long, env = "SWITCHBOARD_PUBLISH_VIA_BUS")]
+    pub publish_via_bus: Option<bool>,
     /// GELF server for `session log`: udp://host:port or tcp://host:port [default: none].
     #[arg(long, env = "SWITCHBOARD_GELF")]
     pub gelf: Option<String>,
@@ -213,6 +217,7 @@ impl Settings {
             tls_key,
             tls_listen,
             trust_forwarded_for,
+            publish_via_bus,
             gelf,
             max_frame_bytes,
             max_json_depth,
@@ -316,6 +321,9 @@ impl Settings {
         config.policy = self.policy()?;
         if let Some(trust) = self.trust_forwarded_for {
             config.trust_forwarded_for = trust;
+        }
+        if let Some(via_bus) = self.publish_via_bus {
+            config.publish_via_bus = via_bus;
         }
         config.tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => {

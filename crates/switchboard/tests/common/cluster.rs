@@ -1,5 +1,6 @@
 //! A cluster of real processes: a private redis-server, `switchboard auth`, `registry`, `bus`
-//! and N `switchboard gateway`s, all on free loopback ports. Everything is killed on drop.
+//! and N `switchboard gateway`s, all on free loopback ports. Gateway 0, 2… publish events into
+//! Redis themselves and gateway 1, 3… through the bus. Everything is killed on drop.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -85,6 +86,8 @@ impl Cluster {
         );
         for index in 0..gateways {
             let (ws, control) = (free_port(), free_port());
+            // Even gateways publish into Redis themselves, odd ones through the bus.
+            let via_bus = if index % 2 == 1 { "true" } else { "false" };
             cluster.add(
                 &format!("gateway{index}"),
                 vec![ws, control],
@@ -108,6 +111,8 @@ impl Cluster {
                     "2s",
                     "--cmd-timeout",
                     "1s",
+                    "--publish-via-bus",
+                    via_bus,
                 ],
             );
             cluster.gateway_ports.push(ws);
