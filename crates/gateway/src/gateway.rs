@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchboard_proto::internal::InternalSecret;
-use switchboard_proto::v1::{HeartbeatRequest, SessionInfo, UnregisterRequest};
+use switchboard_proto::v1::{HeartbeatRequest, SessionInfo, UnregisterManyRequest};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::clients::Services;
 use crate::config::Config;
@@ -12,8 +13,16 @@ use crate::gelf::GelfSender;
 use crate::hub::Hub;
 use crate::publisher::Publisher;
 
-/// Attempts to unregister a closed session before giving up.
+/// Attempts to unregister a batch of closed sessions before giving up.
 const UNREGISTER_ATTEMPTS: u32 = 3;
+/// Most sessions in one `UnregisterMany`.
+const UNREGISTER_BATCH: usize = 512;
+/// Closed sessions waiting for their batch; past it closing connections wait.
+const UNREGISTER_QUEUE: usize = 16_384;
+/// How long a batch of closed sessions waits for more before it goes out. A session stays
+/// listed this much longer after its connection closed; a close costs a fraction of a
+/// registry call instead of a whole one.
+const UNREGISTER_LINGER: Duration = Duration::from_millis(5);
 
 /// Session `type` of WebSocket clients (PROTOCOL.md §4).
 pub const SESSION_TYPE: &str = "api_server";
@@ -33,6 +42,86 @@ pub struct Gateway {
     pub publisher: Publisher,
     /// The internal credential, required by SessionControl and sent on every call.
     pub secret: InternalSecret,
+    /// Closed sessions on their way to the registry (see [`Gateway::unregister`]).
+    pub(crate) unregistrations: mpsc::Sender<Unregistration>,
+}
+
+/// One entry of the unregistering task's queue.
+#[derive(Debug)]
+pub(crate) enum Unregistration {
+    /// A closed session.
+    Session(String),
+    /// Answered once every session queued before it has been sent.
+    Flush(oneshot::Sender<()>),
+}
+
+/// Starts the task that unregisters closed sessions: the closes of [`UNREGISTER_LINGER`]
+/// (and everything queued while a call is in flight) go in one call, so a stream of closes
+/// costs a few registry calls, not one each.
+pub(crate) fn start_unregistrations(
+    services: Services,
+    gateway_id: String,
+) -> mpsc::Sender<Unregistration> {
+    let (tx, mut rx) = mpsc::channel(UNREGISTER_QUEUE);
+    tokio::spawn(async move {
+        let mut queued = Vec::with_capacity(UNREGISTER_BATCH);
+        while rx.recv_many(&mut queued, UNREGISTER_BATCH).await > 0 {
+            let flushing = queued
+                .iter()
+                .any(|entry| matches!(entry, Unregistration::Flush(_)));
+            if !flushing && queued.len() < UNREGISTER_BATCH {
+                tokio::time::sleep(UNREGISTER_LINGER).await;
+                while queued.len() < UNREGISTER_BATCH {
+                    match rx.try_recv() {
+                        Ok(entry) => queued.push(entry),
+                        Err(_) => break,
+                    }
+                }
+            }
+            let mut session_ids = Vec::with_capacity(queued.len());
+            let mut flushes = Vec::new();
+            for entry in queued.drain(..) {
+                match entry {
+                    Unregistration::Session(session_id) => session_ids.push(session_id),
+                    Unregistration::Flush(done) => flushes.push(done),
+                }
+            }
+            if !session_ids.is_empty() {
+                unregister_batch(&services, &gateway_id, session_ids).await;
+            }
+            for done in flushes {
+                let _ = done.send(());
+            }
+        }
+    });
+    tx
+}
+
+/// Removes a batch of this gateway's sessions from the registry, retrying a few times; if
+/// the registry stays unreachable the sessions are logged, and a restarted gateway's
+/// sessions are reaped with it.
+async fn unregister_batch(services: &Services, gateway_id: &str, session_ids: Vec<String>) {
+    let mut wait = Duration::from_millis(100);
+    for attempt in 1..=UNREGISTER_ATTEMPTS {
+        let request = services.request(UnregisterManyRequest {
+            session_ids: session_ids.clone(),
+            gateway_id: gateway_id.to_owned(),
+        });
+        match services.registry.clone().unregister_many(request).await {
+            Ok(_) => return,
+            Err(status) if attempt == UNREGISTER_ATTEMPTS => {
+                tracing::warn!(
+                    sessions = session_ids.len(),
+                    code = ?status.code(),
+                    "unregister failed"
+                );
+            }
+            Err(_) => {
+                tokio::time::sleep(wait).await;
+                wait *= 4;
+            }
+        }
+    }
 }
 
 impl Gateway {
@@ -57,26 +146,25 @@ impl Gateway {
         }
     }
 
-    /// Removes one of this gateway's sessions from the registry, retrying a few times; if
-    /// the registry stays unreachable the session is logged, and a restarted gateway's
-    /// sessions are reaped with it.
+    /// Queues one of this gateway's sessions for removal from the registry; it goes out with
+    /// the next batch (at once when none is in flight).
     pub async fn unregister(&self, session_id: &str) {
-        let mut wait = Duration::from_millis(100);
-        for attempt in 1..=UNREGISTER_ATTEMPTS {
-            let request = self.services.request(UnregisterRequest {
-                session_id: session_id.to_owned(),
-                gateway_id: self.config.gateway_id.clone(),
-            });
-            match self.services.registry.clone().unregister(request).await {
-                Ok(_) => return,
-                Err(status) if attempt == UNREGISTER_ATTEMPTS => {
-                    tracing::warn!(session.id = session_id, code = ?status.code(), "unregister failed");
-                }
-                Err(_) => {
-                    tokio::time::sleep(wait).await;
-                    wait *= 4;
-                }
-            }
+        let entry = Unregistration::Session(session_id.to_owned());
+        if self.unregistrations.send(entry).await.is_err() {
+            tracing::warn!(session.id = session_id, "unregister dropped: task ended");
+        }
+    }
+
+    /// Waits until every session queued for unregistering so far has been sent.
+    pub async fn flush_unregistrations(&self) {
+        let (done_tx, done_rx) = oneshot::channel();
+        if self
+            .unregistrations
+            .send(Unregistration::Flush(done_tx))
+            .await
+            .is_ok()
+        {
+            let _ = done_rx.await;
         }
     }
 

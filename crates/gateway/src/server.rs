@@ -16,7 +16,7 @@ use crate::clients::{AddressError, Services};
 use crate::config::Config;
 use crate::connection;
 use crate::control::GrpcSessionControl;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, start_unregistrations};
 use crate::gelf::GelfSender;
 use crate::hub::Hub;
 use crate::metrics::METRICS;
@@ -46,6 +46,7 @@ pub fn build(
     )?;
     Ok(Arc::new(Gateway {
         hub: Hub::new(broker),
+        unregistrations: start_unregistrations(services.clone(), config.gateway_id.clone()),
         publisher: Publisher::start(if config.publish_via_bus {
             PublishRoute::Bus(Box::new(services.clone()))
         } else {
@@ -162,6 +163,12 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("connections did not drain in time");
+    }
+    if tokio::time::timeout(DRAIN_TIMEOUT, gateway.flush_unregistrations())
+        .await
+        .is_err()
+    {
+        tracing::warn!("sessions were not unregistered in time");
     }
     heartbeat.abort();
     watchdog.abort();

@@ -6,8 +6,8 @@ use switchboard_proto::internal::InternalSecret;
 use switchboard_proto::v1::session_registry_server::{SessionRegistry, SessionRegistryServer};
 use switchboard_proto::v1::{
     GetUserReply, GetUserRequest, HeartbeatReply, HeartbeatRequest, ListUsersReply,
-    ListUsersRequest, LookupReply, LookupRequest, RegisterReply, RegisterRequest, UnregisterReply,
-    UnregisterRequest, UserSessions,
+    ListUsersRequest, LookupReply, LookupRequest, RegisterReply, RegisterRequest,
+    UnregisterManyRequest, UnregisterReply, UnregisterRequest, UserSessions,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -75,6 +75,18 @@ impl SessionRegistry for GrpcRegistryService {
         let request = request.into_inner();
         self.store
             .unregister(&request.session_id, &request.gateway_id)
+            .await?;
+        Ok(Response::new(UnregisterReply {}))
+    }
+
+    async fn unregister_many(
+        &self,
+        request: Request<UnregisterManyRequest>,
+    ) -> Result<Response<UnregisterReply>, Status> {
+        let request = request.into_inner();
+        let session_ids: Vec<&str> = request.session_ids.iter().map(String::as_str).collect();
+        self.store
+            .unregister_many(&session_ids, &request.gateway_id)
             .await?;
         Ok(Response::new(UnregisterReply {}))
     }

@@ -80,6 +80,25 @@ impl Store {
         }
     }
 
+    /// Removes every session of `session_ids` present and held by `gateway_id` ("" matches
+    /// any gateway), in one Redis call.
+    ///
+    /// # Errors
+    /// [`RegistryError::Unavailable`] when Redis cannot be reached.
+    pub async fn unregister_many(
+        &self,
+        session_ids: &[&str],
+        gateway_id: &str,
+    ) -> Result<(), RegistryError> {
+        match self {
+            Self::Memory(store) => {
+                store.unregister_many(session_ids, gateway_id);
+                Ok(())
+            }
+            Self::Redis(store) => store.unregister_many(session_ids, gateway_id).await,
+        }
+    }
+
     /// Returns every user of `service` with their session ids.
     ///
     /// # Errors

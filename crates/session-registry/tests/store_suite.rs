@@ -89,6 +89,35 @@ async fn suite(store: Store) {
     store.unregister("s2", "").await.expect("unregister");
     assert_eq!(store.get_user("", "u").await, Err(RegistryError::NotFound));
 
+    // Many at once: only the sessions the named gateway holds go; unknown ids are skipped.
+    for (id, gateway) in [("m1", "g1"), ("m2", "g1"), ("m3", "g2")] {
+        store
+            .register(session(id, "many", gateway))
+            .await
+            .expect("register");
+    }
+    store
+        .unregister_many(&["m1", "m3", "unknown", "m2"], "g1")
+        .await
+        .expect("unregister many");
+    let left = store.get_user("", "many").await.expect("m3 is g2's");
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].session_id, "m3");
+    store
+        .unregister_many(&["m3"], "")
+        .await
+        .expect("unregister many");
+    assert_eq!(
+        store.get_user("", "many").await,
+        Err(RegistryError::NotFound)
+    );
+    // A heartbeat sent before the batch does not bring its sessions back.
+    store
+        .heartbeat("g1", vec![session("m1", "many", "g1")])
+        .await
+        .expect("heartbeat");
+    assert_eq!(store.lookup("m1").await, Err(RegistryError::NotFound));
+
     // g2 keeps heartbeating, g1 (which holds s5) goes silent and is reaped.
     store
         .register(session("s5", "u", "g1"))

@@ -85,16 +85,24 @@ impl MemoryStore {
 
     /// Removes a session, if present and held by `gateway_id` ("" matches any gateway).
     pub fn unregister(&self, session_id: &str, gateway_id: &str) {
+        self.unregister_many(&[session_id], gateway_id);
+    }
+
+    /// Removes every session of `session_ids` present and held by `gateway_id` ("" matches
+    /// any gateway).
+    pub fn unregister_many(&self, session_ids: &[&str], gateway_id: &str) {
         let mut state = self.lock();
-        let owned = state
-            .sessions
-            .get(session_id)
-            .is_some_and(|session| gateway_id.is_empty() || session.gateway_id == gateway_id);
-        if owned {
-            state.remove(session_id);
-            state
-                .tombstones
-                .insert(session_id.to_owned(), Instant::now());
+        for &session_id in session_ids {
+            let owned = state
+                .sessions
+                .get(session_id)
+                .is_some_and(|session| gateway_id.is_empty() || session.gateway_id == gateway_id);
+            if owned {
+                state.remove(session_id);
+                state
+                    .tombstones
+                    .insert(session_id.to_owned(), Instant::now());
+            }
         }
     }
 

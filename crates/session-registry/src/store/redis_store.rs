@@ -45,18 +45,25 @@ redis.call('ZADD', KEYS[5], 'NX', t[1] * 1000 + math.floor(t[2] / 1000), ARGV[4]
 return 1
 ";
 
-/// Unregisters a session if ARGV[2] (a gateway id, or "" for any) holds it, and leaves a
-/// tombstone for ARGV[3] ms.
+/// Unregisters each session ARGV[3..] that ARGV[1] (a gateway id, or "" for any) holds, and
+/// leaves a tombstone for ARGV[2] ms; KEYS holds each session's key and tombstone key, in
+/// pairs. Returns how many were removed.
 const UNREGISTER: &str = r"
-local f = redis.call('HMGET', KEYS[1], 'uk', 'usk', 'gk', 'user', 'gw')
-if not f[1] then return 0 end
-if ARGV[2] ~= '' and f[5] ~= ARGV[2] then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('SREM', f[1], ARGV[1])
-if redis.call('SCARD', f[1]) == 0 then redis.call('SREM', f[2], f[4]) end
-redis.call('SREM', f[3], ARGV[1])
-redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
-return 1
+local removed = 0
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local session_key = KEYS[(i - 3) * 2 + 1]
+  local f = redis.call('HMGET', session_key, 'uk', 'usk', 'gk', 'user', 'gw')
+  if f[1] and (ARGV[1] == '' or f[5] == ARGV[1]) then
+    redis.call('DEL', session_key)
+    redis.call('SREM', f[1], id)
+    if redis.call('SCARD', f[1]) == 0 then redis.call('SREM', f[2], f[4]) end
+    redis.call('SREM', f[3], id)
+    redis.call('SET', KEYS[(i - 3) * 2 + 2], '1', 'PX', ARGV[2])
+    removed = removed + 1
+  end
+end
+return removed
 ";
 
 /// Records a heartbeat at Redis's time; returns how many sessions the index holds for it.
@@ -200,14 +207,29 @@ impl RedisStore {
         session_id: &str,
         gateway_id: &str,
     ) -> Result<(), RegistryError> {
+        self.unregister_many(&[session_id], gateway_id).await
+    }
+
+    /// Unregisters many sessions in one script call.
+    pub(crate) async fn unregister_many(
+        &self,
+        session_ids: &[&str],
+        gateway_id: &str,
+    ) -> Result<(), RegistryError> {
+        if session_ids.is_empty() {
+            return Ok(());
+        }
         let mut connection = self.connection.clone();
         let mut invocation = self.unregister.prepare_invoke();
         invocation
-            .key(session_key(session_id))
-            .key(tombstone_key(session_id))
-            .arg(session_id)
             .arg(gateway_id)
             .arg(TOMBSTONE_TTL.as_millis() as u64);
+        for session_id in session_ids {
+            invocation
+                .key(session_key(session_id))
+                .key(tombstone_key(session_id))
+                .arg(*session_id);
+        }
         let _: i64 = Self::timed(invocation.invoke_async(&mut connection)).await?;
         Ok(())
     }
