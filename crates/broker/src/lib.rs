@@ -118,7 +118,7 @@ impl Subscriber {
         }
     }
 
-    /// Unsubscribes `channel`.
+    /// Unsubscribes `channel` (see [`Subscriber::unsubscribe_many`]).
     ///
     /// # Errors
     /// [`BrokerError::Unavailable`] when the engine cannot be reached.
@@ -126,10 +126,12 @@ impl Subscriber {
         self.unsubscribe_many(&[channel.to_owned()]).await
     }
 
-    /// Unsubscribes several channels in one round trip.
+    /// Unsubscribes several channels. With Redis this only queues the UNSUBSCRIBE (queued ones
+    /// go out together) and messages may still arrive for a moment; a subscribe made after it
+    /// returns is applied after it.
     ///
     /// # Errors
-    /// [`BrokerError::Unavailable`] when the engine cannot be reached.
+    /// [`BrokerError::Unavailable`] when the subscriber has stopped.
     pub async fn unsubscribe_many(&self, channels: &[String]) -> Result<(), BrokerError> {
         match self {
             Self::Memory(memory) => {

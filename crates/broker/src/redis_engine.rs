@@ -150,27 +150,69 @@ impl RedisBroker {
 
     pub(crate) fn subscriber(&self, sink: Arc<dyn Deliver>) -> RedisSubscriber {
         let (commands_tx, commands_rx) = mpsc::channel(1024);
+        let leaving = Arc::new(Leaving::default());
         tokio::spawn(subscriber_actor(
             self.client.clone(),
-            commands_rx,
+            Inbox {
+                commands_rx,
+                leaving: Arc::clone(&leaving),
+            },
             sink,
             self.health_check_interval,
             Arc::clone(&self.reconnections),
         ));
-        RedisSubscriber { commands_tx }
+        RedisSubscriber {
+            commands_tx,
+            leaving,
+        }
     }
 }
 
 /// A request to the subscriber actor; several channels go in one SUBSCRIBE/UNSUBSCRIBE.
 enum Command {
     Subscribe(Vec<String>, oneshot::Sender<Result<(), BrokerError>>),
-    Unsubscribe(Vec<String>, oneshot::Sender<Result<(), BrokerError>>),
+    /// Unsubscribe whatever [`Leaving`] holds now.
+    Unsubscribe,
+}
+
+/// Channels to unsubscribe, gathered between two UNSUBSCRIBEs: nobody waits for an
+/// unsubscribe, and the unsubscribes queued while the actor is busy go out as one command.
+#[derive(Debug, Default)]
+struct Leaving(std::sync::Mutex<Vec<String>>);
+
+impl Leaving {
+    /// Adds channels; true when the list was empty (a [`Command::Unsubscribe`] is then due).
+    fn add(&self, channels: &[String]) -> bool {
+        let mut leaving = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let was_empty = leaving.is_empty();
+        leaving.extend_from_slice(channels);
+        was_empty
+    }
+
+    fn take(&self) -> Vec<String> {
+        std::mem::take(
+            &mut *self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
+
+/// The actor's end of a [`RedisSubscriber`].
+struct Inbox {
+    commands_rx: mpsc::Receiver<Command>,
+    leaving: Arc<Leaving>,
 }
 
 /// A gateway's pub/sub connection, driven by its actor; the actor stops when this is dropped.
 #[derive(Debug)]
 pub struct RedisSubscriber {
     commands_tx: mpsc::Sender<Command>,
+    leaving: Arc<Leaving>,
 }
 
 impl RedisSubscriber {
@@ -196,12 +238,16 @@ impl RedisSubscriber {
         self.call(|done| Command::Subscribe(channels, done)).await
     }
 
+    /// Queues an unsubscribe without waiting for Redis. Commands are applied in order, so a
+    /// later subscribe of the same channel is never overtaken by it.
     pub(crate) async fn unsubscribe(&self, channels: &[String]) -> Result<(), BrokerError> {
-        if channels.is_empty() {
+        if channels.is_empty() || !self.leaving.add(channels) {
             return Ok(());
         }
-        let channels = channels.to_vec();
-        self.call(|done| Command::Unsubscribe(channels, done)).await
+        self.commands_tx
+            .send(Command::Unsubscribe)
+            .await
+            .map_err(|_| unavailable("subscriber stopped"))
     }
 }
 
@@ -209,7 +255,7 @@ impl RedisSubscriber {
 /// reconnects and re-subscribes after a failure.
 async fn subscriber_actor(
     client: redis::Client,
-    mut commands_rx: mpsc::Receiver<Command>,
+    mut inbox: Inbox,
     sink: Arc<dyn Deliver>,
     health_check_interval: Duration,
     reconnections: Arc<AtomicU64>,
@@ -228,7 +274,7 @@ async fn subscriber_actor(
                     _ => "connect timed out".to_owned(),
                 };
                 tracing::warn!(%error, retry_in = ?backoff, "redis subscriber connection failed");
-                if !refuse_commands_for(&mut commands_rx, &mut channels, backoff).await {
+                if !refuse_commands_for(&mut inbox, &mut channels, backoff).await {
                     return;
                 }
                 backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -238,7 +284,7 @@ async fn subscriber_actor(
         let (mut redis_sink, mut stream) = pubsub.split();
         if !resubscribe_all(&mut redis_sink, &channels).await {
             tracing::warn!(retry_in = ?backoff, "re-subscribing after reconnection failed");
-            if !refuse_commands_for(&mut commands_rx, &mut channels, backoff).await {
+            if !refuse_commands_for(&mut inbox, &mut channels, backoff).await {
                 return;
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -265,7 +311,7 @@ async fn subscriber_actor(
                         break;
                     }
                 }
-                command = commands_rx.recv() => {
+                command = inbox.commands_rx.recv() => {
                     let Some(command) = command else { return };
                     let result = match command {
                         Command::Subscribe(added, done) => {
@@ -279,13 +325,17 @@ async fn subscriber_actor(
                             }
                             ok
                         }
-                        Command::Unsubscribe(removed, done) => {
+                        Command::Unsubscribe => {
+                            let removed = inbox.leaving.take();
                             for channel in &removed {
                                 channels.remove(channel);
                             }
-                            let result = tokio::time::timeout(OPERATION_TIMEOUT, redis_sink.unsubscribe(&removed)).await;
-                            let _ = done.send(Ok(()));
-                            matches!(result, Ok(Ok(())))
+                            if removed.is_empty() {
+                                true
+                            } else {
+                                let result = tokio::time::timeout(OPERATION_TIMEOUT, redis_sink.unsubscribe(&removed)).await;
+                                matches!(result, Ok(Ok(())))
+                            }
                         }
                     };
                     if !result {
@@ -322,7 +372,7 @@ async fn resubscribe_all(
 /// While Redis is unreachable: answer subscribes with `Unavailable` and apply unsubscribes to
 /// the wanted set, for `wait`. Returns false when the subscriber was dropped.
 async fn refuse_commands_for(
-    commands_rx: &mut mpsc::Receiver<Command>,
+    inbox: &mut Inbox,
     channels: &mut HashSet<String>,
     wait: Duration,
 ) -> bool {
@@ -331,16 +381,15 @@ async fn refuse_commands_for(
     loop {
         tokio::select! {
             () = &mut deadline => return true,
-            command = commands_rx.recv() => match command {
+            command = inbox.commands_rx.recv() => match command {
                 None => return false,
                 Some(Command::Subscribe(_, done)) => {
                     let _ = done.send(Err(unavailable("redis is unreachable")));
                 }
-                Some(Command::Unsubscribe(removed, done)) => {
-                    for channel in &removed {
-                        channels.remove(channel);
+                Some(Command::Unsubscribe) => {
+                    for channel in inbox.leaving.take() {
+                        channels.remove(&channel);
                     }
-                    let _ = done.send(Ok(()));
                 }
             }
         }
