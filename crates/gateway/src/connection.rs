@@ -275,6 +275,8 @@ async fn run<S>(
         remote,
         gateway.config.outbound_queue,
     ));
+    // The idle clock starts now, not at the gateway's start.
+    session.touch(gateway.hub.now_ms());
     gateway.hub.add_connection(&session);
     tracing::debug!(conn.id = conn_id, peer.addr = %session.remote, "connected");
     let writer = tokio::spawn(write_loop(sink, Arc::clone(&session), Arc::clone(&gateway)));

@@ -155,6 +155,14 @@ impl Gateway {
         }
     }
 
+    /// Removes one of this gateway's sessions from the registry at once (with retries),
+    /// outside the batches: for a login being rolled back, whose client may retry with the
+    /// same session id as soon as it has its answer.
+    pub async fn unregister_now(&self, session_id: &str) {
+        let session_ids = vec![session_id.to_owned()];
+        unregister_batch(&self.services, &self.config.gateway_id, session_ids).await;
+    }
+
     /// Waits until every session queued for unregistering so far has been sent.
     pub async fn flush_unregistrations(&self) {
         let (done_tx, done_rx) = oneshot::channel();

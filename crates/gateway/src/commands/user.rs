@@ -160,8 +160,9 @@ pub(crate) async fn login(
     if let Err(status) = registered {
         gateway.hub.remove_session(&reply.session_id);
         if !matches!(status.code(), Code::AlreadyExists | Code::ResourceExhausted) {
-            // The registry may have stored it before the call failed: take it back.
-            gateway.unregister(&reply.session_id).await;
+            // The registry may have stored it before the call failed: take it back before
+            // answering, so a retried login cannot be undone by a late unregister.
+            gateway.unregister_now(&reply.session_id).await;
         }
         return Err(match status.code() {
             Code::AlreadyExists => duplicated(),
@@ -197,7 +198,7 @@ pub(crate) async fn login(
     if let Err(error) = gateway.hub.add_routes(&automatic, &session).await {
         tracing::warn!(%error, "automatic subscriptions failed");
         gateway.hub.remove_session(&reply.session_id);
-        gateway.unregister(&reply.session_id).await;
+        gateway.unregister_now(&reply.session_id).await;
         return Err(ApiError::unavailable("event broker").into());
     }
     for subscription in automatic {
