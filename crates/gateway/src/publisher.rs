@@ -86,7 +86,7 @@ impl Publisher {
     /// Queues a publish; its reply is sent to the session when its batch completes.
     pub(crate) async fn submit(&self, job: PublishJob) {
         if let Err(mpsc::error::SendError(job)) = self.jobs_tx.send(job).await {
-            job.answer(Err(Failure::Api(ApiError::unavailable("event bus"))));
+            job.answer(Err(Failure::Api(ApiError::unavailable("event publisher"))));
         }
     }
 }
@@ -199,6 +199,14 @@ impl Target {
         }
     }
 
+    /// What a client's `unavailable` names when this end fails.
+    fn service_name(&self) -> &'static str {
+        match self {
+            Self::Broker { .. } => "event broker",
+            Self::Bus(_) => "event bus",
+        }
+    }
+
     async fn publish(&mut self, batch: PublishBatchRequest) -> Result<PublishBatchReply, Status> {
         match self {
             Self::Broker {
@@ -243,7 +251,7 @@ async fn batch_loop(route: PublishRoute, mut jobs_rx: mpsc::Receiver<PublishJob>
                 }
             }
             Err(status) => {
-                let error = status_to_api_error(&status, "event bus");
+                let error = status_to_api_error(&status, target.service_name());
                 for job in jobs.drain(..) {
                     job.answer(Err(Failure::Api(error.clone())));
                 }
