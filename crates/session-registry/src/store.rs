@@ -71,13 +71,7 @@ impl Store {
         session_id: &str,
         gateway_id: &str,
     ) -> Result<(), RegistryError> {
-        match self {
-            Self::Memory(store) => {
-                store.unregister(session_id, gateway_id);
-                Ok(())
-            }
-            Self::Redis(store) => store.unregister(session_id, gateway_id).await,
-        }
+        self.unregister_many(&[session_id], gateway_id).await
     }
 
     /// Removes every session of `session_ids` present and held by `gateway_id` ("" matches
