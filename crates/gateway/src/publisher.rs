@@ -141,65 +141,34 @@ impl BusStream {
     }
 }
 
-/// The bus end of the batching task: one `PublishStream`, reopened after a failure.
-struct ViaBus {
-    services: Services,
-    stream: Option<BusStream>,
-}
-
-impl ViaBus {
-    async fn publish(&mut self, batch: PublishBatchRequest) -> Result<PublishBatchReply, Status> {
-        let deadline = self.services.rpc_timeout;
-        let outcome = match self.stream.as_mut() {
-            Some(open) => open.publish(batch, deadline).await,
-            None => match tokio::time::timeout(deadline, BusStream::open(&self.services)).await {
-                Ok(Ok(mut opened)) => {
-                    let outcome = opened.publish(batch, deadline).await;
-                    self.stream = Some(opened);
-                    outcome
-                }
-                Ok(Err(status)) => Err(status),
-                Err(_) => Err(Status::unavailable("event bus did not answer")),
-            },
-        };
-        if outcome.is_err() {
-            // A failed stream is not reused: the next batch opens a new one.
-            self.stream = None;
-        }
-        outcome
+/// Sends one batch to the bus over `stream`, opening one first if there is none; a stream
+/// that failed is dropped, so the next batch opens a new one.
+async fn publish_via_bus(
+    services: &Services,
+    stream: &mut Option<BusStream>,
+    batch: PublishBatchRequest,
+) -> Result<PublishBatchReply, Status> {
+    let deadline = services.rpc_timeout;
+    let outcome = match stream.as_mut() {
+        Some(open) => open.publish(batch, deadline).await,
+        None => match tokio::time::timeout(deadline, BusStream::open(services)).await {
+            Ok(Ok(mut opened)) => {
+                let outcome = opened.publish(batch, deadline).await;
+                *stream = Some(opened);
+                outcome
+            }
+            Ok(Err(status)) => Err(status),
+            Err(_) => Err(Status::unavailable("event bus did not answer")),
+        },
+    };
+    if outcome.is_err() {
+        *stream = None;
     }
+    outcome
 }
 
-/// The batching task's end of a [`PublishRoute`].
-enum Target {
-    Broker {
-        broker: Broker,
-        policy: Arc<Policy>,
-        deadline: Duration,
-    },
-    Bus(Box<ViaBus>),
-}
-
-impl Target {
-    fn new(route: PublishRoute) -> Self {
-        match route {
-            PublishRoute::Broker {
-                broker,
-                policy,
-                deadline,
-            } => Self::Broker {
-                broker,
-                policy,
-                deadline,
-            },
-            PublishRoute::Bus(services) => Self::Bus(Box::new(ViaBus {
-                services: *services,
-                stream: None,
-            })),
-        }
-    }
-
-    /// What a client's `unavailable` names when this end fails.
+impl PublishRoute {
+    /// What a client's `unavailable` names when this route fails.
     fn service_name(&self) -> &'static str {
         match self {
             Self::Broker { .. } => "event broker",
@@ -207,7 +176,12 @@ impl Target {
         }
     }
 
-    async fn publish(&mut self, batch: PublishBatchRequest) -> Result<PublishBatchReply, Status> {
+    /// Publishes one batch; `bus_stream` is the open `PublishStream` of a bus route.
+    async fn publish(
+        &self,
+        bus_stream: &mut Option<BusStream>,
+        batch: PublishBatchRequest,
+    ) -> Result<PublishBatchReply, Status> {
         match self {
             Self::Broker {
                 broker,
@@ -219,7 +193,7 @@ impl Target {
                     .await
                     .unwrap_or_else(|_| Err(Status::unavailable("event broker did not answer")))
             }
-            Self::Bus(bus) => bus.publish(batch).await,
+            Self::Bus(services) => publish_via_bus(services, bus_stream, batch).await,
         }
     }
 }
@@ -228,13 +202,15 @@ impl Target {
 /// once the batch is done.
 async fn batch_loop(route: PublishRoute, mut jobs_rx: mpsc::Receiver<PublishJob>) {
     let mut jobs: Vec<PublishJob> = Vec::with_capacity(MAX_BATCH);
-    let mut target = Target::new(route);
+    let mut bus_stream: Option<BusStream> = None;
     while jobs_rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
         let events = jobs
             .iter_mut()
             .map(|job| std::mem::take(&mut job.request))
             .collect();
-        let outcome = target.publish(PublishBatchRequest { events }).await;
+        let outcome = route
+            .publish(&mut bus_stream, PublishBatchRequest { events })
+            .await;
         match outcome {
             Ok(reply) => {
                 let results = reply.results;
@@ -251,7 +227,7 @@ async fn batch_loop(route: PublishRoute, mut jobs_rx: mpsc::Receiver<PublishJob>
                 }
             }
             Err(status) => {
-                let error = status_to_api_error(&status, target.service_name());
+                let error = status_to_api_error(&status, route.service_name());
                 for job in jobs.drain(..) {
                     job.answer(Err(Failure::Api(error.clone())));
                 }
