@@ -69,18 +69,22 @@ impl Routes {
         }
     }
 
-    /// Removes the route of `conn_id`; returns (whether it was there, whether none is left).
-    fn remove(&mut self, conn_id: u64) -> (bool, bool) {
+    /// Removes the route of `conn_id`; true when that was the channel's last route. A map
+    /// left with one route goes back to [`Routes::One`], so `Many` always holds two or more.
+    fn remove(&mut self, conn_id: u64) -> bool {
         match self {
-            Self::One(known, _) => (*known == conn_id, *known == conn_id),
+            Self::One(known, _) => *known == conn_id,
             Self::Many(many) => {
-                let removed = many.remove(&conn_id).is_some();
-                if many.len() == 1
-                    && let Some((&last_id, last)) = many.iter().next()
-                {
-                    *self = Self::One(last_id, last.clone());
+                many.remove(&conn_id);
+                let last = if many.len() == 1 {
+                    many.drain().next()
+                } else {
+                    None
+                };
+                if let Some((last_id, last)) = last {
+                    *self = Self::One(last_id, last);
                 }
-                (removed, matches!(self, Self::Many(many) if many.is_empty()))
+                false
             }
         }
     }
@@ -298,11 +302,11 @@ impl Hub {
         let Some(routes) = index.get_mut(channel) else {
             return false;
         };
-        let (removed, none_left) = routes.remove(conn_id);
-        if removed && none_left {
+        let emptied = routes.remove(conn_id);
+        if emptied {
             index.remove(channel);
         }
-        removed && none_left
+        emptied
     }
 
     /// Routes one broker message to the local subscribers of `channel`.
@@ -471,4 +475,50 @@ fn session_stopped() -> ApiError {
         ErrorCode::SessionStopped,
         "the session ended before it answered",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(conn_id: u64) -> Route {
+        Route {
+            session: Arc::new(SessionHandle::new(conn_id, String::new(), String::new(), 4)),
+            body: empty_body(),
+        }
+    }
+
+    fn conn_ids(routes: &Routes) -> Vec<u64> {
+        let mut ids = Vec::new();
+        routes.for_each(|route| ids.push(route.session.conn_id));
+        ids.sort_unstable();
+        ids
+    }
+
+    #[test]
+    fn test_routes_grow_into_a_map_and_shrink_back() {
+        let mut routes = Routes::One(1, route(1));
+        routes.insert(1, route(1));
+        assert_eq!(
+            conn_ids(&routes),
+            [1],
+            "the same connection replaces its route"
+        );
+        routes.insert(2, route(2));
+        routes.insert(3, route(3));
+        assert!(matches!(routes, Routes::Many(_)));
+        assert_eq!(conn_ids(&routes), [1, 2, 3]);
+        assert!(
+            !routes.remove(9),
+            "an unknown connection leaves the routes as they are"
+        );
+        assert!(!routes.remove(1));
+        assert!(!routes.remove(3));
+        assert!(
+            matches!(routes, Routes::One(2, _)),
+            "one route left needs no map"
+        );
+        assert!(!routes.remove(1));
+        assert!(routes.remove(2), "the last route empties the channel");
+    }
 }

@@ -103,8 +103,8 @@ pub struct SessionHandle {
     kill: CancellationToken,
     kill_reason: Mutex<Option<(u16, String)>>,
     closing: AtomicBool,
-    /// When the client last sent a frame (ms on the hub clock); the writer closes the
-    /// connection after `idle_timeout` without one.
+    /// When the client last sent a frame, or else when the connection opened (ms on the hub
+    /// clock); the writer closes the connection after `idle_timeout` without one.
     last_seen_ms: AtomicU64,
     /// When the writer's current socket write began (ms on the hub clock), 0 when idle; the
     /// gateway's watchdog kills connections whose write stalls.
@@ -226,7 +226,7 @@ impl SessionHandle {
         self.last_seen_ms.store(now_ms, Ordering::Relaxed);
     }
 
-    /// When the client last sent a frame (0: never).
+    /// When the client last sent a frame, or else when the connection opened.
     pub(crate) fn last_seen_ms(&self) -> u64 {
         self.last_seen_ms.load(Ordering::Relaxed)
     }
