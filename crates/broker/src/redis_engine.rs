@@ -150,79 +150,102 @@ impl RedisBroker {
 
     pub(crate) fn subscriber(&self, sink: Arc<dyn Deliver>) -> RedisSubscriber {
         let (commands_tx, commands_rx) = mpsc::channel(1024);
-        let leaving = Arc::new(Leaving::default());
         tokio::spawn(subscriber_actor(
             self.client.clone(),
             Inbox {
                 commands_rx,
-                leaving: Arc::clone(&leaving),
+                held: None,
             },
             sink,
             self.health_check_interval,
             Arc::clone(&self.reconnections),
         ));
-        RedisSubscriber {
-            commands_tx,
-            leaving,
-        }
+        RedisSubscriber { commands_tx }
     }
 }
 
-/// A request to the subscriber actor; several channels go in one SUBSCRIBE/UNSUBSCRIBE.
+/// A request to the subscriber actor.
 enum Command {
     Subscribe(Vec<String>, oneshot::Sender<Result<(), BrokerError>>),
-    /// Unsubscribe whatever [`Leaving`] holds now.
-    Unsubscribe,
+    /// Nobody waits for an unsubscribe.
+    Unsubscribe(Vec<String>),
 }
 
-/// Channels to unsubscribe, gathered between two UNSUBSCRIBEs: nobody waits for an
-/// unsubscribe, and the unsubscribes queued while the actor is busy go out as one command.
-#[derive(Debug, Default)]
-struct Leaving(std::sync::Mutex<Vec<String>>);
-
-impl Leaving {
-    /// Adds channels; true when the list was empty (a [`Command::Unsubscribe`] is then due).
-    fn add(&self, channels: &[String]) -> bool {
-        let mut leaving = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let was_empty = leaving.is_empty();
-        leaving.extend_from_slice(channels);
-        was_empty
-    }
-
-    fn take(&self) -> Vec<String> {
-        std::mem::take(
-            &mut *self
-                .0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
-    }
+/// Commands of one kind that were queued back to back, applied as one SUBSCRIBE or
+/// UNSUBSCRIBE: under load (logins, closes) the commands that queue while the actor waits
+/// for Redis go out together, and an idle gateway still sends each one at once.
+enum Batch {
+    Subscribe {
+        channels: Vec<String>,
+        waiters: Vec<oneshot::Sender<Result<(), BrokerError>>>,
+    },
+    Unsubscribe(Vec<String>),
 }
+
+/// Most commands gathered into one [`Batch`].
+const MAX_BATCH_COMMANDS: usize = 256;
 
 /// The actor's end of a [`RedisSubscriber`].
 struct Inbox {
     commands_rx: mpsc::Receiver<Command>,
-    leaving: Arc<Leaving>,
+    /// A command taken while gathering a batch of the other kind; it comes next.
+    held: Option<Command>,
+}
+
+impl Inbox {
+    /// The next command, in the order they were sent. Cancel-safe.
+    async fn recv(&mut self) -> Option<Command> {
+        if let Some(command) = self.held.take() {
+            return Some(command);
+        }
+        self.commands_rx.recv().await
+    }
+
+    /// `first` and the commands of its kind queued right behind it. A command of the other
+    /// kind ends the batch and is kept for next, so the order of commands is the order of
+    /// Redis operations: a subscribe is never overtaken by an earlier unsubscribe.
+    fn gather(&mut self, first: Command) -> Batch {
+        let mut batch = match first {
+            Command::Subscribe(channels, done) => Batch::Subscribe {
+                channels,
+                waiters: vec![done],
+            },
+            Command::Unsubscribe(channels) => Batch::Unsubscribe(channels),
+        };
+        for _ in 1..MAX_BATCH_COMMANDS {
+            let Ok(command) = self.commands_rx.try_recv() else {
+                break;
+            };
+            match (&mut batch, command) {
+                (Batch::Subscribe { channels, waiters }, Command::Subscribe(more, done)) => {
+                    channels.extend(more);
+                    waiters.push(done);
+                }
+                (Batch::Unsubscribe(channels), Command::Unsubscribe(more)) => channels.extend(more),
+                (_, other) => {
+                    self.held = Some(other);
+                    break;
+                }
+            }
+        }
+        batch
+    }
 }
 
 /// A gateway's pub/sub connection, driven by its actor; the actor stops when this is dropped.
 #[derive(Debug)]
 pub struct RedisSubscriber {
     commands_tx: mpsc::Sender<Command>,
-    leaving: Arc<Leaving>,
 }
 
 impl RedisSubscriber {
-    async fn call(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<(), BrokerError>>) -> Command,
-    ) -> Result<(), BrokerError> {
+    pub(crate) async fn subscribe(&self, channels: &[String]) -> Result<(), BrokerError> {
+        if channels.is_empty() {
+            return Ok(());
+        }
         let (done_tx, done_rx) = oneshot::channel();
         self.commands_tx
-            .send(make(done_tx))
+            .send(Command::Subscribe(channels.to_vec(), done_tx))
             .await
             .map_err(|_| unavailable("subscriber stopped"))?;
         done_rx
@@ -230,22 +253,14 @@ impl RedisSubscriber {
             .map_err(|_| unavailable("subscriber stopped"))?
     }
 
-    pub(crate) async fn subscribe(&self, channels: &[String]) -> Result<(), BrokerError> {
-        if channels.is_empty() {
-            return Ok(());
-        }
-        let channels = channels.to_vec();
-        self.call(|done| Command::Subscribe(channels, done)).await
-    }
-
     /// Queues an unsubscribe without waiting for Redis. Commands are applied in order, so a
     /// later subscribe of the same channel is never overtaken by it.
     pub(crate) async fn unsubscribe(&self, channels: &[String]) -> Result<(), BrokerError> {
-        if channels.is_empty() || !self.leaving.add(channels) {
+        if channels.is_empty() {
             return Ok(());
         }
         self.commands_tx
-            .send(Command::Unsubscribe)
+            .send(Command::Unsubscribe(channels.to_vec()))
             .await
             .map_err(|_| unavailable("subscriber stopped"))
     }
@@ -311,34 +326,9 @@ async fn subscriber_actor(
                         break;
                     }
                 }
-                command = inbox.commands_rx.recv() => {
+                command = inbox.recv() => {
                     let Some(command) = command else { return };
-                    let result = match command {
-                        Command::Subscribe(added, done) => {
-                            let result = tokio::time::timeout(OPERATION_TIMEOUT, redis_sink.subscribe(&added)).await;
-                            let ok = matches!(result, Ok(Ok(())));
-                            if ok {
-                                channels.extend(added);
-                                let _ = done.send(Ok(()));
-                            } else {
-                                let _ = done.send(Err(unavailable("redis subscribe failed")));
-                            }
-                            ok
-                        }
-                        Command::Unsubscribe => {
-                            let removed = inbox.leaving.take();
-                            for channel in &removed {
-                                channels.remove(channel);
-                            }
-                            if removed.is_empty() {
-                                true
-                            } else {
-                                let result = tokio::time::timeout(OPERATION_TIMEOUT, redis_sink.unsubscribe(&removed)).await;
-                                matches!(result, Ok(Ok(())))
-                            }
-                        }
-                    };
-                    if !result {
+                    if !apply(inbox.gather(command), &mut redis_sink, &mut channels).await {
                         break;
                     }
                 }
@@ -351,6 +341,44 @@ async fn subscriber_actor(
             }
         }
         tracing::warn!("redis subscriber connection lost, reconnecting");
+    }
+}
+
+/// Sends one batch to Redis and records it in the wanted set; false when the connection
+/// failed (the subscribers of a failed SUBSCRIBE are told, and the actor reconnects).
+async fn apply(
+    batch: Batch,
+    redis_sink: &mut redis::aio::PubSubSink,
+    channels: &mut HashSet<String>,
+) -> bool {
+    match batch {
+        Batch::Subscribe {
+            channels: added,
+            waiters,
+        } => {
+            let result =
+                tokio::time::timeout(OPERATION_TIMEOUT, redis_sink.subscribe(&added)).await;
+            let ok = matches!(result, Ok(Ok(())));
+            if ok {
+                channels.extend(added);
+            }
+            for done in waiters {
+                let _ = done.send(if ok {
+                    Ok(())
+                } else {
+                    Err(unavailable("redis subscribe failed"))
+                });
+            }
+            ok
+        }
+        Batch::Unsubscribe(removed) => {
+            for channel in &removed {
+                channels.remove(channel);
+            }
+            let result =
+                tokio::time::timeout(OPERATION_TIMEOUT, redis_sink.unsubscribe(&removed)).await;
+            matches!(result, Ok(Ok(())))
+        }
     }
 }
 
@@ -381,14 +409,14 @@ async fn refuse_commands_for(
     loop {
         tokio::select! {
             () = &mut deadline => return true,
-            command = inbox.commands_rx.recv() => match command {
+            command = inbox.recv() => match command {
                 None => return false,
                 Some(Command::Subscribe(_, done)) => {
                     let _ = done.send(Err(unavailable("redis is unreachable")));
                 }
-                Some(Command::Unsubscribe) => {
-                    for channel in inbox.leaving.take() {
-                        channels.remove(&channel);
+                Some(Command::Unsubscribe(removed)) => {
+                    for channel in &removed {
+                        channels.remove(channel);
                     }
                 }
             }

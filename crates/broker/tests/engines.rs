@@ -82,6 +82,46 @@ async fn suite(broker: Broker) {
         .expect("publish");
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(first.take().is_empty(), "nothing after unsubscribe");
+    queued_commands(&broker).await;
+}
+
+/// Commands sent back to back, without waiting between them, are applied in the order sent,
+/// however the engine groups them.
+async fn queued_commands(broker: &Broker) {
+    let recorder = Arc::new(Recorder::default());
+    let sub = broker.subscriber(recorder.clone());
+    sub.subscribe("x").await.expect("subscribe");
+    // Leave, come back and leave again: x must end unsubscribed.
+    let leave = ["x".to_owned()];
+    let (left, back, left_again) = tokio::join!(
+        sub.unsubscribe_many(&leave),
+        sub.subscribe("x"),
+        sub.unsubscribe_many(&leave)
+    );
+    left.and(back).and(left_again).expect("commands");
+    // Fifty subscribes queued at once all land.
+    let channels: Vec<String> = (0..50).map(|n| format!("many-{n}")).collect();
+    let subscribed =
+        futures_util::future::join_all(channels.iter().map(|channel| sub.subscribe(channel))).await;
+    assert!(subscribed.iter().all(Result::is_ok), "{subscribed:?}");
+    let mut targets = channels.clone();
+    targets.push("x".to_owned());
+    broker
+        .publish(&targets, Bytes::from_static(b"3"))
+        .await
+        .expect("publish");
+    let mut got: Vec<String> = recorder
+        .wait_for(channels.len())
+        .await
+        .into_iter()
+        .map(|(channel, _)| channel)
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    got.extend(recorder.take().into_iter().map(|(channel, _)| channel));
+    got.sort();
+    let mut expected = channels;
+    expected.sort();
+    assert_eq!(got, expected, "every queued subscribe, and x left");
 }
 
 #[tokio::test]
