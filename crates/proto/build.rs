@@ -9,7 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::env::set_var("PROTOC", protoc);
     }
     let root = "../../proto".to_owned();
-    let files = ["auth", "registry", "bus", "gateway"]
+    let files = ["calls", "auth", "registry", "bus", "gateway"]
         .map(|name| format!("{root}/switchboard/v1/{name}.proto"));
     println!("cargo:rerun-if-changed={root}");
     tonic_prost_build::configure().compile_protos(&files, &[root])?;

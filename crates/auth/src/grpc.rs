@@ -2,11 +2,12 @@
 
 use std::future::Future;
 
+use switchboard_proto::calls::{self, Answers};
 use switchboard_proto::internal::InternalSecret;
 use switchboard_proto::v1::auth_server::{Auth, AuthServer};
-use switchboard_proto::v1::{LoginReply, LoginRequest};
+use switchboard_proto::v1::{LoginAnswer, LoginCall, LoginReply, LoginRequest};
 use tokio::net::TcpListener;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::service::{Attempt, AuthError, Authenticator};
 
@@ -36,6 +37,8 @@ impl From<AuthError> for Status {
 
 #[tonic::async_trait]
 impl Auth for GrpcAuthService {
+    type LoginStreamStream = Answers<LoginAnswer>;
+
     async fn login(&self, request: Request<LoginRequest>) -> Result<Response<LoginReply>, Status> {
         let request = request.into_inner();
         let identity = self
@@ -57,6 +60,25 @@ impl Auth for GrpcAuthService {
             roles: identity.roles,
             expires_at: identity.expires_at.unwrap_or_default(),
         }))
+    }
+
+    async fn login_stream(
+        &self,
+        request: Request<Streaming<LoginCall>>,
+    ) -> Result<Response<Self::LoginStreamStream>, Status> {
+        let service = self.clone();
+        Ok(Response::new(calls::serve(
+            request.into_inner(),
+            move |login: LoginRequest| {
+                let service = service.clone();
+                async move {
+                    service
+                        .login(Request::new(login))
+                        .await
+                        .map(Response::into_inner)
+                }
+            },
+        )))
     }
 }
 

@@ -4,11 +4,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use switchboard_proto::calls::CallStream;
 use switchboard_proto::internal::{InternalSecret, SecuredChannel};
 use switchboard_proto::v1::auth_client::AuthClient;
 use switchboard_proto::v1::event_bus_client::EventBusClient;
 use switchboard_proto::v1::session_control_client::SessionControlClient;
 use switchboard_proto::v1::session_registry_client::SessionRegistryClient;
+use switchboard_proto::v1::{LoginAnswer, LoginCall, RegisterAnswer, RegisterCall};
 use switchboard_protocol::{ApiError, ErrorCode};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
@@ -46,8 +48,13 @@ fn lazy_channel(address: &str) -> Result<Channel, AddressError> {
 pub struct Services {
     /// Auth service.
     pub auth: AuthClient<SecuredChannel>,
+    /// Logins, over one long-lived `LoginStream` (each with the `rpc_timeout` deadline).
+    pub logins: Arc<CallStream<LoginCall, LoginAnswer>>,
     /// Session registry.
     pub registry: SessionRegistryClient<SecuredChannel>,
+    /// Registrations, over one long-lived `RegisterStream` (each with the `rpc_timeout`
+    /// deadline).
+    pub registrations: Arc<CallStream<RegisterCall, RegisterAnswer>>,
     /// Event bus.
     pub bus: EventBusClient<SecuredChannel>,
     controls: Arc<Mutex<HashMap<String, SessionControlClient<SecuredChannel>>>>,
@@ -69,9 +76,27 @@ impl Services {
         rpc_timeout: Duration,
         secret: &InternalSecret,
     ) -> Result<Self, AddressError> {
+        let auth = AuthClient::new(secret.channel(lazy_channel(auth_url)?));
+        let registry = SessionRegistryClient::new(secret.channel(lazy_channel(registry_url)?));
+        let logins = {
+            let auth = auth.clone();
+            CallStream::new(rpc_timeout, move |calls| {
+                let mut auth = auth.clone();
+                Box::pin(async move { Ok(auth.login_stream(calls).await?.into_inner()) })
+            })
+        };
+        let registrations = {
+            let registry = registry.clone();
+            CallStream::new(rpc_timeout, move |calls| {
+                let mut registry = registry.clone();
+                Box::pin(async move { Ok(registry.register_stream(calls).await?.into_inner()) })
+            })
+        };
         Ok(Self {
-            auth: AuthClient::new(secret.channel(lazy_channel(auth_url)?)),
-            registry: SessionRegistryClient::new(secret.channel(lazy_channel(registry_url)?)),
+            auth,
+            logins: Arc::new(logins),
+            registry,
+            registrations: Arc::new(registrations),
             bus: EventBusClient::new(secret.channel(lazy_channel(bus_url)?)),
             controls: Arc::new(Mutex::new(HashMap::new())),
             secret: secret.clone(),

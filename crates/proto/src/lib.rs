@@ -10,4 +10,5 @@ pub mod v1 {
     tonic::include_proto!("switchboard.v1");
 }
 
+pub mod calls;
 pub mod internal;

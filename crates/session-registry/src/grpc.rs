@@ -2,16 +2,17 @@
 
 use std::future::Future;
 
+use switchboard_proto::calls::{self, Answers};
 use switchboard_proto::internal::InternalSecret;
 use switchboard_proto::v1::session_registry_server::{SessionRegistry, SessionRegistryServer};
 use switchboard_proto::v1::{
     GetUserReply, GetUserRequest, HeartbeatReply, HeartbeatRequest, ListUsersReply,
-    ListUsersRequest, LookupReply, LookupRequest, RegisterReply, RegisterRequest,
-    UnregisterManyRequest, UnregisterReply, UnregisterRequest, UserSessions,
+    ListUsersRequest, LookupReply, LookupRequest, RegisterAnswer, RegisterCall, RegisterReply,
+    RegisterRequest, UnregisterManyRequest, UnregisterReply, UnregisterRequest, UserSessions,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::Config;
 use crate::store::{RegistryError, Store};
@@ -51,6 +52,8 @@ impl From<RegistryError> for Status {
 
 #[tonic::async_trait]
 impl SessionRegistry for GrpcRegistryService {
+    type RegisterStreamStream = Answers<RegisterAnswer>;
+
     async fn register(
         &self,
         request: Request<RegisterRequest>,
@@ -66,6 +69,25 @@ impl SessionRegistry for GrpcRegistryService {
             .register_limited(session, self.max_sessions_per_user)
             .await?;
         Ok(Response::new(RegisterReply {}))
+    }
+
+    async fn register_stream(
+        &self,
+        request: Request<Streaming<RegisterCall>>,
+    ) -> Result<Response<Self::RegisterStreamStream>, Status> {
+        let service = self.clone();
+        Ok(Response::new(calls::serve(
+            request.into_inner(),
+            move |register: RegisterRequest| {
+                let service = service.clone();
+                async move {
+                    service
+                        .register(Request::new(register))
+                        .await
+                        .map(Response::into_inner)
+                }
+            },
+        )))
     }
 
     async fn unregister(

@@ -270,8 +270,28 @@ async fn test_redis_restart_delivery_resumes_without_restarts() {
     }
 }
 
+/// Logs in as admin at gateway `index` until it works or `within` has passed.
+async fn until_login(cluster: &Cluster, index: usize, within: Duration) -> Option<Client> {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        let mut client = Client::connect(&cluster.ws_url(index)).await;
+        let reply = client
+            .request(
+                "user",
+                "login",
+                json!({"user": "admin", "password": CLUSTER_ADMIN_PASSWORD}),
+            )
+            .await;
+        if reply["result"] == "ok" {
+            return Some(client);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_registry_and_bus_restart() {
+async fn test_registry_auth_and_bus_restart() {
     let mut cluster = Cluster::start(2);
     let mut a = admin_at(&cluster, 0).await;
     a.ok("event", "subscribe", json!({"class": "z"})).await;
@@ -301,6 +321,31 @@ async fn test_registry_and_bus_restart() {
         reply["data"]["admin"],
         json!([a.session_id]),
         "state survived in Redis"
+    );
+    // Logins travel on long-lived streams to auth and the registry; a restarted service is
+    // found again by the next login.
+    let relogin = until_login(&cluster, 1, Duration::from_secs(10)).await;
+    assert!(
+        relogin.is_some(),
+        "login through gateway 1 after the registry restart"
+    );
+    cluster.kill("auth");
+    let mut refused = Client::connect(&cluster.ws_url(0)).await;
+    assert_eq!(
+        refused
+            .error_code(
+                "user",
+                "login",
+                json!({"user": "admin", "password": CLUSTER_ADMIN_PASSWORD})
+            )
+            .await,
+        "unavailable"
+    );
+    cluster.restart("auth");
+    let relogin = until_login(&cluster, 0, Duration::from_secs(10)).await;
+    assert!(
+        relogin.is_some(),
+        "login through gateway 0 after the auth restart"
     );
 
     // Gateway 0 publishes into Redis itself: the bus going away does not concern it.

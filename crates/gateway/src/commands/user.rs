@@ -58,17 +58,16 @@ async fn authenticate(
     session: &SessionHandle,
     credentials: &Credentials<'_>,
 ) -> Result<LoginReply, ApiError> {
-    let reply = gateway
+    gateway
         .services
-        .auth
-        .clone()
-        .login(gateway.services.request(LoginRequest {
+        .logins
+        .call(LoginRequest {
             service: session.service.clone(),
             user: credentials.user.to_owned(),
             password: credentials.password.to_owned(),
             session_id: credentials.session_id.to_owned(),
             remote: session.remote.clone(),
-        }))
+        })
         .await
         .map_err(|status| match status.code() {
             Code::Unauthenticated => ApiError::new(
@@ -80,8 +79,7 @@ async fn authenticate(
                 "too many login attempts, retry later",
             ),
             _ => status_to_api_error(&status, "auth"),
-        })?;
-    Ok(reply.into_inner())
+        })
 }
 
 /// `user login` on a connection logged in with a token: a new token for the same user
@@ -151,11 +149,10 @@ pub(crate) async fn login(
     );
     let registered = gateway
         .services
-        .registry
-        .clone()
-        .register(gateway.services.request(RegisterRequest {
+        .registrations
+        .call(RegisterRequest {
             session: Some(info),
-        }))
+        })
         .await;
     if let Err(status) = registered {
         gateway.hub.remove_session(&reply.session_id);

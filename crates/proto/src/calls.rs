@@ -1,0 +1,305 @@
+//! Unary calls multiplexed over one long-lived gRPC stream (`LoginStream`, `RegisterStream`;
+//! see `calls.proto`).
+//!
+//! A unary gRPC call opens an HTTP/2 stream: the client encodes headers and writes them apart
+//! from the message, the server wakes for each and routes a new request through its service
+//! stack, and answers with headers, message and trailers. On a stream that stays open a call is
+//! one DATA frame each way. [`CallStream`] is the caller's end (it opens the stream on first use
+//! and again after it fails), [`serve`] the server's (each call runs as its own task, so a slow
+//! one does not hold up the others).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Status, Streaming};
+
+use crate::v1::{
+    CallStatus, LoginAnswer, LoginCall, LoginReply, LoginRequest, RegisterAnswer, RegisterCall,
+    RegisterReply, RegisterRequest,
+};
+
+/// Calls one stream may have in flight on the server; past that it stops reading the stream,
+/// and HTTP/2 flow control holds the caller back.
+pub const MAX_IN_FLIGHT: usize = 1024;
+
+/// A call message: an id and a request.
+pub trait Call: Send + 'static {
+    /// The unary request it carries.
+    type Request: Default + Send + 'static;
+    /// Wraps a request.
+    fn new(id: u64, request: Self::Request) -> Self;
+    /// Unwraps it (a missing request is the default one).
+    fn into_parts(self) -> (u64, Self::Request);
+}
+
+/// An answer message: the id of its call and the call's outcome.
+pub trait Answer: Send + 'static {
+    /// The unary reply it carries.
+    type Reply: Default + Send + 'static;
+    /// Wraps an outcome.
+    fn new(id: u64, outcome: Result<Self::Reply, Status>) -> Self;
+    /// The id of the call it answers.
+    fn id(&self) -> u64;
+    /// Unwraps the outcome.
+    fn into_outcome(self) -> Result<Self::Reply, Status>;
+}
+
+fn status_of<T>(outcome: &Result<T, Status>) -> CallStatus {
+    match outcome {
+        Ok(_) => CallStatus::default(),
+        Err(status) => CallStatus {
+            code: status.code() as i32,
+            message: status.message().to_owned(),
+        },
+    }
+}
+
+fn outcome_of<T: Default>(status: Option<CallStatus>, reply: Option<T>) -> Result<T, Status> {
+    match status {
+        Some(status) if status.code != 0 => {
+            Err(Status::new(Code::from(status.code), status.message))
+        }
+        _ => Ok(reply.unwrap_or_default()),
+    }
+}
+
+macro_rules! call_messages {
+    ($call:ty, $request:ty, $answer:ty, $reply:ty) => {
+        impl Call for $call {
+            type Request = $request;
+            fn new(id: u64, request: $request) -> Self {
+                Self {
+                    id,
+                    request: Some(request),
+                }
+            }
+            fn into_parts(self) -> (u64, $request) {
+                (self.id, self.request.unwrap_or_default())
+            }
+        }
+
+        impl Answer for $answer {
+            type Reply = $reply;
+            fn new(id: u64, outcome: Result<$reply, Status>) -> Self {
+                Self {
+                    id,
+                    status: Some(status_of(&outcome)),
+                    reply: outcome.ok(),
+                }
+            }
+            fn id(&self) -> u64 {
+                self.id
+            }
+            fn into_outcome(self) -> Result<$reply, Status> {
+                outcome_of(self.status, self.reply)
+            }
+        }
+    };
+}
+
+call_messages!(LoginCall, LoginRequest, LoginAnswer, LoginReply);
+call_messages!(RegisterCall, RegisterRequest, RegisterAnswer, RegisterReply);
+
+/// The answers a server streams back.
+pub type Answers<A> = ReceiverStream<Result<A, Status>>;
+
+/// The server's end: runs `handle` for every call read from `calls` and streams the answers
+/// back as they complete.
+pub fn serve<C, A, H, F>(mut calls: Streaming<C>, handle: H) -> Answers<A>
+where
+    C: Call,
+    A: Answer,
+    H: Fn(C::Request) -> F + Send + 'static,
+    F: Future<Output = Result<A::Reply, Status>> + Send + 'static,
+{
+    let (answers_tx, answers_rx) = mpsc::channel(MAX_IN_FLIGHT);
+    tokio::spawn(async move {
+        let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        loop {
+            let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+                return;
+            };
+            let (id, request) = match calls.message().await {
+                Ok(Some(call)) => call.into_parts(),
+                Ok(None) => return,
+                Err(status) => {
+                    tracing::debug!(%status, "call stream ended");
+                    return;
+                }
+            };
+            let answer = handle(request);
+            let answers_tx = answers_tx.clone();
+            tokio::spawn(async move {
+                let outcome = answer.await;
+                let _ = answers_tx.send(Ok(A::new(id, outcome))).await;
+                drop(permit);
+            });
+        }
+    });
+    ReceiverStream::new(answers_rx)
+}
+
+type Opening<A> = Pin<Box<dyn Future<Output = Result<Streaming<A>, Status>> + Send>>;
+type Open<C, A> = dyn Fn(ReceiverStream<C>) -> Opening<A> + Send + Sync;
+type Waiter<A> = oneshot::Sender<Result<<A as Answer>::Reply, Status>>;
+
+/// Calls waiting for their answers on one stream; closed once the stream has ended.
+struct Pending<A: Answer> {
+    waiters: HashMap<u64, Waiter<A>>,
+    closed: bool,
+}
+
+/// One open stream: where calls go, and who waits for answers.
+struct Link<C, A: Answer> {
+    calls_tx: mpsc::Sender<C>,
+    pending: Arc<Mutex<Pending<A>>>,
+}
+
+impl<C, A: Answer> Link<C, A> {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending<A>> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.pending().closed
+    }
+}
+
+/// The caller's end: sends calls over one stream, opened on first use and opened again after
+/// it ends or a call on it times out.
+pub struct CallStream<C: Call, A: Answer> {
+    open: Box<Open<C, A>>,
+    link: tokio::sync::Mutex<Option<Arc<Link<C, A>>>>,
+    next_id: AtomicU64,
+    timeout: Duration,
+}
+
+impl<C: Call, A: Answer> fmt::Debug for CallStream<C, A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallStream")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: Call, A: Answer> CallStream<C, A> {
+    /// A caller that opens its stream with `open`; each call (opening included) may take
+    /// `timeout`.
+    pub fn new<F>(timeout: Duration, open: F) -> Self
+    where
+        F: Fn(ReceiverStream<C>) -> Opening<A> + Send + Sync + 'static,
+    {
+        Self {
+            open: Box::new(open),
+            link: tokio::sync::Mutex::new(None),
+            next_id: AtomicU64::new(1),
+            timeout,
+        }
+    }
+
+    /// Makes one call.
+    ///
+    /// # Errors
+    /// The call's own status; `UNAVAILABLE` when the stream cannot be opened or ends before the
+    /// answer; `DEADLINE_EXCEEDED` after the timeout.
+    pub async fn call(&self, request: C::Request) -> Result<A::Reply, Status> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut used: Option<Arc<Link<C, A>>> = None;
+        let outcome = tokio::time::timeout(self.timeout, async {
+            let link = self.link().await?;
+            used = Some(Arc::clone(&link));
+            let (answer_tx, answer_rx) = oneshot::channel();
+            {
+                let mut pending = link.pending();
+                if pending.closed {
+                    return Err(Status::unavailable("call stream ended"));
+                }
+                pending.waiters.insert(id, answer_tx);
+            }
+            if link.calls_tx.send(C::new(id, request)).await.is_err() {
+                return Err(Status::unavailable("call stream ended"));
+            }
+            answer_rx
+                .await
+                .unwrap_or_else(|_| Err(Status::unavailable("call stream ended")))
+        })
+        .await;
+        match outcome {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                if let Some(link) = used {
+                    link.pending().waiters.remove(&id);
+                    // A stream that stops answering may be cut off without a reset: the next
+                    // call opens a new one (calls in flight on this one still get answers).
+                    self.forget(&link).await;
+                }
+                Err(Status::deadline_exceeded("call timed out"))
+            }
+        }
+    }
+
+    /// The open stream, opening one when there is none (or it has ended).
+    async fn link(&self) -> Result<Arc<Link<C, A>>, Status> {
+        let mut current = self.link.lock().await;
+        if let Some(link) = current.as_ref()
+            && !link.is_closed()
+        {
+            return Ok(Arc::clone(link));
+        }
+        let (calls_tx, calls_rx) = mpsc::channel(MAX_IN_FLIGHT);
+        let answers = (self.open)(ReceiverStream::new(calls_rx)).await?;
+        let pending = Arc::new(Mutex::new(Pending {
+            waiters: HashMap::new(),
+            closed: false,
+        }));
+        tokio::spawn(route_answers(answers, Arc::clone(&pending)));
+        let link = Arc::new(Link { calls_tx, pending });
+        *current = Some(Arc::clone(&link));
+        Ok(link)
+    }
+
+    async fn forget(&self, link: &Arc<Link<C, A>>) {
+        let mut current = self.link.lock().await;
+        if current
+            .as_ref()
+            .is_some_and(|current| Arc::ptr_eq(current, link))
+        {
+            *current = None;
+        }
+    }
+}
+
+/// Hands each answer to its caller; once the stream ends, fails whoever still waits.
+async fn route_answers<A: Answer>(mut answers: Streaming<A>, pending: Arc<Mutex<Pending<A>>>) {
+    let lock = || pending.lock().unwrap_or_else(PoisonError::into_inner);
+    loop {
+        match answers.message().await {
+            Ok(Some(answer)) => {
+                let waiter = lock().waiters.remove(&answer.id());
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(answer.into_outcome());
+                }
+            }
+            Ok(None) => break,
+            Err(status) => {
+                tracing::debug!(%status, "call stream failed");
+                break;
+            }
+        }
+    }
+    let waiters = {
+        let mut pending = lock();
+        pending.closed = true;
+        std::mem::take(&mut pending.waiters)
+    };
+    for waiter in waiters.into_values() {
+        let _ = waiter.send(Err(Status::unavailable("call stream ended")));
+    }
+}
