@@ -224,6 +224,7 @@ impl<C: Call, A: Answer> CallStream<C, A> {
                 pending.waiters.insert(id, answer_tx);
             }
             if link.calls_tx.send(C::new(id, request)).await.is_err() {
+                link.pending().waiters.remove(&id);
                 return Err(Status::unavailable("call stream ended"));
             }
             answer_rx
