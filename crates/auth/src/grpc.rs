@@ -7,6 +7,7 @@ use switchboard_proto::internal::InternalSecret;
 use switchboard_proto::v1::auth_server::{Auth, AuthServer};
 use switchboard_proto::v1::{LoginAnswer, LoginCall, LoginReply, LoginRequest};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::service::{Attempt, AuthError, Authenticator};
@@ -15,12 +16,17 @@ use crate::service::{Attempt, AuthError, Authenticator};
 #[derive(Debug, Clone)]
 pub struct GrpcAuthService {
     authenticator: Authenticator,
+    /// Cancelled when the server shuts down: its `LoginStream`s end.
+    closing: CancellationToken,
 }
 
 impl GrpcAuthService {
     /// Wraps an authenticator.
     pub fn new(authenticator: Authenticator) -> Self {
-        Self { authenticator }
+        Self {
+            authenticator,
+            closing: CancellationToken::new(),
+        }
     }
 }
 
@@ -69,6 +75,7 @@ impl Auth for GrpcAuthService {
         let service = self.clone();
         Ok(Response::new(calls::serve(
             request.into_inner(),
+            self.closing.clone(),
             move |login: LoginRequest| {
                 let service = service.clone();
                 async move {
@@ -92,12 +99,19 @@ pub async fn serve(
     secret: InternalSecret,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    let service = GrpcAuthService::new(authenticator);
+    let closing = service.closing.clone();
     tonic::transport::Server::builder()
         .layer(secret.server_layer())
-        .add_service(AuthServer::new(GrpcAuthService::new(authenticator)))
+        .add_service(AuthServer::new(service))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
+            async move {
+                shutdown.await;
+                // Gateways hold their login streams open: end them, or the graceful shutdown
+                // would wait for the gateways to go first.
+                closing.cancel();
+            },
         )
         .await
 }

@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 /// The tonic service publishing into a broker.
@@ -29,12 +30,18 @@ use tonic::{Request, Response, Status, Streaming};
 pub struct GrpcEventBus {
     broker: Broker,
     policy: Arc<Policy>,
+    /// Cancelled when the server shuts down: its `PublishStream`s end.
+    closing: CancellationToken,
 }
 
 impl GrpcEventBus {
     /// Creates a bus publishing into `broker`, refusing what `policy` does not allow.
     pub fn new(broker: Broker, policy: Arc<Policy>) -> Self {
-        Self { broker, policy }
+        Self {
+            broker,
+            policy,
+            closing: CancellationToken::new(),
+        }
     }
 }
 
@@ -132,9 +139,17 @@ impl EventBus for GrpcEventBus {
         let broker = self.broker.clone();
         let policy = Arc::clone(&self.policy);
         let (replies_tx, replies_rx) = mpsc::channel(STREAM_REPLIES);
+        let closing = self.closing.clone();
         tokio::spawn(async move {
-            // Batches are published one after the other, so their order is kept.
-            while let Ok(Some(batch)) = inbound.message().await {
+            // Batches are published one after the other, so their order is kept. A shutting
+            // down bus takes no more batches and ends the stream; the gateway opens another.
+            loop {
+                let batch = tokio::select! {
+                    biased;
+                    () = closing.cancelled() => break,
+                    batch = inbound.message() => batch,
+                };
+                let Ok(Some(batch)) = batch else { break };
                 let reply = publish_batch(&broker, &policy, batch).await;
                 let failed = reply.is_err();
                 if replies_tx.send(reply).await.is_err() || failed {
@@ -200,12 +215,19 @@ pub async fn serve(
     secret: InternalSecret,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    let bus = GrpcEventBus::new(broker, policy);
+    let closing = bus.closing.clone();
     tonic::transport::Server::builder()
         .layer(secret.server_layer())
-        .add_service(EventBusServer::new(GrpcEventBus::new(broker, policy)))
+        .add_service(EventBusServer::new(bus))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
+            async move {
+                shutdown.await;
+                // Gateways run with `publish_via_bus` hold a publish stream open: end it, or
+                // the graceful shutdown would wait for those gateways to go first.
+                closing.cancel();
+            },
         )
         .await
 }

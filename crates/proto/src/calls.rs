@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status, Streaming};
 
 use crate::v1::{
@@ -111,8 +112,14 @@ call_messages!(RegisterCall, RegisterRequest, RegisterAnswer, RegisterReply);
 pub type Answers<A> = ReceiverStream<Result<A, Status>>;
 
 /// The server's end: runs `handle` for every call read from `calls` and streams the answers
-/// back as they complete.
-pub fn serve<C, A, H, F>(mut calls: Streaming<C>, handle: H) -> Answers<A>
+/// back as they complete. Once `closing` is cancelled (the server is shutting down) it takes no
+/// more calls, answers those it has and ends the stream, so a graceful shutdown does not wait
+/// for the caller to hang up; the caller opens a new stream for its next call.
+pub fn serve<C, A, H, F>(
+    mut calls: Streaming<C>,
+    closing: CancellationToken,
+    handle: H,
+) -> Answers<A>
 where
     C: Call,
     A: Answer,
@@ -126,7 +133,12 @@ where
             let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
                 return;
             };
-            let (id, request) = match calls.message().await {
+            let message = tokio::select! {
+                biased;
+                () = closing.cancelled() => return,
+                message = calls.message() => message,
+            };
+            let (id, request) = match message {
                 Ok(Some(call)) => call.into_parts(),
                 Ok(None) => return,
                 Err(status) => {

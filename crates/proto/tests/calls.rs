@@ -13,6 +13,7 @@ use switchboard_proto::v1::auth_server::{Auth, AuthServer};
 use switchboard_proto::v1::{LoginAnswer, LoginCall, LoginReply, LoginRequest};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -21,6 +22,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 #[derive(Clone, Default)]
 struct SleepyAuth {
     streams_opened: Arc<AtomicUsize>,
+    closing: CancellationToken,
 }
 
 #[tonic::async_trait]
@@ -49,6 +51,7 @@ impl Auth for SleepyAuth {
         let service = self.clone();
         Ok(Response::new(calls::serve(
             request.into_inner(),
+            self.closing.clone(),
             move |login: LoginRequest| {
                 let service = service.clone();
                 async move {
@@ -231,5 +234,31 @@ async fn test_a_timed_out_call_opens_a_new_stream_for_the_next() {
         2,
         "the stream that let a call time out is replaced"
     );
+    server.stop();
+}
+
+#[tokio::test]
+async fn test_a_closing_server_answers_calls_in_flight_then_ends_the_stream() {
+    let (listener, address) = bind();
+    let auth = SleepyAuth::default();
+    let server = Server::start(auth.clone(), listener);
+    let stream = logins(address, Duration::from_secs(5));
+    assert!(stream.call(login("a", 0, "c-1")).await.is_ok());
+
+    let in_flight = stream.call(login("a", 300, "c-2"));
+    let close = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        auth.closing.cancel();
+    };
+    let (in_flight, ()) = tokio::join!(in_flight, close);
+    assert_eq!(
+        in_flight.expect("answered before the end").session_id,
+        "c-2"
+    );
+    // The stream has ended; a new one is refused at once by the closing server, not hung.
+    let started = Instant::now();
+    let after = stream.call(login("a", 0, "c-3")).await;
+    assert_eq!(after.expect_err("closed").code(), Code::Unavailable);
+    assert!(started.elapsed() < Duration::from_secs(1));
     server.stop();
 }

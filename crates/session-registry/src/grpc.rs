@@ -22,6 +22,8 @@ use crate::store::{RegistryError, Store};
 pub struct GrpcRegistryService {
     store: Store,
     max_sessions_per_user: usize,
+    /// Cancelled when the server shuts down: its `RegisterStream`s end.
+    closing: CancellationToken,
 }
 
 impl GrpcRegistryService {
@@ -30,6 +32,7 @@ impl GrpcRegistryService {
         Self {
             store,
             max_sessions_per_user,
+            closing: CancellationToken::new(),
         }
     }
 }
@@ -78,6 +81,7 @@ impl SessionRegistry for GrpcRegistryService {
         let service = self.clone();
         Ok(Response::new(calls::serve(
             request.into_inner(),
+            self.closing.clone(),
             move |register: RegisterRequest| {
                 let service = service.clone();
                 async move {
@@ -187,12 +191,18 @@ pub async fn serve_service(
     secret: InternalSecret,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    let closing = service.closing.clone();
     tonic::transport::Server::builder()
         .layer(secret.server_layer())
         .add_service(SessionRegistryServer::new(service))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
+            async move {
+                shutdown.await;
+                // Gateways hold their register streams open: end them, or the graceful
+                // shutdown would wait for the gateways to go first.
+                closing.cancel();
+            },
         )
         .await
 }

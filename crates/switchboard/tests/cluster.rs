@@ -329,7 +329,11 @@ async fn test_registry_auth_and_bus_restart() {
         relogin.is_some(),
         "login through gateway 1 after the registry restart"
     );
-    cluster.kill("auth");
+    // Gateways hold their login streams open; a stopping auth ends them instead of waiting.
+    assert!(
+        cluster.terminate_within("auth", Duration::from_secs(5)),
+        "auth exits on SIGTERM while gateways hold login streams"
+    );
     let mut refused = Client::connect(&cluster.ws_url(0)).await;
     assert_eq!(
         refused
@@ -351,7 +355,18 @@ async fn test_registry_auth_and_bus_restart() {
     // Gateway 0 publishes into Redis itself: the bus going away does not concern it.
     // Gateway 1 publishes through the bus: its clients get `unavailable` until it is back.
     let mut b = admin_at(&cluster, 1).await;
-    cluster.kill("bus");
+    b.ok(
+        "event",
+        "send_event",
+        json!({"class": "z", "type": "before"}),
+    )
+    .await;
+    assert_eq!(a.event().await["type"], "before");
+    // Gateway 1 holds its publish stream open; a stopping bus ends it instead of waiting.
+    assert!(
+        cluster.terminate_within("bus", Duration::from_secs(5)),
+        "the bus exits on SIGTERM while a gateway holds a publish stream"
+    );
     a.ok(
         "event",
         "send_event",

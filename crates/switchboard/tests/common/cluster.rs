@@ -178,6 +178,26 @@ impl Cluster {
         }
     }
 
+    /// Sends SIGTERM to `name`; true when it exits within `limit` (else it is killed).
+    pub fn terminate_within(&mut self, name: &str, limit: Duration) -> bool {
+        let Some(mut child) = self.services.get_mut(name).and_then(|s| s.child.take()) else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let started = std::time::Instant::now();
+        while started.elapsed() < limit {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
     /// Returns the log of `name` so far.
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.log_dir.join(format!("{name}.log"))).unwrap_or_default()
