@@ -35,6 +35,11 @@ fn lazy_channel(address: &str) -> Result<Channel, AddressError> {
             endpoint
                 .connect_timeout(Duration::from_secs(2))
                 .tcp_nodelay(true)
+                // Login, register and publish streams stay open between calls: a connection
+                // cut off without a reset is noticed by its pings, not only by a call timing out.
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(5))
+                .keep_alive_while_idle(true)
                 .connect_lazy()
         })
         .map_err(|source| AddressError {

@@ -11,12 +11,15 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status, Streaming};
@@ -30,14 +33,14 @@ use crate::v1::{
 /// and HTTP/2 flow control holds the caller back.
 pub const MAX_IN_FLIGHT: usize = 1024;
 
-/// A call message: an id and a request.
+/// A call message: an id, a request and the caller's time limit.
 pub trait Call: Send + 'static {
     /// The unary request it carries.
-    type Request: Default + Send + 'static;
-    /// Wraps a request.
-    fn new(id: u64, request: Self::Request) -> Self;
-    /// Unwraps it (a missing request is the default one).
-    fn into_parts(self) -> (u64, Self::Request);
+    type Request: Clone + Default + Send + 'static;
+    /// Wraps a request the caller waits at most `timeout` for.
+    fn new(id: u64, request: Self::Request, timeout: Duration) -> Self;
+    /// Unwraps it: a missing request is the default one, a missing limit is none.
+    fn into_parts(self) -> (u64, Self::Request, Option<Duration>);
 }
 
 /// An answer message: the id of its call and the call's outcome.
@@ -75,14 +78,20 @@ macro_rules! call_messages {
     ($call:ty, $request:ty, $answer:ty, $reply:ty) => {
         impl Call for $call {
             type Request = $request;
-            fn new(id: u64, request: $request) -> Self {
+            fn new(id: u64, request: $request, timeout: Duration) -> Self {
                 Self {
                     id,
                     request: Some(request),
+                    // At least 1 ms: 0 would mean no limit.
+                    timeout_ms: u32::try_from(timeout.as_millis())
+                        .unwrap_or(u32::MAX)
+                        .max(1),
                 }
             }
-            fn into_parts(self) -> (u64, $request) {
-                (self.id, self.request.unwrap_or_default())
+            fn into_parts(self) -> (u64, $request, Option<Duration>) {
+                let limit = (self.timeout_ms > 0)
+                    .then(|| Duration::from_millis(u64::from(self.timeout_ms)));
+                (self.id, self.request.unwrap_or_default(), limit)
             }
         }
 
@@ -112,9 +121,13 @@ call_messages!(RegisterCall, RegisterRequest, RegisterAnswer, RegisterReply);
 pub type Answers<A> = ReceiverStream<Result<A, Status>>;
 
 /// The server's end: runs `handle` for every call read from `calls` and streams the answers
-/// back as they complete. Once `closing` is cancelled (the server is shutting down) it takes no
-/// more calls, answers those it has and ends the stream, so a graceful shutdown does not wait
-/// for the caller to hang up; the caller opens a new stream for its next call.
+/// back as they complete.
+///
+/// Each call runs as its own task, dropped once its caller's time limit has passed (it is then
+/// answered `DEADLINE_EXCEEDED`, as a unary call would be); a handler that panics is answered
+/// `INTERNAL`. Once `closing` is cancelled (the server is shutting down) it takes no more calls,
+/// answers those it has read and ends the stream, so a graceful shutdown does not wait for the
+/// caller to hang up; the caller sends what was not read again on a new stream.
 pub fn serve<C, A, H, F>(
     mut calls: Streaming<C>,
     closing: CancellationToken,
@@ -138,7 +151,7 @@ where
                 () = closing.cancelled() => return,
                 message = calls.message() => message,
             };
-            let (id, request) = match message {
+            let (id, request, limit) = match message {
                 Ok(Some(call)) => call.into_parts(),
                 Ok(None) => return,
                 Err(status) => {
@@ -146,10 +159,19 @@ where
                     return;
                 }
             };
-            let answer = handle(request);
+            let answer = AssertUnwindSafe(handle(request)).catch_unwind();
             let answers_tx = answers_tx.clone();
             tokio::spawn(async move {
-                let outcome = answer.await;
+                let outcome = match limit {
+                    Some(limit) => tokio::time::timeout(limit, answer)
+                        .await
+                        .unwrap_or_else(|_| Ok(Err(Status::deadline_exceeded("call timed out")))),
+                    None => answer.await,
+                };
+                let outcome = outcome.unwrap_or_else(|_| {
+                    tracing::error!("a call's handler panicked");
+                    Err(Status::internal("internal error"))
+                });
                 let _ = answers_tx.send(Ok(A::new(id, outcome))).await;
                 drop(permit);
             });
@@ -160,9 +182,20 @@ where
 
 type Opening<A> = Pin<Box<dyn Future<Output = Result<Streaming<A>, Status>> + Send>>;
 type Open<C, A> = dyn Fn(ReceiverStream<C>) -> Opening<A> + Send + Sync;
-type Waiter<A> = oneshot::Sender<Result<<A as Answer>::Reply, Status>>;
 
-/// Calls waiting for their answers on one stream; closed once the stream has ended.
+/// What became of a call sent on a stream.
+enum Delivery<R> {
+    /// The server answered it (or the stream failed while it waited).
+    Answered(Result<R, Status>),
+    /// The server never read it: the stream was already retired, or it ended cleanly before
+    /// reaching it. Safe to send again.
+    Unread,
+}
+
+type Waiter<A> = oneshot::Sender<Delivery<<A as Answer>::Reply>>;
+
+/// Calls waiting for their answers on one stream; closed once the stream has ended or been
+/// retired (no new calls, but answers still reach those waiting).
 struct Pending<A: Answer> {
     waiters: HashMap<u64, Waiter<A>>,
     closed: bool,
@@ -181,6 +214,22 @@ impl<C, A: Answer> Link<C, A> {
 
     fn is_closed(&self) -> bool {
         self.pending().closed
+    }
+
+    /// Registers a waiter for call `id`; false when the link takes no more calls.
+    fn wait_for(&self, id: u64, waiter: Waiter<A>) -> bool {
+        let mut pending = self.pending();
+        if pending.closed {
+            return false;
+        }
+        pending.waiters.insert(id, waiter);
+        true
+    }
+
+    /// No more calls on this link: the next call opens a new stream. Calls in flight on it
+    /// still get their answers.
+    fn retire(&self) {
+        self.pending().closed = true;
     }
 }
 
@@ -201,6 +250,9 @@ impl<C: Call, A: Answer> fmt::Debug for CallStream<C, A> {
     }
 }
 
+/// Times a call is sent when the server ends its stream without reading it.
+const ATTEMPTS: usize = 2;
+
 impl<C: Call, A: Answer> CallStream<C, A> {
     /// A caller that opens its stream with `open`; each call (opening included) may take
     /// `timeout`.
@@ -216,49 +268,65 @@ impl<C: Call, A: Answer> CallStream<C, A> {
         }
     }
 
-    /// Makes one call.
+    /// Makes one call. A call the server never read (its stream was ending) is sent again on
+    /// a new stream, within the same time limit.
     ///
     /// # Errors
-    /// The call's own status; `UNAVAILABLE` when the stream cannot be opened or ends before the
-    /// answer; `DEADLINE_EXCEEDED` after the timeout.
+    /// The call's own status; `UNAVAILABLE` when the stream cannot be opened or fails before
+    /// the answer; `DEADLINE_EXCEEDED` after the timeout.
     pub async fn call(&self, request: C::Request) -> Result<A::Reply, Status> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut used: Option<Arc<Link<C, A>>> = None;
-        let outcome = tokio::time::timeout(self.timeout, async {
-            let link = self.link().await?;
-            used = Some(Arc::clone(&link));
-            let (answer_tx, answer_rx) = oneshot::channel();
-            {
-                let mut pending = link.pending();
-                if pending.closed {
-                    return Err(Status::unavailable("call stream ended"));
-                }
-                pending.waiters.insert(id, answer_tx);
+        let deadline = Instant::now() + self.timeout;
+        for _ in 1..ATTEMPTS {
+            if let Delivery::Answered(outcome) = self.attempt(request.clone(), deadline).await {
+                return outcome;
             }
-            if link.calls_tx.send(C::new(id, request)).await.is_err() {
-                link.pending().waiters.remove(&id);
-                return Err(Status::unavailable("call stream ended"));
-            }
-            answer_rx
-                .await
-                .unwrap_or_else(|_| Err(Status::unavailable("call stream ended")))
-        })
-        .await;
-        match outcome {
-            Ok(outcome) => outcome,
-            Err(_) => {
-                if let Some(link) = used {
-                    link.pending().waiters.remove(&id);
-                    // A stream that stops answering may be cut off without a reset: the next
-                    // call opens a new one (calls in flight on this one still get answers).
-                    self.forget(&link).await;
-                }
-                Err(Status::deadline_exceeded("call timed out"))
-            }
+        }
+        match self.attempt(request, deadline).await {
+            Delivery::Answered(outcome) => outcome,
+            Delivery::Unread => Err(Status::unavailable("call stream ended")),
         }
     }
 
-    /// The open stream, opening one when there is none (or it has ended).
+    async fn attempt(&self, request: C::Request, deadline: Instant) -> Delivery<A::Reply> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut used: Option<Arc<Link<C, A>>> = None;
+        let delivery = tokio::time::timeout_at(deadline, async {
+            let link = match self.link().await {
+                Ok(link) => link,
+                Err(status) => return Delivery::Answered(Err(status)),
+            };
+            used = Some(Arc::clone(&link));
+            let (answer_tx, answer_rx) = oneshot::channel();
+            if !link.wait_for(id, answer_tx) {
+                return Delivery::Unread;
+            }
+            let budget = deadline.saturating_duration_since(Instant::now());
+            if link
+                .calls_tx
+                .send(C::new(id, request, budget))
+                .await
+                .is_err()
+            {
+                link.pending().waiters.remove(&id);
+                return Delivery::Unread;
+            }
+            answer_rx.await.unwrap_or_else(|_| {
+                Delivery::Answered(Err(Status::unavailable("call stream ended")))
+            })
+        })
+        .await;
+        delivery.unwrap_or_else(|_| {
+            if let Some(link) = used {
+                link.pending().waiters.remove(&id);
+                // A stream that stops answering may be cut off without a reset: the next
+                // call opens a new one.
+                link.retire();
+            }
+            Delivery::Answered(Err(Status::deadline_exceeded("call timed out")))
+        })
+    }
+
+    /// The open stream, opening one when there is none (or it has ended or been retired).
     async fn link(&self) -> Result<Arc<Link<C, A>>, Status> {
         let mut current = self.link.lock().await;
         if let Some(link) = current.as_ref()
@@ -277,42 +345,37 @@ impl<C: Call, A: Answer> CallStream<C, A> {
         *current = Some(Arc::clone(&link));
         Ok(link)
     }
-
-    async fn forget(&self, link: &Arc<Link<C, A>>) {
-        let mut current = self.link.lock().await;
-        if current
-            .as_ref()
-            .is_some_and(|current| Arc::ptr_eq(current, link))
-        {
-            *current = None;
-        }
-    }
 }
 
-/// Hands each answer to its caller; once the stream ends, fails whoever still waits.
+/// Hands each answer to its caller. Once the stream ends, whoever still waits was not read by
+/// the server (a clean end: it answers every call it reads first) or may have been (a failure).
 async fn route_answers<A: Answer>(mut answers: Streaming<A>, pending: Arc<Mutex<Pending<A>>>) {
     let lock = || pending.lock().unwrap_or_else(PoisonError::into_inner);
-    loop {
+    let clean = loop {
         match answers.message().await {
             Ok(Some(answer)) => {
                 let waiter = lock().waiters.remove(&answer.id());
                 if let Some(waiter) = waiter {
-                    let _ = waiter.send(answer.into_outcome());
+                    let _ = waiter.send(Delivery::Answered(answer.into_outcome()));
                 }
             }
-            Ok(None) => break,
+            Ok(None) => break true,
             Err(status) => {
                 tracing::debug!(%status, "call stream failed");
-                break;
+                break false;
             }
         }
-    }
+    };
     let waiters = {
         let mut pending = lock();
         pending.closed = true;
         std::mem::take(&mut pending.waiters)
     };
     for waiter in waiters.into_values() {
-        let _ = waiter.send(Err(Status::unavailable("call stream ended")));
+        let _ = waiter.send(if clean {
+            Delivery::Unread
+        } else {
+            Delivery::Answered(Err(Status::unavailable("call stream failed")))
+        });
     }
 }

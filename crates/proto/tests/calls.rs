@@ -18,10 +18,12 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status, Streaming};
 
-/// Answers a login after sleeping the milliseconds its password names; refuses user "nobody".
+/// Answers a login after sleeping the milliseconds its password names; refuses user
+/// "nobody"; panics for user "panic".
 #[derive(Clone, Default)]
 struct SleepyAuth {
     streams_opened: Arc<AtomicUsize>,
+    logins_finished: Arc<AtomicUsize>,
     closing: CancellationToken,
 }
 
@@ -33,6 +35,8 @@ impl Auth for SleepyAuth {
         let request = request.into_inner();
         let millis = request.password.parse().unwrap_or(0);
         tokio::time::sleep(Duration::from_millis(millis)).await;
+        self.logins_finished.fetch_add(1, Ordering::SeqCst);
+        assert_ne!(request.user, "panic", "a handler that panics");
         if request.user == "nobody" {
             return Err(Status::unauthenticated("no such user"));
         }
@@ -260,5 +264,41 @@ async fn test_a_closing_server_answers_calls_in_flight_then_ends_the_stream() {
     let after = stream.call(login("a", 0, "c-3")).await;
     assert_eq!(after.expect_err("closed").code(), Code::Unavailable);
     assert!(started.elapsed() < Duration::from_secs(1));
+    server.stop();
+}
+
+#[tokio::test]
+async fn test_the_server_drops_a_call_its_caller_gave_up_on() {
+    let (listener, address) = bind();
+    let auth = SleepyAuth::default();
+    let server = Server::start(auth.clone(), listener);
+    let stream = logins(address, Duration::from_millis(200));
+    let late = stream.call(login("late", 1_000, "d-1")).await;
+    assert_eq!(late.expect_err("too slow").code(), Code::DeadlineExceeded);
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert_eq!(
+        auth.logins_finished.load(Ordering::SeqCst),
+        0,
+        "the server stopped the call at the caller's time limit"
+    );
+    server.stop();
+}
+
+#[tokio::test]
+async fn test_a_panicking_handler_is_answered_and_the_stream_goes_on() {
+    let (listener, address) = bind();
+    let auth = SleepyAuth::default();
+    let server = Server::start(auth.clone(), listener);
+    let stream = logins(address, Duration::from_secs(5));
+    let started = Instant::now();
+    let failed = stream.call(login("panic", 0, "p-1")).await;
+    assert_eq!(failed.expect_err("panicked").code(), Code::Internal);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "answered, not timed out"
+    );
+    let next = stream.call(login("a", 0, "p-2")).await;
+    assert_eq!(next.expect("the stream still works").session_id, "p-2");
+    assert_eq!(auth.streams_opened.load(Ordering::SeqCst), 1);
     server.stop();
 }
