@@ -25,7 +25,13 @@ struct SleepyAuth {
     streams_opened: Arc<AtomicUsize>,
     logins_finished: Arc<AtomicUsize>,
     closing: CancellationToken,
+    /// The first stream never answers (as if its connection were cut off without a reset).
+    stall_first_stream: bool,
+    stalled: Arc<std::sync::Mutex<Vec<AnswerSender>>>,
 }
+
+/// Holds a stalled stream open without ever answering on it.
+type AnswerSender = tokio::sync::mpsc::Sender<Result<LoginAnswer, Status>>;
 
 #[tonic::async_trait]
 impl Auth for SleepyAuth {
@@ -51,7 +57,14 @@ impl Auth for SleepyAuth {
         &self,
         request: Request<Streaming<LoginCall>>,
     ) -> Result<Response<Self::LoginStreamStream>, Status> {
-        self.streams_opened.fetch_add(1, Ordering::SeqCst);
+        let opened_before = self.streams_opened.fetch_add(1, Ordering::SeqCst);
+        if self.stall_first_stream && opened_before == 0 {
+            let (answers_tx, answers_rx) = tokio::sync::mpsc::channel(1);
+            self.stalled.lock().expect("lock").push(answers_tx);
+            return Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+                answers_rx,
+            )));
+        }
         let service = self.clone();
         Ok(Response::new(calls::serve(
             request.into_inner(),
@@ -225,11 +238,14 @@ async fn test_a_restarted_server_is_found_again() {
 #[tokio::test]
 async fn test_a_timed_out_call_opens_a_new_stream_for_the_next() {
     let (listener, address) = bind();
-    let auth = SleepyAuth::default();
+    let auth = SleepyAuth {
+        stall_first_stream: true,
+        ..SleepyAuth::default()
+    };
     let server = Server::start(auth.clone(), listener);
     let stream = logins(address, Duration::from_millis(300));
 
-    let late = stream.call(login("late", 2_000, "t-1")).await;
+    let late = stream.call(login("late", 0, "t-1")).await;
     assert_eq!(late.expect_err("too slow").code(), Code::DeadlineExceeded);
     let next = stream.call(login("next", 0, "t-2")).await;
     assert_eq!(next.expect("next call").session_id, "t-2");
