@@ -25,28 +25,32 @@ pub struct EventKey {
     pub obj_id: String,
 }
 
+/// The broker channel of the key made of `fields` (service, class, subclass, type, obj_id):
+/// `sb:ev` then `:<length>:<value>` per field, so no value can collide with a separator.
+fn channel_of(fields: [&str; 5]) -> String {
+    use std::fmt::Write as _;
+    let mut channel = String::with_capacity(5 + fields.iter().map(|f| f.len() + 5).sum::<usize>());
+    channel.push_str("sb:ev");
+    for field in fields {
+        // Writing into a String cannot fail.
+        let _ = write!(channel, ":{}:", field.len());
+        channel.push_str(field);
+    }
+    channel
+}
+
 impl EventKey {
     /// Returns the broker channel of this key.
     ///
     /// Each field is length-prefixed, so no field value can collide with a separator.
     pub fn channel(&self) -> String {
-        let fields = [
+        channel_of([
             &self.service,
             &self.class,
             &self.subclass,
             &self.type_,
             &self.obj_id,
-        ];
-        let mut channel =
-            String::with_capacity(8 + fields.iter().map(|f| f.len() + 4).sum::<usize>());
-        channel.push_str("sb:ev");
-        for field in fields {
-            channel.push(':');
-            channel.push_str(&field.len().to_string());
-            channel.push(':');
-            channel.push_str(field);
-        }
-        channel
+        ])
     }
 
     /// Reads back the key of a channel made by [`EventKey::channel`]; `None` for any other
@@ -76,25 +80,29 @@ impl EventKey {
     /// Returns the channels of every subscription key this event can match: its class crossed
     /// with {value, `*`} for each of subclass, type and obj_id (at most 8, no duplicates).
     pub fn candidate_channels(&self) -> Vec<String> {
-        let options = |value: &str| -> Vec<String> {
+        // Built from borrowed fields: an event is published on up to 8 channels, and this runs
+        // once per event.
+        fn options(value: &str) -> ([&str; 2], usize) {
             if value == WILDCARD {
-                vec![WILDCARD.to_owned()]
+                ([WILDCARD, WILDCARD], 1)
             } else {
-                vec![value.to_owned(), WILDCARD.to_owned()]
+                ([value, WILDCARD], 2)
             }
-        };
-        let mut channels = Vec::with_capacity(8);
-        for subclass in options(&self.subclass) {
-            for type_ in options(&self.type_) {
-                for obj_id in options(&self.obj_id) {
-                    let key = EventKey {
-                        service: self.service.clone(),
-                        class: self.class.clone(),
-                        subclass: subclass.clone(),
-                        type_: type_.clone(),
+        }
+        let (subclasses, subclass_count) = options(&self.subclass);
+        let (types, type_count) = options(&self.type_);
+        let (obj_ids, obj_id_count) = options(&self.obj_id);
+        let mut channels = Vec::with_capacity(subclass_count * type_count * obj_id_count);
+        for subclass in &subclasses[..subclass_count] {
+            for type_ in &types[..type_count] {
+                for obj_id in &obj_ids[..obj_id_count] {
+                    channels.push(channel_of([
+                        &self.service,
+                        &self.class,
+                        subclass,
+                        type_,
                         obj_id,
-                    };
-                    channels.push(key.channel());
+                    ]));
                 }
             }
         }

@@ -67,7 +67,8 @@ pub(crate) fn publish_request(
     trusted: bool,
 ) -> PublishRequest {
     let body_json = match body {
-        Some(body) if !body.is_null() => body.to_string(),
+        // `to_string` starts from a buffer of 128 bytes; `Display` grows one from nothing.
+        Some(body) if !body.is_null() => serde_json::to_string(body).unwrap_or_default(),
         _ => String::new(),
     };
     PublishRequest {
