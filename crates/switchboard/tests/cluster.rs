@@ -270,6 +270,18 @@ async fn test_redis_restart_delivery_resumes_without_restarts() {
     }
 }
 
+/// The error code of an admin login at gateway `index`.
+async fn login_error(cluster: &Cluster, index: usize) -> String {
+    Client::connect(&cluster.ws_url(index))
+        .await
+        .error_code(
+            "user",
+            "login",
+            json!({"user": "admin", "password": CLUSTER_ADMIN_PASSWORD}),
+        )
+        .await
+}
+
 /// Logs in as admin at gateway `index` until it works or `within` has passed.
 async fn until_login(cluster: &Cluster, index: usize, within: Duration) -> Option<Client> {
     let started = Instant::now();
@@ -303,17 +315,7 @@ async fn test_registry_auth_and_bus_restart() {
         started.elapsed() < Duration::from_secs(4),
         "within the deadline"
     );
-    let mut refused = Client::connect(&cluster.ws_url(1)).await;
-    assert_eq!(
-        refused
-            .error_code(
-                "user",
-                "login",
-                json!({"user": "admin", "password": CLUSTER_ADMIN_PASSWORD})
-            )
-            .await,
-        "unavailable"
-    );
+    assert_eq!(login_error(&cluster, 1).await, "unavailable");
     cluster.restart("registry");
     let reply = until_ok(&mut a, "user", "list", json!({}), Duration::from_secs(10)).await;
     assert_eq!(reply["result"], "ok", "{reply}");
@@ -334,17 +336,7 @@ async fn test_registry_auth_and_bus_restart() {
         cluster.terminate_within("auth", Duration::from_secs(5)),
         "auth exits on SIGTERM while gateways hold login streams"
     );
-    let mut refused = Client::connect(&cluster.ws_url(0)).await;
-    assert_eq!(
-        refused
-            .error_code(
-                "user",
-                "login",
-                json!({"user": "admin", "password": CLUSTER_ADMIN_PASSWORD})
-            )
-            .await,
-        "unavailable"
-    );
+    assert_eq!(login_error(&cluster, 0).await, "unavailable");
     cluster.restart("auth");
     let relogin = until_login(&cluster, 0, Duration::from_secs(10)).await;
     assert!(
