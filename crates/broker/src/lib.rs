@@ -86,6 +86,26 @@ impl Broker {
     }
 }
 
+/// A queued subscribe (see [`Subscriber::queue_subscribe`]).
+#[derive(Debug, Default)]
+#[must_use = "a subscribe is in effect only once `done` has returned Ok"]
+pub struct Subscribing(Option<tokio::sync::oneshot::Receiver<Result<(), BrokerError>>>);
+
+impl Subscribing {
+    /// Waits until the subscribe is in effect.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the engine refused it or the subscriber stopped.
+    pub async fn done(self) -> Result<(), BrokerError> {
+        match self.0 {
+            None => Ok(()),
+            Some(confirmed) => confirmed
+                .await
+                .unwrap_or_else(|_| Err(BrokerError::Unavailable("subscriber stopped".to_owned()))),
+        }
+    }
+}
+
 /// One gateway's subscription to broker channels.
 #[derive(Debug)]
 pub enum Subscriber {
@@ -109,12 +129,26 @@ impl Subscriber {
     /// # Errors
     /// [`BrokerError::Unavailable`] when the engine cannot be reached.
     pub async fn subscribe_many(&self, channels: &[String]) -> Result<(), BrokerError> {
+        self.queue_subscribe(channels).await?.done().await
+    }
+
+    /// Queues a subscribe of several channels and returns without waiting for the engine to
+    /// confirm it: commands are applied in the order they were queued, and [`Subscribing::done`]
+    /// waits for this one. Lets a caller order its (un)subscribes under a lock and wait for the
+    /// confirmation outside it, so subscribes of several callers share a round trip.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the subscriber has stopped.
+    pub async fn queue_subscribe(&self, channels: &[String]) -> Result<Subscribing, BrokerError> {
+        if channels.is_empty() {
+            return Ok(Subscribing(None));
+        }
         match self {
             Self::Memory(memory) => {
                 memory.subscribe(channels);
-                Ok(())
+                Ok(Subscribing(None))
             }
-            Self::Redis(redis) => redis.subscribe(channels).await,
+            Self::Redis(redis) => Ok(Subscribing(Some(redis.queue_subscribe(channels).await?))),
         }
     }
 

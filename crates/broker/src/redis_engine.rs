@@ -239,18 +239,17 @@ pub struct RedisSubscriber {
 }
 
 impl RedisSubscriber {
-    pub(crate) async fn subscribe(&self, channels: &[String]) -> Result<(), BrokerError> {
-        if channels.is_empty() {
-            return Ok(());
-        }
+    /// Queues a subscribe; the receiver says when Redis has confirmed it.
+    pub(crate) async fn queue_subscribe(
+        &self,
+        channels: &[String],
+    ) -> Result<oneshot::Receiver<Result<(), BrokerError>>, BrokerError> {
         let (done_tx, done_rx) = oneshot::channel();
         self.commands_tx
             .send(Command::Subscribe(channels.to_vec(), done_tx))
             .await
             .map_err(|_| unavailable("subscriber stopped"))?;
-        done_rx
-            .await
-            .map_err(|_| unavailable("subscriber stopped"))?
+        Ok(done_rx)
     }
 
     /// Queues an unsubscribe without waiting for Redis. Commands are applied in order, so a

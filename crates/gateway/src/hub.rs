@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
-use switchboard_broker::{Broker, BrokerError, Deliver, Subscriber};
+use switchboard_broker::{Broker, BrokerError, Deliver, Subscriber, Subscribing};
 #[cfg(doc)]
 use switchboard_protocol::event::EventKey;
 use switchboard_protocol::event::EventMessage;
@@ -103,14 +103,22 @@ type RouteIndex = HashMap<Arc<str>, Routes>;
 /// Shared gateway state.
 ///
 /// Both maps sit behind std mutexes held only for map edits or to copy a channel's routes,
-/// never across `.await`. `channel_ops` is an async mutex that orders broker (un)subscribe
-/// calls so a channel's first subscribe and last unsubscribe cannot overtake each other.
+/// never across `.await`. `channel_ops` is an async mutex that orders the queueing of broker
+/// (un)subscribes with the route changes that call for them, so a channel's first subscribe
+/// and last unsubscribe cannot overtake each other; the wait for a subscribe's confirmation
+/// happens after it is released, so concurrent subscribes share a broker round trip.
 #[derive(Debug)]
 pub struct Hub {
     /// Every open connection, logged in or not, for the write watchdog.
     connections: Mutex<HashMap<u64, Arc<SessionHandle>>>,
     sessions: Mutex<HashMap<String, Arc<SessionHandle>>>,
     routes: Mutex<RouteIndex>,
+    /// Channels whose first subscribe is queued but not yet confirmed, with the number of the
+    /// `add_routes` call that queued it. A connection joining such a channel queues a subscribe
+    /// too and waits for it, so no `subscribe` answers before its channel is in effect. Locked
+    /// after `routes` when both are.
+    unconfirmed: Mutex<HashMap<Arc<str>, u64>>,
+    next_subscribe: AtomicU64,
     channel_ops: tokio::sync::Mutex<Option<Subscriber>>,
     next_conn_id: AtomicU64,
     /// Origin of [`Hub::now_ms`].
@@ -135,6 +143,8 @@ impl Hub {
             connections: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
             routes: Mutex::new(HashMap::new()),
+            unconfirmed: Mutex::new(HashMap::new()),
+            next_subscribe: AtomicU64::new(1),
             channel_ops: tokio::sync::Mutex::new(None),
             next_conn_id: AtomicU64::new(1),
             epoch: Instant::now(),
@@ -152,6 +162,12 @@ impl Hub {
 
     fn routes(&self) -> MutexGuard<'_, RouteIndex> {
         self.routes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn unconfirmed(&self) -> MutexGuard<'_, HashMap<Arc<str>, u64>> {
+        self.unconfirmed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Returns milliseconds since the hub started (never 0).
@@ -248,34 +264,62 @@ impl Hub {
         subscriptions: &[Subscription],
         session: &Arc<SessionHandle>,
     ) -> Result<(), BrokerError> {
-        let subscriber = self.channel_ops.lock().await;
-        let mut first_ones = Vec::new();
-        {
-            let mut index = self.routes();
-            for subscription in subscriptions {
-                let route = Route {
-                    session: Arc::clone(session),
-                    body: Arc::clone(&subscription.body),
-                };
-                match index.get_mut(&subscription.channel) {
-                    Some(routes) => routes.insert(session.conn_id, route),
-                    None => {
-                        first_ones.push(subscription.channel.to_string());
-                        index.insert(
-                            Arc::clone(&subscription.channel),
-                            Routes::One(session.conn_id, route),
-                        );
+        let this_call = self.next_subscribe.fetch_add(1, Ordering::Relaxed);
+        // Channels to subscribe, each with the number of the call whose first subscribe it
+        // waits for (this one's, or an earlier one's still unconfirmed).
+        let mut waiting: Vec<(Arc<str>, u64)> = Vec::new();
+        let queued = {
+            let subscriber = self.channel_ops.lock().await;
+            {
+                let mut index = self.routes();
+                let mut unconfirmed = self.unconfirmed();
+                for subscription in subscriptions {
+                    let channel = &subscription.channel;
+                    let route = Route {
+                        session: Arc::clone(session),
+                        body: Arc::clone(&subscription.body),
+                    };
+                    match index.get_mut(channel) {
+                        Some(routes) => {
+                            routes.insert(session.conn_id, route);
+                            if let Some(&first) = unconfirmed.get(channel) {
+                                waiting.push((Arc::clone(channel), first));
+                            }
+                        }
+                        None => {
+                            index.insert(Arc::clone(channel), Routes::One(session.conn_id, route));
+                            unconfirmed.insert(Arc::clone(channel), this_call);
+                            waiting.push((Arc::clone(channel), this_call));
+                        }
                     }
                 }
             }
-        }
-        if let Some(subscriber) = subscriber.as_ref()
-            && let Err(error) = subscriber.subscribe_many(&first_ones).await
-        {
+            let channels: Vec<String> = waiting
+                .iter()
+                .map(|(channel, _)| channel.to_string())
+                .collect();
+            match subscriber.as_ref() {
+                Some(subscriber) => subscriber.queue_subscribe(&channels).await,
+                None => Ok(Subscribing::default()),
+            }
+        };
+        let confirmed = match queued {
+            Ok(subscribing) => subscribing.done().await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = confirmed {
             for subscription in subscriptions {
                 self.remove_route_entry(&subscription.channel, session.conn_id);
             }
             return Err(error);
+        }
+        // In effect now: later joiners need not wait, unless the channel has been emptied and
+        // subscribed anew since (then it is another call's entry).
+        let mut unconfirmed = self.unconfirmed();
+        for (channel, first) in &waiting {
+            if unconfirmed.get(channel) == Some(first) {
+                unconfirmed.remove(channel);
+            }
         }
         Ok(())
     }
@@ -305,6 +349,7 @@ impl Hub {
         let emptied = routes.remove(conn_id);
         if emptied {
             index.remove(channel);
+            self.unconfirmed().remove(channel);
         }
         emptied
     }
@@ -480,6 +525,7 @@ fn session_stopped() -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use switchboard_protocol::event::EventKey;
 
     fn route(conn_id: u64) -> Route {
         Route {
@@ -520,5 +566,76 @@ mod tests {
         );
         assert!(!routes.remove(1));
         assert!(routes.remove(2), "the last route empties the channel");
+    }
+
+    /// Connections subscribing the same new channel at once: each `add_routes` answers only
+    /// once the channel is in effect in Redis, whether it queued the channel's first subscribe
+    /// or joined one still on its way, so an event published right after reaches it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn test_a_subscribe_answers_once_its_channel_is_in_effect() {
+        let redis = switchboard_test_support::RedisServer::start();
+        let broker = Broker::Redis(Box::new(
+            switchboard_broker::RedisBroker::connect(&redis.url())
+                .await
+                .expect("redis url"),
+        ));
+        let hub = Hub::new(&broker);
+        for round in 0..200u64 {
+            let key = EventKey {
+                service: String::new(),
+                class: format!("class-{round}"),
+                subclass: "*".to_owned(),
+                type_: "*".to_owned(),
+                obj_id: "*".to_owned(),
+            };
+            let channel: Arc<str> = Arc::from(key.channel());
+            let sessions: Vec<Arc<SessionHandle>> = (0..8)
+                .map(|n| {
+                    Arc::new(SessionHandle::new(
+                        round * 100 + n,
+                        String::new(),
+                        String::new(),
+                        64,
+                    ))
+                })
+                .collect();
+            let subscribe_then_publish = sessions.iter().enumerate().map(|(n, session)| {
+                let (hub, broker, channel) = (&hub, &broker, Arc::clone(&channel));
+                let mut payload = serde_json::to_value(&key).expect("key");
+                payload["body"] = serde_json::json!({ "n": n });
+                async move {
+                    let subscription = Subscription {
+                        channel: Arc::clone(&channel),
+                        body: empty_body(),
+                    };
+                    hub.add_routes(&[subscription], session)
+                        .await
+                        .expect("subscribed");
+                    broker
+                        .publish(&[channel.to_string()], Bytes::from(payload.to_string()))
+                        .await
+                        .expect("published");
+                }
+            });
+            futures_util::future::join_all(subscribe_then_publish).await;
+            for (n, session) in sessions.iter().enumerate() {
+                let own = format!("\"n\":{n}");
+                let mut received = false;
+                for _ in 0..200 {
+                    received =
+                        session.outbound().take(64).iter().any(
+                            |frame| matches!(frame, Outbound::Event(data) if data.contains(&own)),
+                        );
+                    if received {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                assert!(
+                    received,
+                    "round {round}: connection {n} got the event published after its subscribe"
+                );
+            }
+        }
     }
 }
