@@ -308,9 +308,9 @@ impl Hub {
             Err(error) => Err(error),
         };
         if let Err(error) = confirmed {
-            for subscription in subscriptions {
-                self.remove_route_entry(&subscription.channel, session.conn_id);
-            }
+            // Under the lock, and unsubscribing what it empties: another connection's
+            // subscribe of the same channel may have succeeded and left since.
+            self.remove_routes(subscriptions, session.conn_id).await;
             return Err(error);
         }
         // In effect now: later joiners need not wait, unless the channel has been emptied and
@@ -636,6 +636,10 @@ mod tests {
                     "round {round}: connection {n} got the event published after its subscribe"
                 );
             }
+            assert!(
+                hub.unconfirmed().is_empty(),
+                "round {round}: every confirmed channel is forgotten"
+            );
         }
     }
 }
