@@ -3,6 +3,9 @@
 //! Services: `Auth` (auth crate), `SessionRegistry` (session-registry crate), `EventBus`
 //! (event-bus crate) and `SessionControl` (served by every gateway). Backends use the same API, with the
 //! same credential ([`internal`]).
+//!
+//! Gateways send their per-login calls (auth `LoginStream`, registry `RegisterStream`) over one
+//! long-lived stream each; [`calls`] holds both ends of that.
 
 /// Version 1 of the API.
 #[allow(missing_docs, clippy::all, unreachable_pub)]
