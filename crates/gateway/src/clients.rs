@@ -51,9 +51,8 @@ fn lazy_channel(address: &str) -> Result<Channel, AddressError> {
 /// Clients of auth, registry, bus and other gateways' SessionControl.
 #[derive(Debug, Clone)]
 pub struct Services {
-    /// Auth service.
-    pub auth: AuthClient<SecuredChannel>,
-    /// Logins, over one long-lived `LoginStream` (each with the `rpc_timeout` deadline).
+    /// Logins to the auth service, over one long-lived `LoginStream` (each with the
+    /// `rpc_timeout` deadline).
     pub logins: Arc<CallStream<LoginCall, LoginAnswer>>,
     /// Session registry.
     pub registry: SessionRegistryClient<SecuredChannel>,
@@ -83,13 +82,10 @@ impl Services {
     ) -> Result<Self, AddressError> {
         let auth = AuthClient::new(secret.channel(lazy_channel(auth_url)?));
         let registry = SessionRegistryClient::new(secret.channel(lazy_channel(registry_url)?));
-        let logins = {
-            let auth = auth.clone();
-            CallStream::new(rpc_timeout, move |calls| {
-                let mut auth = auth.clone();
-                Box::pin(async move { Ok(auth.login_stream(calls).await?.into_inner()) })
-            })
-        };
+        let logins = CallStream::new(rpc_timeout, move |calls| {
+            let mut auth = auth.clone();
+            Box::pin(async move { Ok(auth.login_stream(calls).await?.into_inner()) })
+        });
         let registrations = {
             let registry = registry.clone();
             CallStream::new(rpc_timeout, move |calls| {
@@ -98,7 +94,6 @@ impl Services {
             })
         };
         Ok(Self {
-            auth,
             logins: Arc::new(logins),
             registry,
             registrations: Arc::new(registrations),
