@@ -106,12 +106,7 @@ pub async fn serve(
         .add_service(AuthServer::new(service))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async move {
-                shutdown.await;
-                // Gateways hold their login streams open: end them, or the graceful shutdown
-                // would wait for the gateways to go first.
-                closing.cancel();
-            },
+            calls::close_streams_on(shutdown, closing),
         )
         .await
 }

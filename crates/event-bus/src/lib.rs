@@ -222,12 +222,8 @@ pub async fn serve(
         .add_service(EventBusServer::new(bus))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async move {
-                shutdown.await;
-                // Gateways run with `publish_via_bus` hold a publish stream open: end it, or
-                // the graceful shutdown would wait for those gateways to go first.
-                closing.cancel();
-            },
+            // Gateways run with `publish_via_bus` hold a publish stream open.
+            switchboard_proto::calls::close_streams_on(shutdown, closing),
         )
         .await
 }

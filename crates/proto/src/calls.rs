@@ -180,6 +180,14 @@ where
     ReceiverStream::new(answers_rx)
 }
 
+/// Waits for `shutdown`, then cancels `closing`: the shutdown signal a server holding
+/// long-lived streams (call streams, publish streams) hands to tonic's graceful shutdown, so
+/// those streams end instead of holding the shutdown open until every caller hangs up.
+pub async fn close_streams_on(shutdown: impl Future<Output = ()>, closing: CancellationToken) {
+    shutdown.await;
+    closing.cancel();
+}
+
 type Opening<A> = Pin<Box<dyn Future<Output = Result<Streaming<A>, Status>> + Send>>;
 type Open<C, A> = dyn Fn(ReceiverStream<C>) -> Opening<A> + Send + Sync;
 

@@ -197,12 +197,7 @@ pub async fn serve_service(
         .add_service(SessionRegistryServer::new(service))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async move {
-                shutdown.await;
-                // Gateways hold their register streams open: end them, or the graceful
-                // shutdown would wait for the gateways to go first.
-                closing.cancel();
-            },
+            calls::close_streams_on(shutdown, closing),
         )
         .await
 }
