@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
+# jemalloc (the binary's allocator) is built from C sources with make.
+command -v make >/dev/null 2>&1 || need_apt+=(make)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 if ((${#need_apt[@]})); then
     sudo_cmd=""

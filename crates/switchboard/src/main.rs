@@ -9,6 +9,13 @@ use switchboard::roles;
 use switchboard::settings::{DEFAULT_LISTEN, DEV_ADMIN_PASSWORD, Settings};
 use tokio_util::sync::CancellationToken;
 
+/// jemalloc instead of glibc's allocator: a gateway allocates and frees a few small buffers
+/// per frame (the request's JSON, the event payload, the framed delivery), and glibc's
+/// `malloc`, `free` and `malloc_consolidate` were ~15% of a publishing gateway's CPU. See
+/// BENCHMARKS.md for the A/B.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Switchboard: a real-time WebSocket API platform.
 #[derive(Debug, Parser)]
 #[command(version, about)]
