@@ -165,9 +165,69 @@ async fn suite(store: Store) {
     assert_eq!(store.get_user("", "w").await.map(|s| s.len()), Ok(1));
 }
 
+/// Registrations made at once keep each one's own answer: the per-user limit counts the
+/// others, a duplicate id is refused, and every accepted session is listed.
+async fn concurrent_registrations(store: Store) {
+    let mut logins = tokio::task::JoinSet::new();
+    for index in 0..40 {
+        let store = store.clone();
+        // c0..c19 twice each; at most 5 sessions for the user.
+        let id = format!("c{}", index % 20);
+        logins.spawn(async move { store.register_limited(session(&id, "crowd", "g1"), 5).await });
+    }
+    let mut outcomes = Vec::new();
+    while let Some(outcome) = logins.join_next().await {
+        outcomes.push(outcome.expect("task"));
+    }
+    let count =
+        |wanted: Result<(), RegistryError>| outcomes.iter().filter(|o| **o == wanted).count();
+    assert_eq!(count(Ok(())), 5, "{outcomes:?}");
+    assert_eq!(
+        count(Err(RegistryError::TooManySessions)) + count(Err(RegistryError::DuplicateSession)),
+        35,
+        "{outcomes:?}"
+    );
+    let listed = store.get_user("", "crowd").await.expect("listed");
+    assert_eq!(listed.len(), 5);
+    let ids: Vec<&str> = listed.iter().map(|info| info.session_id.as_str()).collect();
+    store.unregister_many(&ids, "").await.expect("unregister");
+    assert_eq!(
+        store.get_user("", "crowd").await,
+        Err(RegistryError::NotFound)
+    );
+    // Without a limit, each of the 20 ids is created once.
+    let mut logins = tokio::task::JoinSet::new();
+    for index in 0..40 {
+        let store = store.clone();
+        let id = format!("d{}", index % 20);
+        logins.spawn(async move { store.register(session(&id, "crowd", "g1")).await });
+    }
+    let mut created = 0;
+    while let Some(outcome) = logins.join_next().await {
+        match outcome.expect("task") {
+            Ok(()) => created += 1,
+            Err(error) => assert_eq!(error, RegistryError::DuplicateSession),
+        }
+    }
+    assert_eq!(created, 20);
+    assert_eq!(store.get_user("", "crowd").await.map(|s| s.len()), Ok(20));
+}
+
 #[tokio::test]
 async fn test_memory_store() {
     suite(Store::Memory(MemoryStore::new())).await;
+}
+
+#[tokio::test]
+async fn test_memory_store_concurrent_registrations() {
+    concurrent_registrations(Store::Memory(MemoryStore::new())).await;
+}
+
+#[tokio::test]
+async fn test_redis_store_concurrent_registrations() {
+    let redis = RedisServer::start();
+    let store = RedisStore::connect(&redis.url()).expect("url");
+    concurrent_registrations(Store::Redis(Box::new(store))).await;
 }
 
 #[tokio::test]
