@@ -171,24 +171,70 @@ enum Command {
     Unsubscribe(Vec<String>),
 }
 
-/// Commands of one kind that were queued back to back, applied as one SUBSCRIBE or
-/// UNSUBSCRIBE: under load (logins, closes) the commands that queue while the actor waits
-/// for Redis go out together, and an idle gateway still sends each one at once.
-enum Batch {
-    Subscribe {
-        channels: Vec<String>,
-        waiters: Vec<oneshot::Sender<Result<(), BrokerError>>>,
-    },
-    Unsubscribe(Vec<String>),
+/// Subscribes queued back to back, sent as one SUBSCRIBE: under load (logins) the subscribes
+/// that queue while the actor waits for Redis go out together, and an idle gateway still
+/// sends each one at once.
+struct SubscribeBatch {
+    channels: Vec<String>,
+    waiters: Vec<oneshot::Sender<Result<(), BrokerError>>>,
 }
 
-/// Most commands gathered into one [`Batch`].
+/// Most commands gathered into one [`SubscribeBatch`].
 const MAX_BATCH_COMMANDS: usize = 256;
+/// How long a left channel stays subscribed on the connection before one UNSUBSCRIBE takes
+/// every channel left meanwhile. Nobody waits for an unsubscribe, messages of a left channel
+/// are dropped here, and a channel subscribed again meanwhile costs no command at all; under
+/// churn this turns one UNSUBSCRIBE per closed connection into one per interval.
+const UNSUBSCRIBE_DELAY: Duration = Duration::from_millis(10);
+
+/// What the subscriber holds, whatever the connection state.
+#[derive(Default)]
+struct Wanted {
+    /// Channels the gateway wants.
+    channels: HashSet<String>,
+    /// Channels left but still subscribed on the current connection; their messages are
+    /// dropped until the UNSUBSCRIBE at `leave_at`.
+    leaving: HashSet<String>,
+    leave_at: Option<tokio::time::Instant>,
+}
+
+impl Wanted {
+    /// Forgets `removed`; those subscribed on the connection wait in `leaving`.
+    fn leave(&mut self, removed: Vec<String>) {
+        for channel in removed {
+            if self.channels.remove(&channel) {
+                self.leaving.insert(channel);
+            }
+        }
+        if !self.leaving.is_empty() && self.leave_at.is_none() {
+            self.leave_at = Some(tokio::time::Instant::now() + UNSUBSCRIBE_DELAY);
+        }
+    }
+
+    /// Tells whether a message of `channel` is for the gateway.
+    fn delivers(&self, channel: &str) -> bool {
+        self.leaving.is_empty() || !self.leaving.contains(channel)
+    }
+
+    /// A new connection has nothing subscribed yet.
+    fn connection_lost(&mut self) {
+        self.leaving.clear();
+        self.leave_at = None;
+    }
+}
+
+/// Waits until `at`, or forever without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
 
 /// The actor's end of a [`RedisSubscriber`].
 struct Inbox {
     commands_rx: mpsc::Receiver<Command>,
-    /// A command taken while gathering a batch of the other kind; it comes next.
+    /// A command taken while gathering a batch that it had to follow; it comes next.
     held: Option<Command>,
 }
 
@@ -201,28 +247,37 @@ impl Inbox {
         self.commands_rx.recv().await
     }
 
-    /// `first` and the commands of its kind queued right behind it. A command of the other
-    /// kind ends the batch and is kept for next, so the order of commands is the order of
-    /// Redis operations: a subscribe is never overtaken by an earlier unsubscribe.
-    fn gather(&mut self, first: Command) -> Batch {
-        let mut batch = match first {
-            Command::Subscribe(channels, done) => Batch::Subscribe {
-                channels,
-                waiters: vec![done],
-            },
-            Command::Unsubscribe(channels) => Batch::Unsubscribe(channels),
+    /// The subscribes queued right behind `first`'s channels and `done`. Unsubscribes queued
+    /// among them are applied to `wanted` on the way when they name none of the batch's
+    /// channels; one that does ends the batch and comes next, so a channel's subscribe and
+    /// unsubscribe reach Redis in the order they were sent.
+    fn gather(
+        &mut self,
+        first: Vec<String>,
+        done: oneshot::Sender<Result<(), BrokerError>>,
+        wanted: &mut Wanted,
+    ) -> SubscribeBatch {
+        let mut batch = SubscribeBatch {
+            channels: first,
+            waiters: vec![done],
         };
         for _ in 1..MAX_BATCH_COMMANDS {
             let Ok(command) = self.commands_rx.try_recv() else {
                 break;
             };
-            match (&mut batch, command) {
-                (Batch::Subscribe { channels, waiters }, Command::Subscribe(more, done)) => {
-                    channels.extend(more);
-                    waiters.push(done);
+            match command {
+                Command::Subscribe(more, done) => {
+                    batch.channels.extend(more);
+                    batch.waiters.push(done);
                 }
-                (Batch::Unsubscribe(channels), Command::Unsubscribe(more)) => channels.extend(more),
-                (_, other) => {
+                Command::Unsubscribe(removed)
+                    if removed
+                        .iter()
+                        .all(|channel| !batch.channels.contains(channel)) =>
+                {
+                    wanted.leave(removed);
+                }
+                other => {
                     self.held = Some(other);
                     break;
                 }
@@ -274,8 +329,7 @@ async fn subscriber_actor(
     health_check_interval: Duration,
     reconnections: Arc<AtomicU64>,
 ) {
-    // Channels the gateway wants, whatever the connection state.
-    let mut channels: HashSet<String> = HashSet::new();
+    let mut wanted = Wanted::default();
     let mut backoff = BACKOFF_MIN;
     let mut was_connected = false;
     loop {
@@ -288,7 +342,7 @@ async fn subscriber_actor(
                     _ => "connect timed out".to_owned(),
                 };
                 tracing::warn!(%error, retry_in = ?backoff, "redis subscriber connection failed");
-                if !refuse_commands_for(&mut inbox, &mut channels, backoff).await {
+                if !refuse_commands_for(&mut inbox, &mut wanted.channels, backoff).await {
                     return;
                 }
                 backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -296,9 +350,10 @@ async fn subscriber_actor(
             }
         };
         let (mut redis_sink, mut stream) = pubsub.split();
-        if !resubscribe_all(&mut redis_sink, &channels).await {
+        wanted.connection_lost();
+        if !resubscribe_all(&mut redis_sink, &wanted.channels).await {
             tracing::warn!(retry_in = ?backoff, "re-subscribing after reconnection failed");
-            if !refuse_commands_for(&mut inbox, &mut channels, backoff).await {
+            if !refuse_commands_for(&mut inbox, &mut wanted.channels, backoff).await {
                 return;
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -307,7 +362,7 @@ async fn subscriber_actor(
         if was_connected {
             reconnections.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
-                channels = channels.len(),
+                channels = wanted.channels.len(),
                 "redis subscriber reconnected and re-subscribed"
             );
         }
@@ -325,17 +380,28 @@ async fn subscriber_actor(
                         break;
                     }
                 }
-                command = inbox.recv() => {
-                    let Some(command) = command else { return };
-                    if !apply(inbox.gather(command), &mut redis_sink, &mut channels).await {
+                command = inbox.recv() => match command {
+                    None => return,
+                    Some(Command::Unsubscribe(removed)) => wanted.leave(removed),
+                    Some(Command::Subscribe(channels, done)) => {
+                        let batch = inbox.gather(channels, done, &mut wanted);
+                        if !subscribe(batch, &mut redis_sink, &mut wanted).await {
+                            break;
+                        }
+                    }
+                },
+                () = sleep_until(wanted.leave_at) => {
+                    if !unsubscribe_leaving(&mut redis_sink, &mut wanted).await {
                         break;
                     }
                 }
                 message = stream.next() => {
                     let Some(message) = message else { break };
                     let channel = message.get_channel_name();
-                    let payload = Bytes::copy_from_slice(message.get_payload_bytes());
-                    sink.deliver(channel, &payload);
+                    if wanted.delivers(channel) {
+                        let payload = Bytes::copy_from_slice(message.get_payload_bytes());
+                        sink.deliver(channel, &payload);
+                    }
                 }
             }
         }
@@ -343,42 +409,47 @@ async fn subscriber_actor(
     }
 }
 
-/// Sends one batch to Redis and records it in the wanted set; false when the connection
-/// failed (the subscribers of a failed SUBSCRIBE are told, and the actor reconnects).
-async fn apply(
-    batch: Batch,
+/// Subscribes a batch and records it in `wanted`; false when the connection failed (the
+/// batch's waiters are told, and the actor reconnects). Channels still subscribed because
+/// they were only just left are taken back without a command.
+async fn subscribe(
+    batch: SubscribeBatch,
     redis_sink: &mut redis::aio::PubSubSink,
-    channels: &mut HashSet<String>,
+    wanted: &mut Wanted,
 ) -> bool {
-    match batch {
-        Batch::Subscribe {
-            channels: added,
-            waiters,
-        } => {
-            let result =
-                tokio::time::timeout(OPERATION_TIMEOUT, redis_sink.subscribe(&added)).await;
-            let ok = matches!(result, Ok(Ok(())));
-            if ok {
-                channels.extend(added);
-            }
-            for done in waiters {
-                let _ = done.send(if ok {
-                    Ok(())
-                } else {
-                    Err(unavailable("redis subscribe failed"))
-                });
-            }
-            ok
-        }
-        Batch::Unsubscribe(removed) => {
-            for channel in &removed {
-                channels.remove(channel);
-            }
-            let result =
-                tokio::time::timeout(OPERATION_TIMEOUT, redis_sink.unsubscribe(&removed)).await;
-            matches!(result, Ok(Ok(())))
-        }
+    let SubscribeBatch { channels, waiters } = batch;
+    let missing: Vec<&String> = channels
+        .iter()
+        .filter(|channel| !wanted.leaving.remove(channel.as_str()))
+        .collect();
+    let ok = missing.is_empty()
+        || matches!(
+            tokio::time::timeout(OPERATION_TIMEOUT, redis_sink.subscribe(&missing)).await,
+            Ok(Ok(()))
+        );
+    if ok {
+        wanted.channels.extend(channels);
     }
+    for done in waiters {
+        let _ = done.send(if ok {
+            Ok(())
+        } else {
+            Err(unavailable("redis subscribe failed"))
+        });
+    }
+    ok
+}
+
+/// Sends one UNSUBSCRIBE for every channel left since the last; false when the connection
+/// failed.
+async fn unsubscribe_leaving(redis_sink: &mut redis::aio::PubSubSink, wanted: &mut Wanted) -> bool {
+    wanted.leave_at = None;
+    let leaving: Vec<String> = wanted.leaving.drain().collect();
+    if leaving.is_empty() {
+        return true;
+    }
+    let result = tokio::time::timeout(OPERATION_TIMEOUT, redis_sink.unsubscribe(&leaving)).await;
+    matches!(result, Ok(Ok(())))
 }
 
 /// Subscribes every wanted channel again, in batches; false on failure.

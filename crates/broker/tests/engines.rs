@@ -228,3 +228,94 @@ async fn test_health_checks_keep_a_healthy_subscription() {
         "a healthy connection is never dropped"
     );
 }
+
+/// Subscribers of each channel, as Redis counts them.
+async fn redis_subscribers(redis: &RedisServer, channels: &[String]) -> Vec<i64> {
+    let client = redis::Client::open(redis.url()).expect("url");
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channels)
+        .query_async(&mut connection)
+        .await
+        .expect("numsub");
+    counts.into_iter().map(|(_, count)| count).collect()
+}
+
+#[tokio::test]
+async fn test_redis_left_channels_are_unsubscribed_together() {
+    let redis = RedisServer::start();
+    let broker = Broker::Redis(Box::new(
+        RedisBroker::connect(&redis.url()).await.expect("url"),
+    ));
+    let recorder = Arc::new(Recorder::default());
+    let subscriber = broker.subscriber(recorder.clone());
+    let channels: Vec<String> = (0..100).map(|n| format!("left-{n}")).collect();
+    subscriber
+        .subscribe_many(&channels)
+        .await
+        .expect("subscribe");
+    assert!(
+        redis_subscribers(&redis, &channels)
+            .await
+            .iter()
+            .all(|&n| n == 1)
+    );
+    // Left one by one between other connections' subscribes, as under churn; "left-0" is
+    // joined again at once.
+    for (n, channel) in channels.iter().enumerate() {
+        subscriber.unsubscribe(channel).await.expect("unsubscribe");
+        subscriber
+            .subscribe(&format!("joined-{n}"))
+            .await
+            .expect("subscribe");
+    }
+    subscriber.subscribe("left-0").await.expect("joined again");
+    broker
+        .publish(&channels, Bytes::from_static(b"after"))
+        .await
+        .expect("publish");
+    assert_eq!(
+        recorder.wait_for(1).await,
+        vec![("left-0".into(), Bytes::from_static(b"after"))],
+        "only the channel joined again delivers"
+    );
+    let mut remaining = Vec::new();
+    for _ in 0..200 {
+        remaining = redis_subscribers(&redis, &channels).await;
+        if remaining.iter().sum::<i64>() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(remaining[0], 1, "left-0 stays subscribed");
+    assert_eq!(
+        remaining.iter().sum::<i64>(),
+        1,
+        "every other channel is unsubscribed"
+    );
+    let client = redis::Client::open(redis.url()).expect("url");
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut connection)
+        .await
+        .expect("info");
+    let unsubscribes: u64 = stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_unsubscribe:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse().ok())
+        .expect("UNSUBSCRIBE was called");
+    // One per channel left if each went out on its own.
+    assert!(
+        unsubscribes < 50,
+        "99 channels left one by one went out in {unsubscribes} UNSUBSCRIBE commands"
+    );
+}
