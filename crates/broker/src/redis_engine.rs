@@ -223,14 +223,6 @@ impl Wanted {
     }
 }
 
-/// Waits until `at`, or forever without one.
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// The actor's end of a [`RedisSubscriber`].
 struct Inbox {
     commands_rx: mpsc::Receiver<Command>,
@@ -371,7 +363,14 @@ async fn subscriber_actor(
         // A connection dropped without a reset (NAT, failover) only shows when we talk.
         let mut health = tokio::time::interval(health_check_interval);
         health.tick().await;
+        let unsubscribe_timer = tokio::time::sleep(UNSUBSCRIBE_DELAY);
+        tokio::pin!(unsubscribe_timer);
         loop {
+            if let Some(at) = wanted.leave_at
+                && unsubscribe_timer.deadline() != at
+            {
+                unsubscribe_timer.as_mut().reset(at);
+            }
             tokio::select! {
                 _ = health.tick() => {
                     // In subscribed mode the reply is the array ["pong", ""], not "PONG".
@@ -390,7 +389,7 @@ async fn subscriber_actor(
                         }
                     }
                 },
-                () = sleep_until(wanted.leave_at) => {
+                () = &mut unsubscribe_timer, if wanted.leave_at.is_some() => {
                     if !unsubscribe_leaving(&mut redis_sink, &mut wanted).await {
                         break;
                     }
@@ -410,8 +409,8 @@ async fn subscriber_actor(
 }
 
 /// Subscribes a batch and records it in `wanted`; false when the connection failed (the
-/// batch's waiters are told, and the actor reconnects). Channels still subscribed because
-/// they were only just left are taken back without a command.
+/// batch's waiters are told, and the actor reconnects). Channels already subscribed on the
+/// connection (wanted, or only just left) cost no command.
 async fn subscribe(
     batch: SubscribeBatch,
     redis_sink: &mut redis::aio::PubSubSink,
@@ -420,7 +419,9 @@ async fn subscribe(
     let SubscribeBatch { channels, waiters } = batch;
     let missing: Vec<&String> = channels
         .iter()
-        .filter(|channel| !wanted.leaving.remove(channel.as_str()))
+        .filter(|channel| {
+            !wanted.channels.contains(channel.as_str()) && !wanted.leaving.remove(channel.as_str())
+        })
         .collect();
     let ok = missing.is_empty()
         || matches!(
