@@ -171,9 +171,9 @@ enum Command {
     Unsubscribe(Vec<String>),
 }
 
-/// Subscribes queued back to back, sent as one SUBSCRIBE: under load (logins) the subscribes
-/// that queue while the actor waits for Redis go out together, and an idle gateway still
-/// sends each one at once.
+/// Subscribes queued together (unsubscribes of other channels may sit between them), sent as
+/// one SUBSCRIBE: under load (logins) the subscribes that queue while the actor waits for
+/// Redis go out together, and an idle gateway still sends each one at once.
 struct SubscribeBatch {
     channels: Vec<String>,
     waiters: Vec<oneshot::Sender<Result<(), BrokerError>>>,
@@ -187,7 +187,8 @@ const MAX_BATCH_COMMANDS: usize = 256;
 /// churn this turns one UNSUBSCRIBE per closed connection into one per interval.
 const UNSUBSCRIBE_DELAY: Duration = Duration::from_millis(10);
 
-/// What the subscriber holds, whatever the connection state.
+/// What the subscriber holds: the channels wanted, whatever the connection state, and those
+/// left but still subscribed on the current connection.
 #[derive(Default)]
 struct Wanted {
     /// Channels the gateway wants.
@@ -253,25 +254,28 @@ impl Inbox {
             channels: first,
             waiters: vec![done],
         };
+        // The batch's channels as a set, made when the first unsubscribe is met.
+        let mut named: Option<HashSet<String>> = None;
         for _ in 1..MAX_BATCH_COMMANDS {
             let Ok(command) = self.commands_rx.try_recv() else {
                 break;
             };
             match command {
                 Command::Subscribe(more, done) => {
+                    if let Some(named) = named.as_mut() {
+                        named.extend(more.iter().cloned());
+                    }
                     batch.channels.extend(more);
                     batch.waiters.push(done);
                 }
-                Command::Unsubscribe(removed)
-                    if removed
-                        .iter()
-                        .all(|channel| !batch.channels.contains(channel)) =>
-                {
+                Command::Unsubscribe(removed) => {
+                    let named =
+                        named.get_or_insert_with(|| batch.channels.iter().cloned().collect());
+                    if removed.iter().any(|channel| named.contains(channel)) {
+                        self.held = Some(Command::Unsubscribe(removed));
+                        break;
+                    }
                     wanted.leave(removed);
-                }
-                other => {
-                    self.held = Some(other);
-                    break;
                 }
             }
         }
