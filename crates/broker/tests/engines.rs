@@ -126,6 +126,22 @@ async fn queued_commands(broker: &Broker) {
     assert_eq!(got, expected, "every queued subscribe, and x left");
 }
 
+/// A broker on `redis`.
+async fn redis_broker(redis: &RedisServer) -> Broker {
+    Broker::Redis(Box::new(
+        RedisBroker::connect(&redis.url()).await.expect("url"),
+    ))
+}
+
+/// A plain client connection to `redis`, to look at its state.
+async fn redis_connection(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect")
+}
+
 #[tokio::test]
 async fn test_memory_engine() {
     suite(Broker::Memory(MemoryBroker::new())).await;
@@ -134,18 +150,13 @@ async fn test_memory_engine() {
 #[tokio::test]
 async fn test_redis_engine() {
     let redis = RedisServer::start();
-    suite(Broker::Redis(Box::new(
-        RedisBroker::connect(&redis.url()).await.expect("url"),
-    )))
-    .await;
+    suite(redis_broker(&redis).await).await;
 }
 
 #[tokio::test]
 async fn test_redis_large_batch_keeps_order() {
     let redis = RedisServer::start();
-    let broker = Broker::Redis(Box::new(
-        RedisBroker::connect(&redis.url()).await.expect("url"),
-    ));
+    let broker = redis_broker(&redis).await;
     let recorder = Arc::new(Recorder::default());
     let subscriber = broker.subscriber(recorder.clone());
     subscriber.subscribe("a").await.expect("subscribe");
@@ -173,9 +184,7 @@ async fn test_redis_large_batch_keeps_order() {
 #[tokio::test]
 async fn test_redis_restart_resubscribes() {
     let mut redis = RedisServer::start();
-    let broker = Broker::Redis(Box::new(
-        RedisBroker::connect(&redis.url()).await.expect("url"),
-    ));
+    let broker = redis_broker(&redis).await;
     let recorder = Arc::new(Recorder::default());
     let subscriber = broker.subscriber(recorder.clone());
     subscriber.subscribe("kept").await.expect("subscribe");
@@ -233,11 +242,7 @@ async fn test_health_checks_keep_a_healthy_subscription() {
 
 /// Subscribers of each channel, as Redis counts them.
 async fn redis_subscribers(redis: &RedisServer, channels: &[String]) -> Vec<i64> {
-    let client = redis::Client::open(redis.url()).expect("url");
-    let mut connection = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+    let mut connection = redis_connection(redis).await;
     let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
         .arg("NUMSUB")
         .arg(channels)
@@ -250,9 +255,7 @@ async fn redis_subscribers(redis: &RedisServer, channels: &[String]) -> Vec<i64>
 #[tokio::test]
 async fn test_redis_left_channels_are_unsubscribed_together() {
     let redis = RedisServer::start();
-    let broker = Broker::Redis(Box::new(
-        RedisBroker::connect(&redis.url()).await.expect("url"),
-    ));
+    let broker = redis_broker(&redis).await;
     let recorder = Arc::new(Recorder::default());
     let subscriber = broker.subscriber(recorder.clone());
     let channels: Vec<String> = (0..100).map(|n| format!("left-{n}")).collect();
@@ -304,11 +307,7 @@ async fn test_redis_left_channels_are_unsubscribed_together() {
         1,
         "every other channel is unsubscribed"
     );
-    let client = redis::Client::open(redis.url()).expect("url");
-    let mut connection = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+    let mut connection = redis_connection(&redis).await;
     let stats: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(&mut connection)
