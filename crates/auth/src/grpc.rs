@@ -103,7 +103,11 @@ pub async fn serve(
     let closing = service.closing.clone();
     tonic::transport::Server::builder()
         .layer(secret.server_layer())
-        .add_service(AuthServer::new(service))
+        .add_service(
+            AuthServer::new(service)
+                .max_decoding_message_size(switchboard_proto::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(switchboard_proto::MAX_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             calls::close_streams_on(shutdown, closing),

@@ -219,7 +219,11 @@ pub async fn serve(
     let closing = bus.closing.clone();
     tonic::transport::Server::builder()
         .layer(secret.server_layer())
-        .add_service(EventBusServer::new(bus))
+        .add_service(
+            EventBusServer::new(bus)
+                .max_decoding_message_size(switchboard_proto::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(switchboard_proto::MAX_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             // Gateways run with `publish_via_bus` hold a publish stream open.

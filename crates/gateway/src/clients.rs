@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use switchboard_proto::MAX_MESSAGE_BYTES;
 use switchboard_proto::calls::CallStream;
 use switchboard_proto::internal::{InternalSecret, SecuredChannel};
 use switchboard_proto::v1::auth_client::AuthClient;
@@ -14,6 +15,9 @@ use switchboard_proto::v1::{LoginAnswer, LoginCall, RegisterAnswer, RegisterCall
 use switchboard_protocol::{ApiError, ErrorCode};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
+
+/// Most SessionControl clients (one per other gateway) kept for reuse.
+pub const MAX_CONTROL_CLIENTS: usize = 256;
 
 /// Why a client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -80,8 +84,12 @@ impl Services {
         rpc_timeout: Duration,
         secret: &InternalSecret,
     ) -> Result<Self, AddressError> {
-        let auth = AuthClient::new(secret.channel(lazy_channel(auth_url)?));
-        let registry = SessionRegistryClient::new(secret.channel(lazy_channel(registry_url)?));
+        let auth = AuthClient::new(secret.channel(lazy_channel(auth_url)?))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let registry = SessionRegistryClient::new(secret.channel(lazy_channel(registry_url)?))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let logins = CallStream::new(rpc_timeout, move |calls| {
             let mut auth = auth.clone();
             Box::pin(async move { Ok(auth.login_stream(calls).await?.into_inner()) })
@@ -97,7 +105,9 @@ impl Services {
             logins: Arc::new(logins),
             registry,
             registrations: Arc::new(registrations),
-            bus: EventBusClient::new(secret.channel(lazy_channel(bus_url)?)),
+            bus: EventBusClient::new(secret.channel(lazy_channel(bus_url)?))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
             controls: Arc::new(Mutex::new(HashMap::new())),
             secret: secret.clone(),
             rpc_timeout,
@@ -111,7 +121,8 @@ impl Services {
         request
     }
 
-    /// Returns the SessionControl client of the gateway at `address`.
+    /// Returns the SessionControl client of the gateway at `address`, from a cache of at most
+    /// [`MAX_CONTROL_CLIENTS`].
     ///
     /// # Errors
     /// `internal_error` when the registry holds an invalid address.
@@ -124,7 +135,16 @@ impl Services {
             tracing::error!(%error, "bad gateway address in the registry");
             ApiError::new(ErrorCode::InternalError, "bad gateway address")
         })?;
-        let client = SessionControlClient::new(self.secret.channel(channel));
+        let client = SessionControlClient::new(self.secret.channel(channel))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        if controls.len() >= MAX_CONTROL_CLIENTS {
+            // Gateways come and go (each restart has a new address): forget one, so the
+            // cache holds the live ones and never grows without bound.
+            if let Some(old) = controls.keys().next().cloned() {
+                controls.remove(&old);
+            }
+        }
         controls.insert(address.to_owned(), client.clone());
         Ok(client)
     }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchboard_proto::internal::InternalSecret;
-use switchboard_proto::v1::{HeartbeatRequest, SessionInfo, UnregisterManyRequest};
+use switchboard_proto::v1::{SessionInfo, UnregisterManyRequest};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clients::Services;
@@ -173,17 +173,6 @@ impl Gateway {
             .is_ok()
         {
             let _ = done_rx.await;
-        }
-    }
-
-    /// Sends one heartbeat with every local session, so a restarted registry re-learns them.
-    pub async fn heartbeat(&self, sessions: Vec<SessionInfo>) {
-        let request = self.services.request(HeartbeatRequest {
-            gateway_id: self.config.gateway_id.clone(),
-            sessions,
-        });
-        if let Err(status) = self.services.registry.clone().heartbeat(request).await {
-            tracing::warn!(code = ?status.code(), "heartbeat failed");
         }
     }
 }

@@ -4,7 +4,7 @@
 //! once, serialises its frame data once per distinct subscription body and queues it to
 //! every local subscriber of that channel.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -247,6 +247,11 @@ impl Hub {
     /// Returns a local session.
     pub fn session(&self, session_id: &str) -> Option<Arc<SessionHandle>> {
         self.sessions().get(session_id).cloned()
+    }
+
+    /// Returns the ids of every local session, logged in or logging in.
+    pub fn session_ids(&self) -> HashSet<String> {
+        self.sessions().keys().cloned().collect()
     }
 
     /// Returns every local session.

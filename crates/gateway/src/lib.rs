@@ -2,13 +2,15 @@
 //! connection: the session, its subscriptions, its outbound queue and its pending server
 //! requests.
 //!
-//! Calls `Auth` (login) and `SessionRegistry` (register, list, get, lookup, heartbeat) over
+//! Calls `Auth` (login) and `SessionRegistry` (register, list, get, lookup, heartbeat,
+//! reconcile) over
 //! gRPC; publishes events into the broker through the event bus's code (or to `EventBus` over
 //! gRPC with `publish_via_bus`); subscribes broker channels for its local subscriptions;
 //! serves `SessionControl` (stop, cmd) to other replicas and backends.
 //!
 //! # Layout
-//! - [`server`]: [`build`] and [`serve`]: accept loop, SessionControl server, heartbeat, drain.
+//! - [`server`]: [`build`] and [`serve`]: accept loop, SessionControl server, drain.
+//! - [`liveness`]: heartbeats of a session count and digest, and reconciling with the registry.
 //! - [`connection`]: one WebSocket: reader, batching writer, cleanup.
 //! - `dispatch` and `commands`: request routing and the `core` commands.
 //! - [`hub`]: local sessions, the subscription index and event fan-out.
@@ -32,6 +34,7 @@ mod dispatch;
 pub mod gateway;
 pub mod gelf;
 pub mod hub;
+pub mod liveness;
 pub mod metrics;
 mod outbound;
 pub mod publisher;

@@ -104,16 +104,21 @@ pub async fn serve(
     let control = tokio::spawn(
         tonic::transport::Server::builder()
             .layer(gateway.secret.server_layer())
-            .add_service(SessionControlServer::new(GrpcSessionControl::new(
-                Arc::clone(&gateway),
-            )))
+            .add_service(
+                SessionControlServer::new(GrpcSessionControl::new(Arc::clone(&gateway)))
+                    .max_decoding_message_size(switchboard_proto::MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(switchboard_proto::MAX_MESSAGE_BYTES),
+            )
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(control_listener)
                     .with_nodelay(Some(true)),
                 shutdown.clone().cancelled_owned(),
             ),
     );
-    let heartbeat = tokio::spawn(heartbeat_loop(Arc::clone(&gateway), shutdown.clone()));
+    let heartbeat = tokio::spawn(crate::liveness::heartbeat_loop(
+        Arc::clone(&gateway),
+        shutdown.clone(),
+    ));
     let watchdog = tokio::spawn(write_watchdog(Arc::clone(&gateway), shutdown.clone()));
     let tracker = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(gateway.config.max_connections));
@@ -175,32 +180,6 @@ pub async fn serve(
     match control.await {
         Ok(result) => result,
         Err(_) => Ok(()),
-    }
-}
-
-async fn heartbeat_loop(gateway: Arc<Gateway>, shutdown: CancellationToken) {
-    let mut interval = tokio::time::interval(gateway.config.heartbeat_interval);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = interval.tick() => {}
-        }
-        let sessions = gateway
-            .hub
-            .all_sessions()
-            .into_iter()
-            .filter_map(|session| {
-                let identity = session.identity()?;
-                Some(gateway.session_info(
-                    &identity.session_id,
-                    &identity.user,
-                    &session.service,
-                    &session.remote,
-                    identity.meta_json.clone(),
-                ))
-            })
-            .collect();
-        gateway.heartbeat(sessions).await;
     }
 }
 

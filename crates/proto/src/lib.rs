@@ -14,4 +14,10 @@ pub mod v1 {
 }
 
 pub mod calls;
+pub mod digest;
 pub mod internal;
+
+/// The largest gRPC message any Switchboard server or client sends or accepts. Every message
+/// whose size grows with the deployment (session lists, heartbeats, history) is paged well
+/// below it, so reaching it is a bug, not a load.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;

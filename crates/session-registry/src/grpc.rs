@@ -6,15 +6,31 @@ use switchboard_proto::calls::{self, Answers};
 use switchboard_proto::internal::InternalSecret;
 use switchboard_proto::v1::session_registry_server::{SessionRegistry, SessionRegistryServer};
 use switchboard_proto::v1::{
-    GetUserReply, GetUserRequest, HeartbeatReply, HeartbeatRequest, ListUsersReply,
-    ListUsersRequest, LookupReply, LookupRequest, RegisterAnswer, RegisterCall, RegisterReply,
-    RegisterRequest, UnregisterManyRequest, UnregisterReply, UnregisterRequest, UserSessions,
+    GatewaySessionsReply, GatewaySessionsRequest, GetUserReply, GetUserRequest, HeartbeatReply,
+    HeartbeatRequest, ListUsersReply, ListUsersRequest, LookupReply, LookupRequest, RegisterAnswer,
+    RegisterCall, RegisterReply, RegisterRequest, RelearnReply, RelearnRequest,
+    UnregisterManyRequest, UnregisterReply, UnregisterRequest, UserSessions,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::Config;
+
+/// Users or session ids in one page of `ListUsers` or `GatewaySessions` when the caller
+/// names no limit, and the most it may ask for: a page stays far below the message limit.
+pub const PAGE_DEFAULT: usize = 1000;
+/// The most a caller may ask for in one page.
+pub const PAGE_MAX: usize = 10_000;
+/// The most sessions one `Relearn` or `UnregisterMany` call may carry.
+pub const BATCH_MAX: usize = 10_000;
+
+fn page_limit(asked: u32) -> usize {
+    match asked as usize {
+        0 => PAGE_DEFAULT,
+        asked => asked.min(PAGE_MAX),
+    }
+}
 use crate::store::{RegistryError, Store};
 
 /// The tonic service around a [`Store`].
@@ -110,6 +126,11 @@ impl SessionRegistry for GrpcRegistryService {
         request: Request<UnregisterManyRequest>,
     ) -> Result<Response<UnregisterReply>, Status> {
         let request = request.into_inner();
+        if request.session_ids.len() > BATCH_MAX {
+            return Err(Status::invalid_argument(format!(
+                "at most {BATCH_MAX} sessions per call"
+            )));
+        }
         let session_ids: Vec<&str> = request.session_ids.iter().map(String::as_str).collect();
         self.store
             .unregister_many(&session_ids, &request.gateway_id)
@@ -121,14 +142,20 @@ impl SessionRegistry for GrpcRegistryService {
         &self,
         request: Request<ListUsersRequest>,
     ) -> Result<Response<ListUsersReply>, Status> {
-        let users = self
+        let request = request.into_inner();
+        let page = self
             .store
-            .list_users(&request.into_inner().service)
-            .await?
+            .list_users(&request.service, &request.cursor, page_limit(request.limit))
+            .await?;
+        let users = page
+            .items
             .into_iter()
             .map(|(user, session_ids)| UserSessions { user, session_ids })
             .collect();
-        Ok(Response::new(ListUsersReply { users }))
+        Ok(Response::new(ListUsersReply {
+            users,
+            next_cursor: page.next,
+        }))
     }
 
     async fn get_user(
@@ -155,10 +182,47 @@ impl SessionRegistry for GrpcRegistryService {
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatReply>, Status> {
         let request = request.into_inner();
-        self.store
-            .heartbeat(&request.gateway_id, request.sessions)
+        let held = self.store.heartbeat(&request.gateway_id).await?;
+        Ok(Response::new(HeartbeatReply {
+            session_count: held.count,
+            digest: held.digest,
+        }))
+    }
+
+    async fn gateway_sessions(
+        &self,
+        request: Request<GatewaySessionsRequest>,
+    ) -> Result<Response<GatewaySessionsReply>, Status> {
+        let request = request.into_inner();
+        let page = self
+            .store
+            .gateway_sessions(
+                &request.gateway_id,
+                &request.cursor,
+                page_limit(request.limit),
+            )
             .await?;
-        Ok(Response::new(HeartbeatReply {}))
+        Ok(Response::new(GatewaySessionsReply {
+            session_ids: page.items,
+            next_cursor: page.next,
+        }))
+    }
+
+    async fn relearn(
+        &self,
+        request: Request<RelearnRequest>,
+    ) -> Result<Response<RelearnReply>, Status> {
+        let sessions = request.into_inner().sessions;
+        if sessions.len() > BATCH_MAX {
+            return Err(Status::invalid_argument(format!(
+                "at most {BATCH_MAX} sessions per call"
+            )));
+        }
+        if sessions.iter().any(|session| session.session_id.is_empty()) {
+            return Err(Status::invalid_argument("session_id is required"));
+        }
+        let refused = self.store.relearn(sessions).await?;
+        Ok(Response::new(RelearnReply { refused }))
     }
 }
 
@@ -194,7 +258,11 @@ pub async fn serve_service(
     let closing = service.closing.clone();
     tonic::transport::Server::builder()
         .layer(secret.server_layer())
-        .add_service(SessionRegistryServer::new(service))
+        .add_service(
+            SessionRegistryServer::new(service)
+                .max_decoding_message_size(switchboard_proto::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(switchboard_proto::MAX_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             calls::close_streams_on(shutdown, closing),

@@ -15,4 +15,4 @@ pub mod store;
 
 pub use config::Config;
 pub use grpc::serve;
-pub use store::{MemoryStore, RedisStore, RegistryError, Store};
+pub use store::{GatewayDigest, MemoryStore, Page, RedisStore, RegistryError, Store};

@@ -11,8 +11,36 @@ use switchboard_proto::v1::SessionInfo;
 pub use memory::MemoryStore;
 pub use redis_store::RedisStore;
 
-/// How long an unregistered session id is kept from being re-learned from a heartbeat.
+/// How long an unregistered session id is kept from being re-learned.
 pub const TOMBSTONE_TTL: Duration = Duration::from_secs(60);
+
+/// One page of a listing and where the next one starts ("" after the last page).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    /// What this page holds.
+    pub items: Vec<T>,
+    /// The cursor of the next page; "" when this was the last.
+    pub next: String,
+}
+
+impl<T> Default for Page<T> {
+    fn default() -> Self {
+        Self {
+            items: Vec::new(),
+            next: String::new(),
+        }
+    }
+}
+
+/// What the index holds for one gateway: how many sessions, and their digest
+/// (`switchboard_proto::digest`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GatewayDigest {
+    /// How many sessions.
+    pub count: u64,
+    /// The XOR digest of their ids.
+    pub digest: u64,
+}
 
 /// Why a registry operation failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,17 +121,50 @@ impl Store {
         }
     }
 
-    /// Returns every user of `service` with their session ids.
+    /// Returns one page of the users of `service` with their session ids: about `limit`
+    /// users after `cursor` ("" for the first page). A user may appear on two pages.
     ///
     /// # Errors
     /// [`RegistryError::Unavailable`] when Redis cannot be reached.
     pub async fn list_users(
         &self,
         service: &str,
-    ) -> Result<Vec<(String, Vec<String>)>, RegistryError> {
+        cursor: &str,
+        limit: usize,
+    ) -> Result<Page<(String, Vec<String>)>, RegistryError> {
         match self {
-            Self::Memory(store) => Ok(store.list_users(service)),
-            Self::Redis(store) => store.list_users(service).await,
+            Self::Memory(store) => Ok(store.list_users(service, cursor, limit)),
+            Self::Redis(store) => store.list_users(service, cursor, limit).await,
+        }
+    }
+
+    /// Returns one page of the session ids held for `gateway_id`: about `limit` ids after
+    /// `cursor` ("" for the first page). An id may appear on two pages.
+    ///
+    /// # Errors
+    /// [`RegistryError::Unavailable`] when Redis cannot be reached.
+    pub async fn gateway_sessions(
+        &self,
+        gateway_id: &str,
+        cursor: &str,
+        limit: usize,
+    ) -> Result<Page<String>, RegistryError> {
+        match self {
+            Self::Memory(store) => Ok(store.gateway_sessions(gateway_id, cursor, limit)),
+            Self::Redis(store) => store.gateway_sessions(gateway_id, cursor, limit).await,
+        }
+    }
+
+    /// Registers sessions a gateway holds that the index lost (a restart, a reap of a
+    /// gateway that was only slow); returns the ids refused: held by another gateway, or
+    /// unregistered within [`TOMBSTONE_TTL`].
+    ///
+    /// # Errors
+    /// [`RegistryError::Unavailable`] when Redis cannot be reached.
+    pub async fn relearn(&self, sessions: Vec<SessionInfo>) -> Result<Vec<String>, RegistryError> {
+        match self {
+            Self::Memory(store) => Ok(store.relearn(sessions)),
+            Self::Redis(store) => store.relearn(&sessions).await,
         }
     }
 
@@ -133,21 +194,15 @@ impl Store {
         }
     }
 
-    /// Records a heartbeat; re-learns sessions the gateway holds that the index lost.
+    /// Records a heartbeat; returns the count and digest of the sessions the index holds
+    /// for the gateway, for it to compare with its own.
     ///
     /// # Errors
     /// [`RegistryError::Unavailable`] when Redis cannot be reached.
-    pub async fn heartbeat(
-        &self,
-        gateway_id: &str,
-        sessions: Vec<SessionInfo>,
-    ) -> Result<(), RegistryError> {
+    pub async fn heartbeat(&self, gateway_id: &str) -> Result<GatewayDigest, RegistryError> {
         match self {
-            Self::Memory(store) => {
-                store.heartbeat(gateway_id, sessions);
-                Ok(())
-            }
-            Self::Redis(store) => store.heartbeat(gateway_id, &sessions).await,
+            Self::Memory(store) => Ok(store.heartbeat(gateway_id)),
+            Self::Redis(store) => store.heartbeat(gateway_id).await,
         }
     }
 

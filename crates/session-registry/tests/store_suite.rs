@@ -1,9 +1,11 @@
 //! One suite, two backends: the in-memory index and the Redis index behave the same.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use switchboard_proto::digest;
 use switchboard_proto::v1::SessionInfo;
-use switchboard_session_registry::{MemoryStore, RedisStore, RegistryError, Store};
+use switchboard_session_registry::{GatewayDigest, MemoryStore, RedisStore, RegistryError, Store};
 use switchboard_test_support::RedisServer;
 
 fn session(id: &str, user: &str, gateway: &str) -> SessionInfo {
@@ -16,6 +18,63 @@ fn session(id: &str, user: &str, gateway: &str) -> SessionInfo {
         meta_json: r#"{"k":1}"#.into(),
         gateway_id: gateway.into(),
         control_addr: "127.0.0.1:2".into(),
+    }
+}
+
+/// Every user of `service`, read in pages of `limit` and merged.
+async fn all_users(store: &Store, service: &str, limit: usize) -> Vec<(String, Vec<String>)> {
+    let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut cursor = String::new();
+    let mut pages = 0;
+    loop {
+        let page = store
+            .list_users(service, &cursor, limit)
+            .await
+            .expect("list");
+        for (user, ids) in page.items {
+            users.entry(user).or_default().extend(ids);
+        }
+        pages += 1;
+        assert!(pages < 10_000, "the cursor goes on forever");
+        if page.next.is_empty() {
+            break;
+        }
+        cursor = page.next;
+    }
+    users
+        .into_iter()
+        .map(|(user, mut ids)| {
+            ids.sort();
+            ids.dedup();
+            (user, ids)
+        })
+        .collect()
+}
+
+/// Every session id the index holds for `gateway`, read in pages of `limit`.
+async fn all_gateway_sessions(store: &Store, gateway: &str, limit: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = store
+            .gateway_sessions(gateway, &cursor, limit)
+            .await
+            .expect("gateway sessions");
+        ids.extend(page.items);
+        if page.next.is_empty() {
+            break;
+        }
+        cursor = page.next;
+    }
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+fn held(ids: &[&str]) -> GatewayDigest {
+    GatewayDigest {
+        count: ids.len() as u64,
+        digest: digest::of_ids(ids.iter().copied()),
     }
 }
 
@@ -58,7 +117,8 @@ async fn suite(store: Store) {
         .register(session("s4", "u:x", "g2"))
         .await
         .expect("register");
-    let users = store.list_users("").await.expect("list");
+    let users = all_users(&store, "", 1000).await;
+    assert_eq!(users, all_users(&store, "", 1).await, "one user per page");
     assert_eq!(
         users,
         vec![
@@ -67,7 +127,12 @@ async fn suite(store: Store) {
             ("v".to_owned(), vec!["s3".to_owned()]),
         ]
     );
-    assert!(store.list_users("other").await.expect("list").is_empty());
+    assert!(all_users(&store, "other", 10).await.is_empty());
+    // The heartbeat answers what the index holds for the gateway; so do its pages.
+    assert_eq!(store.heartbeat("g1").await, Ok(held(&["s1", "s2"])));
+    assert_eq!(store.heartbeat("g2").await, Ok(held(&["s3", "s4"])));
+    assert_eq!(all_gateway_sessions(&store, "g2", 1).await, ["s3", "s4"]);
+    assert_eq!(store.heartbeat("nobody").await, Ok(held(&[])));
     let sessions = store.get_user("", "u").await.expect("get");
     assert_eq!(sessions.len(), 2);
     assert_eq!(sessions[0].meta_json, r#"{"k":1}"#);
@@ -111,58 +176,81 @@ async fn suite(store: Store) {
         store.get_user("", "many").await,
         Err(RegistryError::NotFound)
     );
-    // A heartbeat sent before the batch does not bring its sessions back.
-    store
-        .heartbeat("g1", vec![session("m1", "many", "g1")])
-        .await
-        .expect("heartbeat");
+    // A re-learn sent before the batch does not bring its sessions back.
+    assert_eq!(
+        store.relearn(vec![session("m1", "many", "g1")]).await,
+        Ok(vec!["m1".to_owned()])
+    );
     assert_eq!(store.lookup("m1").await, Err(RegistryError::NotFound));
+    assert_eq!(store.heartbeat("g1").await, Ok(held(&[])));
 
     // g2 keeps heartbeating, g1 (which holds s5) goes silent and is reaped.
     store
         .register(session("s5", "u", "g1"))
         .await
         .expect("register");
-    store
-        .heartbeat("g1", vec![session("s5", "u", "g1")])
-        .await
-        .expect("heartbeat");
+    store.heartbeat("g1").await.expect("heartbeat");
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(150)).await;
-        store
-            .heartbeat(
-                "g2",
-                vec![session("s3", "v", "g2"), session("s4", "u:x", "g2")],
-            )
-            .await
-            .expect("heartbeat");
+        store.heartbeat("g2").await.expect("heartbeat");
     }
     assert_eq!(store.reap(Duration::from_millis(400)).await, Ok(1));
     assert_eq!(store.lookup("s5").await, Err(RegistryError::NotFound));
     assert!(store.lookup("s3").await.is_ok());
+    // g1 was only slow: its heartbeat shows the loss, and it re-learns what it holds (a
+    // reap leaves no tombstone); re-learning what is already there changes nothing.
+    assert_eq!(store.heartbeat("g1").await, Ok(held(&[])));
+    assert_eq!(
+        store.relearn(vec![session("s5", "u", "g1")]).await,
+        Ok(vec![])
+    );
+    assert_eq!(
+        store.relearn(vec![session("s5", "u", "g1")]).await,
+        Ok(vec![])
+    );
+    assert_eq!(store.heartbeat("g1").await, Ok(held(&["s5"])));
+    // Another gateway cannot re-learn an id that is held.
+    assert_eq!(
+        store.relearn(vec![session("s5", "u", "g2")]).await,
+        Ok(vec!["s5".to_owned()])
+    );
+    assert_eq!(store.lookup("s5").await.expect("lookup").gateway_id, "g1");
 
-    // A heartbeat sent before an unregister does not bring the session back.
+    // A re-learn sent before an unregister does not bring the session back.
     store.unregister("s3", "g2").await.expect("unregister");
-    store
-        .heartbeat(
-            "g2",
-            vec![session("s3", "v", "g2"), session("s4", "u:x", "g2")],
-        )
-        .await
-        .expect("heartbeat");
+    assert_eq!(
+        store
+            .relearn(vec![session("s3", "v", "g2"), session("s4", "u:x", "g2")])
+            .await,
+        Ok(vec!["s3".to_owned()])
+    );
     assert_eq!(store.lookup("s3").await, Err(RegistryError::NotFound));
+    assert_eq!(store.heartbeat("g2").await, Ok(held(&["s4"])));
     // A login may reuse the id right away.
     store
         .register(session("s3", "v", "g1"))
         .await
         .expect("register again");
 
-    // A heartbeat re-learns sessions the index never had or lost (a restarted, empty store).
-    store
-        .heartbeat("g3", vec![session("s9", "w", "g3")])
-        .await
-        .expect("heartbeat");
+    // A re-learn brings back sessions the index never had or lost (a restarted, empty store).
+    assert_eq!(
+        store.relearn(vec![session("s9", "w", "g3")]).await,
+        Ok(vec![])
+    );
     assert_eq!(store.get_user("", "w").await.map(|s| s.len()), Ok(1));
+}
+
+/// A gateway that heartbeats between the reaper finding it silent and reaping it keeps its
+/// sessions.
+async fn reap_spares_a_gateway_that_came_back(store: Store) {
+    store
+        .register(session("r1", "u", "gr"))
+        .await
+        .expect("register");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    store.heartbeat("gr").await.expect("heartbeat");
+    assert_eq!(store.reap(Duration::from_millis(200)).await, Ok(0));
+    assert!(store.lookup("r1").await.is_ok());
 }
 
 /// Registrations made at once keep each one's own answer: the per-user limit counts the
@@ -216,6 +304,18 @@ async fn concurrent_registrations(store: Store) {
 #[tokio::test]
 async fn test_memory_store() {
     suite(Store::Memory(MemoryStore::new())).await;
+}
+
+#[tokio::test]
+async fn test_memory_store_reap_spares_a_gateway_that_came_back() {
+    reap_spares_a_gateway_that_came_back(Store::Memory(MemoryStore::new())).await;
+}
+
+#[tokio::test]
+async fn test_redis_store_reap_spares_a_gateway_that_came_back() {
+    let redis = RedisServer::start();
+    let store = RedisStore::connect(&redis.url()).expect("url");
+    reap_spares_a_gateway_that_came_back(Store::Redis(Box::new(store))).await;
 }
 
 #[tokio::test]

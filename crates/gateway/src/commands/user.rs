@@ -1,5 +1,6 @@
 //! `user login`, `user list`, `user get`, `user send_event`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
@@ -215,22 +216,39 @@ pub(crate) async fn login(
     Ok(json!({"session_id": reply.session_id, "expires_at": reply.expires_at}))
 }
 
-/// `user list`.
+/// `user list`: every page of the registry's listing, merged into one answer.
 pub(crate) async fn list(gateway: &Gateway, state: &ConnState) -> CommandResult {
-    let reply = gateway
-        .services
-        .registry
-        .clone()
-        .list_users(gateway.services.request(ListUsersRequest {
-            service: state.session.service.clone(),
-        }))
-        .await
-        .map_err(|status| status_to_api_error(&status, "session registry"))?
-        .into_inner();
-    let users: Map<String, Value> = reply
-        .users
+    let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut cursor = String::new();
+    loop {
+        let reply = gateway
+            .services
+            .registry
+            .clone()
+            .list_users(gateway.services.request(ListUsersRequest {
+                service: state.session.service.clone(),
+                cursor,
+                limit: 0,
+            }))
+            .await
+            .map_err(|status| status_to_api_error(&status, "session registry"))?
+            .into_inner();
+        for entry in reply.users {
+            let ids = users.entry(entry.user).or_default();
+            ids.extend(entry.session_ids);
+        }
+        if reply.next_cursor.is_empty() {
+            break;
+        }
+        cursor = reply.next_cursor;
+    }
+    let users: Map<String, Value> = users
         .into_iter()
-        .map(|entry| (entry.user, json!(entry.session_ids)))
+        .map(|(user, mut ids)| {
+            ids.sort();
+            ids.dedup();
+            (user, json!(ids))
+        })
         .collect();
     Ok(Value::Object(users))
 }

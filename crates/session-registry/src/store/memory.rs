@@ -1,22 +1,41 @@
 //! The in-memory session index (single-process mode).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use switchboard_proto::digest;
 use switchboard_proto::v1::SessionInfo;
 use tokio::time::Instant;
 
-use super::RegistryError;
+use super::{GatewayDigest, Page, RegistryError};
+
+/// What the index knows of one gateway.
+#[derive(Debug)]
+struct Gateway {
+    last_heartbeat: Instant,
+    session_ids: BTreeSet<String>,
+    digest: u64,
+}
+
+impl Gateway {
+    fn new() -> Self {
+        Self {
+            last_heartbeat: Instant::now(),
+            session_ids: BTreeSet::new(),
+            digest: 0,
+        }
+    }
+}
 
 #[derive(Debug, Default)]
 struct State {
     sessions: HashMap<String, SessionInfo>,
     /// (service, user) → session ids in login order.
     by_user: BTreeMap<(String, String), Vec<String>>,
-    /// gateway id → last heartbeat.
-    gateways: HashMap<String, Instant>,
-    /// Recently unregistered session ids: a heartbeat sent before the unregister must not
+    gateways: HashMap<String, Gateway>,
+    /// Recently unregistered session ids: a re-learn sent before the unregister must not
     /// bring them back.
     tombstones: HashMap<String, Instant>,
 }
@@ -27,9 +46,13 @@ impl State {
             .entry((session.service.clone(), session.user.clone()))
             .or_default()
             .push(session.session_id.clone());
-        self.gateways
+        let gateway = self
+            .gateways
             .entry(session.gateway_id.clone())
-            .or_insert_with(Instant::now);
+            .or_insert_with(Gateway::new);
+        if gateway.session_ids.insert(session.session_id.clone()) {
+            gateway.digest ^= digest::of_id(&session.session_id);
+        }
         self.sessions.insert(session.session_id.clone(), session);
     }
 
@@ -42,7 +65,25 @@ impl State {
                 self.by_user.remove(&user_key);
             }
         }
+        if let Some(gateway) = self.gateways.get_mut(&session.gateway_id)
+            && gateway.session_ids.remove(session_id)
+        {
+            gateway.digest ^= digest::of_id(session_id);
+        }
         Some(session)
+    }
+}
+
+/// Cursors of the in-memory pages: the last key returned, after a prefix so that "" (the
+/// first page) is never a valid cursor.
+fn cursor_of(key: &str) -> String {
+    format!("k{key}")
+}
+
+fn after(cursor: &str) -> Bound<String> {
+    match cursor.strip_prefix('k') {
+        Some(key) => Bound::Excluded(key.to_owned()),
+        None => Bound::Unbounded,
     }
 }
 
@@ -106,15 +147,55 @@ impl MemoryStore {
         }
     }
 
-    /// Returns every user of `service` with their session ids.
-    pub fn list_users(&self, service: &str) -> Vec<(String, Vec<String>)> {
+    /// Returns one page of the users of `service` with their session ids, at most `limit`
+    /// users (at least one), after `cursor` ("" for the first page).
+    pub fn list_users(
+        &self,
+        service: &str,
+        cursor: &str,
+        limit: usize,
+    ) -> Page<(String, Vec<String>)> {
         let state = self.lock();
-        state
+        let start = match after(cursor) {
+            Bound::Excluded(user) => Bound::Excluded((service.to_owned(), user)),
+            _ => Bound::Included((service.to_owned(), String::new())),
+        };
+        let items: Vec<(String, Vec<String>)> = state
             .by_user
-            .iter()
-            .filter(|((session_service, _), _)| session_service == service)
+            .range((start, Bound::Unbounded))
+            .take_while(|((session_service, _), _)| session_service == service)
+            .take(limit.max(1))
             .map(|((_, user), ids)| (user.clone(), ids.clone()))
-            .collect()
+            .collect();
+        let next = if items.len() < limit.max(1) {
+            String::new()
+        } else {
+            items
+                .last()
+                .map(|(user, _)| cursor_of(user))
+                .unwrap_or_default()
+        };
+        Page { items, next }
+    }
+
+    /// Returns one page of the session ids held for `gateway_id`, after `cursor`.
+    pub fn gateway_sessions(&self, gateway_id: &str, cursor: &str, limit: usize) -> Page<String> {
+        let state = self.lock();
+        let Some(gateway) = state.gateways.get(gateway_id) else {
+            return Page::default();
+        };
+        let items: Vec<String> = gateway
+            .session_ids
+            .range((after(cursor), Bound::Unbounded))
+            .take(limit.max(1))
+            .cloned()
+            .collect();
+        let next = if items.len() < limit.max(1) {
+            String::new()
+        } else {
+            items.last().map(|id| cursor_of(id)).unwrap_or_default()
+        };
+        Page { items, next }
     }
 
     /// Returns the sessions of one user.
@@ -145,17 +226,40 @@ impl MemoryStore {
             .ok_or(RegistryError::NotFound)
     }
 
-    /// Records a heartbeat; re-learns sessions the gateway holds that the index lost.
-    pub fn heartbeat(&self, gateway_id: &str, sessions: Vec<SessionInfo>) {
+    /// Records a heartbeat; returns what the index holds for the gateway.
+    pub fn heartbeat(&self, gateway_id: &str) -> GatewayDigest {
         let mut state = self.lock();
-        state.gateways.insert(gateway_id.to_owned(), Instant::now());
+        let gateway = state
+            .gateways
+            .entry(gateway_id.to_owned())
+            .or_insert_with(Gateway::new);
+        gateway.last_heartbeat = Instant::now();
+        GatewayDigest {
+            count: gateway.session_ids.len() as u64,
+            digest: gateway.digest,
+        }
+    }
+
+    /// Registers sessions a gateway holds that the index lost; returns the ids refused
+    /// (held by another gateway, or unregistered within [`super::TOMBSTONE_TTL`]).
+    pub fn relearn(&self, sessions: Vec<SessionInfo>) -> Vec<String> {
+        let mut state = self.lock();
+        let mut refused = Vec::new();
         for session in sessions {
-            if !state.sessions.contains_key(&session.session_id)
-                && !state.tombstones.contains_key(&session.session_id)
-            {
-                state.insert(session);
+            let held_by_other = state
+                .sessions
+                .get(&session.session_id)
+                .map(|held| held.gateway_id != session.gateway_id);
+            match held_by_other {
+                Some(false) => {}
+                Some(true) => refused.push(session.session_id),
+                None if state.tombstones.contains_key(&session.session_id) => {
+                    refused.push(session.session_id);
+                }
+                None => state.insert(session),
             }
         }
+        refused
     }
 
     /// Removes the sessions of every gateway silent for longer than `timeout`; returns how many.
@@ -168,25 +272,19 @@ impl MemoryStore {
         let dead: Vec<String> = state
             .gateways
             .iter()
-            .filter(|(_, last)| now.duration_since(**last) > timeout)
+            .filter(|(_, gateway)| now.duration_since(gateway.last_heartbeat) > timeout)
             .map(|(id, _)| id.clone())
             .collect();
-        if dead.is_empty() {
-            return 0;
+        let mut reaped = 0;
+        for gateway_id in dead {
+            let Some(gateway) = state.gateways.remove(&gateway_id) else {
+                continue;
+            };
+            for session_id in &gateway.session_ids {
+                reaped += usize::from(state.remove(session_id).is_some());
+            }
         }
-        for gateway in &dead {
-            state.gateways.remove(gateway);
-        }
-        let doomed: Vec<String> = state
-            .sessions
-            .values()
-            .filter(|session| dead.contains(&session.gateway_id))
-            .map(|session| session.session_id.clone())
-            .collect();
-        for session_id in &doomed {
-            state.remove(session_id);
-        }
-        doomed.len()
+        reaped
     }
 }
 
@@ -217,7 +315,7 @@ mod tests {
             Err(RegistryError::DuplicateSession)
         );
         assert_eq!(
-            store.list_users(""),
+            store.list_users("", "", 10).items,
             vec![("u".to_owned(), vec!["s1".to_owned(), "s2".to_owned()])]
         );
         store.unregister("s1", "other-gateway");
@@ -230,7 +328,7 @@ mod tests {
         assert_eq!(store.get_user("", "u").map(|s| s.len()), Ok(1));
         store.unregister("s2", "");
         assert_eq!(store.get_user("", "u"), Err(RegistryError::NotFound));
-        assert!(store.list_users("").is_empty());
+        assert!(store.list_users("", "", 10).items.is_empty());
     }
 
     #[tokio::test(start_paused = true)]
@@ -243,7 +341,7 @@ mod tests {
             .register(session("b", "u", "g2"), 0)
             .expect("register");
         tokio::time::advance(Duration::from_secs(10)).await;
-        store.heartbeat("g2", vec![]);
+        store.heartbeat("g2");
         tokio::time::advance(Duration::from_secs(6)).await;
         assert_eq!(store.reap(Duration::from_secs(15)), 1);
         assert_eq!(store.lookup("a"), Err(RegistryError::NotFound));

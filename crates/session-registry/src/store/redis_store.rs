@@ -1,15 +1,18 @@
 //! The session index in Redis.
 //!
 //! Keys (every variable part length-prefixed, so no value can forge another key):
-//! - `sb:s:<session>`: hash `info` (the protobuf `SessionInfo`), `uk`, `usk`, `gk`, `user`;
+//! - `sb:s:<session>`: hash `info` (the protobuf `SessionInfo`), `uk`, `usk`, `gk`, `user`, `gw`;
 //! - `sb:u:<service>:<user>`: set of the user's session ids;
 //! - `sb:us:<service>`: set of users with at least one session;
 //! - `sb:g:<gateway>`: set of the gateway's session ids;
-//! - `sb:gw`: sorted set gateway → last heartbeat (ms since the epoch).
+//! - `sb:gd:<gateway>`: hash `h`, `l`: the digest of that set (`switchboard_proto::digest`),
+//!   as two signed 32-bit halves, kept by every script that changes the set;
+//! - `sb:gw`: sorted set gateway → last heartbeat (ms since the epoch, Redis's clock);
+//! - `sb:t:<session>`: tombstone of a recently unregistered session (not re-learned).
 //!
-//! Register and unregister are Lua scripts, so each is atomic and registry replicas can run
-//! side by side. (The scripts derive some keys from stored fields, which a single Redis or a
-//! Redis with all keys in one slot accepts; sharding the registry would need hash tags.)
+//! Register, unregister and reap are Lua scripts, so each is atomic and registry replicas can
+//! run side by side. (The scripts derive some keys from stored fields, which a single Redis or
+//! a Redis with all keys in one slot accepts; sharding the registry would need hash tags.)
 
 use std::fmt;
 use std::time::Duration;
@@ -17,32 +20,62 @@ use std::time::Duration;
 use prost::Message;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
+use switchboard_proto::digest;
 use switchboard_proto::v1::SessionInfo;
 
-use super::{RegistryError, TOMBSTONE_TTL};
+use super::{GatewayDigest, Page, RegistryError, TOMBSTONE_TTL};
 
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(2);
 const GATEWAYS_KEY: &str = "sb:gw";
+/// Sessions one reap script removes before it yields to other clients of Redis.
+const REAP_CHUNK: usize = 1000;
 
-/// Registers a session (ARGV[5] = "1": re-learning it from a heartbeat, which a recent
-/// unregister's tombstone forbids). The gateway's heartbeat time is Redis's own clock, so
-/// registry replicas with skewed clocks agree.
-const REGISTER: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local max = tonumber(ARGV[6])
-if max > 0 and redis.call('SCARD', KEYS[2]) >= max then return -1 end
-if ARGV[5] == '1' then
-  if redis.call('EXISTS', KEYS[6]) == 1 then return 0 end
-else
-  redis.call('DEL', KEYS[6])
+/// Lua helpers shared by the scripts: the digest XOR (see `switchboard_proto::digest`).
+const LUA_DIGEST: &str = r"
+local function xor_digest(key, id)
+  local h = redis.sha1hex(id)
+  local d = redis.call('HMGET', key, 'h', 'l')
+  redis.call('HSET', key,
+    'h', bit.bxor(tonumber(d[1] or '0'), tonumber(string.sub(h, 1, 8), 16)),
+    'l', bit.bxor(tonumber(d[2] or '0'), tonumber(string.sub(h, 9, 16), 16)))
 end
-redis.call('HSET', KEYS[1], 'info', ARGV[1], 'uk', KEYS[2], 'usk', KEYS[3], 'gk', KEYS[4], 'user', ARGV[3], 'gw', ARGV[4])
-redis.call('SADD', KEYS[2], ARGV[2])
-redis.call('SADD', KEYS[3], ARGV[3])
-redis.call('SADD', KEYS[4], ARGV[2])
-local t = redis.call('TIME')
-redis.call('ZADD', KEYS[5], 'NX', t[1] * 1000 + math.floor(t[2] / 1000), ARGV[4])
-return 1
+";
+
+/// Registers sessions: KEYS in groups of 7 (session, user, users, gateway, gateways, tombstone,
+/// digest), ARGV[1] = "1" when re-learning (a tombstone forbids it), ARGV[2] the per-user
+/// limit (0: none), then groups of 4 (info, id, user, gateway). Returns per session: 1
+/// created, 0 taken (or tombstoned when re-learning), -1 at the limit, 2 (re-learning only)
+/// already held by that same gateway. The gateway's
+/// heartbeat time is Redis's own clock, so registry replicas with skewed clocks agree.
+const REGISTER: &str = r"
+local relearn = ARGV[1] == '1'
+local max = tonumber(ARGV[2])
+local results = {}
+for n = 0, #KEYS / 7 - 1 do
+  local k = n * 7
+  local a = 2 + n * 4
+  local result = 1
+  if redis.call('EXISTS', KEYS[k + 1]) == 1 then
+    result = 0
+    if relearn and redis.call('HGET', KEYS[k + 1], 'gw') == ARGV[a + 4] then result = 2 end
+  elseif max > 0 and redis.call('SCARD', KEYS[k + 2]) >= max then
+    result = -1
+  elseif relearn and redis.call('EXISTS', KEYS[k + 6]) == 1 then
+    result = 0
+  end
+  if result == 1 then
+    if not relearn then redis.call('DEL', KEYS[k + 6]) end
+    redis.call('HSET', KEYS[k + 1], 'info', ARGV[a + 1], 'uk', KEYS[k + 2], 'usk', KEYS[k + 3],
+      'gk', KEYS[k + 4], 'user', ARGV[a + 3], 'gw', ARGV[a + 4])
+    redis.call('SADD', KEYS[k + 2], ARGV[a + 2])
+    redis.call('SADD', KEYS[k + 3], ARGV[a + 3])
+    if redis.call('SADD', KEYS[k + 4], ARGV[a + 2]) == 1 then xor_digest(KEYS[k + 7], ARGV[a + 2]) end
+    local t = redis.call('TIME')
+    redis.call('ZADD', KEYS[k + 5], 'NX', t[1] * 1000 + math.floor(t[2] / 1000), ARGV[a + 4])
+  end
+  results[n + 1] = result
+end
+return results
 ";
 
 /// Unregisters each session ARGV[3..] that ARGV[1] (a gateway id, or "" for any) holds, and
@@ -58,7 +91,9 @@ for i = 3, #ARGV do
     redis.call('DEL', session_key)
     redis.call('SREM', f[1], id)
     if redis.call('SCARD', f[1]) == 0 then redis.call('SREM', f[2], f[4]) end
-    redis.call('SREM', f[3], id)
+    if redis.call('SREM', f[3], id) == 1 then
+      xor_digest('sb:gd:' .. string.sub(f[3], 6), id)
+    end
     redis.call('SET', KEYS[(i - 3) * 2 + 2], '1', 'PX', ARGV[2])
     removed = removed + 1
   end
@@ -66,11 +101,13 @@ end
 return removed
 ";
 
-/// Records a heartbeat at Redis's time; returns how many sessions the index holds for it.
+/// Records a heartbeat at Redis's time; returns the count and digest halves of the sessions
+/// the index holds for the gateway.
 const HEARTBEAT: &str = r"
 local t = redis.call('TIME')
 redis.call('ZADD', KEYS[1], t[1] * 1000 + math.floor(t[2] / 1000), ARGV[1])
-return redis.call('SCARD', KEYS[2])
+local d = redis.call('HMGET', KEYS[3], 'h', 'l')
+return {redis.call('SCARD', KEYS[2]), tonumber(d[1] or '0'), tonumber(d[2] or '0')}
 ";
 
 /// Returns the gateways whose last heartbeat is older than ARGV[1] ms, by Redis's clock.
@@ -80,12 +117,36 @@ local now = t[1] * 1000 + math.floor(t[2] / 1000)
 return redis.call('ZRANGEBYSCORE', KEYS[1], 0, now - tonumber(ARGV[1]))
 ";
 
-/// Forgets the reaped ids of a gateway; drops the gateway once it holds none (a login that
-/// raced the reap keeps it listed, and the next pass takes it).
-const FORGET_GATEWAY: &str = r"
-for i = 2, #ARGV do redis.call('SREM', KEYS[2], ARGV[i]) end
-if redis.call('SCARD', KEYS[2]) == 0 then redis.call('ZREM', KEYS[1], ARGV[1]) end
-return 1
+/// Reaps up to ARGV[3] sessions of gateway ARGV[1] (KEYS: gateways, its set, its digest),
+/// only if it is still silent for longer than ARGV[2] ms: a gateway whose heartbeat arrived
+/// since it was found silent keeps everything. Reaped sessions leave no tombstone, so a
+/// gateway that was only slow re-learns them. Returns {removed, left}, or -1 when the gateway
+/// is not silent (any more). The gateway is forgotten once it holds nothing.
+const REAP: &str = r"
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score then return -1 end
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+if now - tonumber(score) <= tonumber(ARGV[2]) then return -1 end
+local ids = redis.call('SPOP', KEYS[2], tonumber(ARGV[3]))
+local removed = 0
+for _, id in ipairs(ids) do
+  xor_digest(KEYS[3], id)
+  local session_key = 'sb:s:' .. #id .. ':' .. id
+  local f = redis.call('HMGET', session_key, 'uk', 'usk', 'user', 'gw')
+  if f[1] and f[4] == ARGV[1] then
+    redis.call('DEL', session_key)
+    redis.call('SREM', f[1], id)
+    if redis.call('SCARD', f[1]) == 0 then redis.call('SREM', f[2], f[3]) end
+    removed = removed + 1
+  end
+end
+local left = redis.call('SCARD', KEYS[2])
+if left == 0 then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('DEL', KEYS[3])
+end
+return {removed, left}
 ";
 
 fn part(value: &str) -> String {
@@ -108,6 +169,10 @@ fn gateway_key(gateway_id: &str) -> String {
     format!("sb:g:{}", part(gateway_id))
 }
 
+fn digest_key(gateway_id: &str) -> String {
+    format!("sb:gd:{}", part(gateway_id))
+}
+
 fn tombstone_key(session_id: &str) -> String {
     format!("sb:t:{}", part(session_id))
 }
@@ -124,7 +189,7 @@ pub struct RedisStore {
     unregister: Script,
     heartbeat: Script,
     silent_gateways: Script,
-    forget_gateway: Script,
+    reap: Script,
 }
 
 impl fmt::Debug for RedisStore {
@@ -148,11 +213,11 @@ impl RedisStore {
             ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?;
         Ok(Self {
             connection,
-            register: Script::new(REGISTER),
-            unregister: Script::new(UNREGISTER),
+            register: Script::new(&format!("{LUA_DIGEST}{REGISTER}")),
+            unregister: Script::new(&format!("{LUA_DIGEST}{UNREGISTER}")),
             heartbeat: Script::new(HEARTBEAT),
             silent_gateways: Script::new(SILENT_GATEWAYS),
-            forget_gateway: Script::new(FORGET_GATEWAY),
+            reap: Script::new(&format!("{LUA_DIGEST}{REAP}")),
         })
     }
 
@@ -165,28 +230,33 @@ impl RedisStore {
             .map_err(unavailable)
     }
 
-    /// Runs REGISTER: 1 created, 0 taken (or tombstoned when relearning), -1 at the limit.
+    /// Runs REGISTER on `sessions`: per session 1 created, 0 taken (or tombstoned when
+    /// re-learning), -1 at the limit.
     async fn try_register(
         &self,
-        session: &SessionInfo,
+        sessions: &[SessionInfo],
         relearn: bool,
         max_per_user: usize,
-    ) -> Result<i64, RegistryError> {
+    ) -> Result<Vec<i64>, RegistryError> {
         let mut connection = self.connection.clone();
         let mut invocation = self.register.prepare_invoke();
         invocation
-            .key(session_key(&session.session_id))
-            .key(user_key(&session.service, &session.user))
-            .key(users_key(&session.service))
-            .key(gateway_key(&session.gateway_id))
-            .key(GATEWAYS_KEY)
-            .key(tombstone_key(&session.session_id))
-            .arg(session.encode_to_vec())
-            .arg(&session.session_id)
-            .arg(&session.user)
-            .arg(&session.gateway_id)
             .arg(if relearn { "1" } else { "0" })
             .arg(max_per_user);
+        for session in sessions {
+            invocation
+                .key(session_key(&session.session_id))
+                .key(user_key(&session.service, &session.user))
+                .key(users_key(&session.service))
+                .key(gateway_key(&session.gateway_id))
+                .key(GATEWAYS_KEY)
+                .key(tombstone_key(&session.session_id))
+                .key(digest_key(&session.gateway_id))
+                .arg(session.encode_to_vec())
+                .arg(&session.session_id)
+                .arg(&session.user)
+                .arg(&session.gateway_id);
+        }
         Self::timed(invocation.invoke_async(&mut connection)).await
     }
 
@@ -195,19 +265,34 @@ impl RedisStore {
         session: &SessionInfo,
         max_per_user: usize,
     ) -> Result<(), RegistryError> {
-        match self.try_register(session, false, max_per_user).await? {
-            1 => Ok(()),
-            -1 => Err(RegistryError::TooManySessions),
+        let results = self
+            .try_register(std::slice::from_ref(session), false, max_per_user)
+            .await?;
+        match results.first() {
+            Some(1) => Ok(()),
+            Some(-1) => Err(RegistryError::TooManySessions),
             _ => Err(RegistryError::DuplicateSession),
         }
     }
 
-    pub(crate) async fn unregister(
+    /// Re-learns sessions a gateway holds; returns the ids refused (taken or tombstoned).
+    pub(crate) async fn relearn(
         &self,
-        session_id: &str,
-        gateway_id: &str,
-    ) -> Result<(), RegistryError> {
-        self.unregister_many(&[session_id], gateway_id).await
+        sessions: &[SessionInfo],
+    ) -> Result<Vec<String>, RegistryError> {
+        let mut refused = Vec::new();
+        // Bounded script calls, so one re-learn never holds Redis for long.
+        for chunk in sessions.chunks(256) {
+            let results = self.try_register(chunk, true, 0).await?;
+            refused.extend(
+                chunk
+                    .iter()
+                    .zip(results)
+                    .filter(|(_, result)| *result == 0 || *result == -1)
+                    .map(|(session, _)| session.session_id.clone()),
+            );
+        }
+        Ok(refused)
     }
 
     /// Unregisters many sessions in one script call.
@@ -237,19 +322,23 @@ impl RedisStore {
     pub(crate) async fn list_users(
         &self,
         service: &str,
-    ) -> Result<Vec<(String, Vec<String>)>, RegistryError> {
+        cursor: &str,
+        limit: usize,
+    ) -> Result<Page<(String, Vec<String>)>, RegistryError> {
         let mut connection = self.connection.clone();
-        let mut users: Vec<String> = Self::timed(connection.smembers(users_key(service))).await?;
-        users.sort();
+        let (users, next) = Self::scan(&mut connection, users_key(service), cursor, limit).await?;
         if users.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Page {
+                items: Vec::new(),
+                next,
+            });
         }
         let mut pipe = redis::pipe();
         for user in &users {
             pipe.smembers(user_key(service, user));
         }
         let sessions: Vec<Vec<String>> = Self::timed(pipe.query_async(&mut connection)).await?;
-        Ok(users
+        let items = users
             .into_iter()
             .zip(sessions)
             .filter(|(_, ids)| !ids.is_empty())
@@ -257,7 +346,41 @@ impl RedisStore {
                 ids.sort();
                 (user, ids)
             })
-            .collect())
+            .collect();
+        Ok(Page { items, next })
+    }
+
+    /// One `SSCAN` page of a set: its members and the cursor to go on with ("" at the end).
+    async fn scan(
+        connection: &mut ConnectionManager,
+        key: String,
+        cursor: &str,
+        limit: usize,
+    ) -> Result<(Vec<String>, String), RegistryError> {
+        let cursor = if cursor.is_empty() { "0" } else { cursor };
+        let (next, members): (String, Vec<String>) = Self::timed(
+            redis::cmd("SSCAN")
+                .arg(key)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(limit.max(1))
+                .query_async(connection),
+        )
+        .await?;
+        Ok((members, if next == "0" { String::new() } else { next }))
+    }
+
+    /// One page of the session ids held for a gateway.
+    pub(crate) async fn gateway_sessions(
+        &self,
+        gateway_id: &str,
+        cursor: &str,
+        limit: usize,
+    ) -> Result<Page<String>, RegistryError> {
+        let mut connection = self.connection.clone();
+        let (items, next) =
+            Self::scan(&mut connection, gateway_key(gateway_id), cursor, limit).await?;
+        Ok(Page { items, next })
     }
 
     async fn infos(&self, session_ids: &[String]) -> Result<Vec<SessionInfo>, RegistryError> {
@@ -300,36 +423,20 @@ impl RedisStore {
             .ok_or(RegistryError::NotFound)
     }
 
-    pub(crate) async fn heartbeat(
-        &self,
-        gateway_id: &str,
-        sessions: &[SessionInfo],
-    ) -> Result<(), RegistryError> {
+    pub(crate) async fn heartbeat(&self, gateway_id: &str) -> Result<GatewayDigest, RegistryError> {
         let mut connection = self.connection.clone();
         let mut invocation = self.heartbeat.prepare_invoke();
         invocation
             .key(GATEWAYS_KEY)
             .key(gateway_key(gateway_id))
+            .key(digest_key(gateway_id))
             .arg(gateway_id);
-        let known: usize = Self::timed(invocation.invoke_async(&mut connection)).await?;
-        // Re-learn only when the index lost some of this gateway's sessions (Redis restarted
-        // empty, or the gateway was reaped while it was only slow).
-        if known != sessions.len() {
-            let mut relearned = 0;
-            for session in sessions {
-                if self.try_register(session, true, 0).await? == 1 {
-                    relearned += 1;
-                }
-            }
-            if relearned > 0 {
-                tracing::info!(
-                    gateway = gateway_id,
-                    sessions = relearned,
-                    "re-learned sessions from a heartbeat"
-                );
-            }
-        }
-        Ok(())
+        let (count, high, low): (u64, i64, i64) =
+            Self::timed(invocation.invoke_async(&mut connection)).await?;
+        Ok(GatewayDigest {
+            count,
+            digest: digest::from_halves(high, low),
+        })
     }
 
     pub(crate) async fn reap(&self, timeout: Duration) -> Result<usize, RegistryError> {
@@ -339,19 +446,26 @@ impl RedisStore {
         let dead: Vec<String> = Self::timed(invocation.invoke_async(&mut connection)).await?;
         let mut reaped = 0;
         for gateway_id in dead {
-            let session_ids: Vec<String> =
-                Self::timed(connection.smembers(gateway_key(&gateway_id))).await?;
-            for session_id in &session_ids {
-                self.unregister(session_id, &gateway_id).await?;
-                reaped += 1;
+            loop {
+                let mut invocation = self.reap.prepare_invoke();
+                invocation
+                    .key(GATEWAYS_KEY)
+                    .key(gateway_key(&gateway_id))
+                    .key(digest_key(&gateway_id))
+                    .arg(&gateway_id)
+                    .arg(timeout.as_millis() as u64)
+                    .arg(REAP_CHUNK);
+                let outcome: redis::Value =
+                    Self::timed(invocation.invoke_async(&mut connection)).await?;
+                let Ok((removed, left)) = redis::from_redis_value::<(usize, usize)>(outcome) else {
+                    // The gateway heartbeated since it was found silent: it keeps its sessions.
+                    break;
+                };
+                reaped += removed;
+                if left == 0 {
+                    break;
+                }
             }
-            let mut invocation = self.forget_gateway.prepare_invoke();
-            invocation
-                .key(GATEWAYS_KEY)
-                .key(gateway_key(&gateway_id))
-                .arg(&gateway_id)
-                .arg(&session_ids);
-            let _: i64 = Self::timed(invocation.invoke_async(&mut connection)).await?;
         }
         Ok(reaped)
     }
