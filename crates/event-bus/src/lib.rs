@@ -16,6 +16,7 @@ use switchboard_proto::v1::event_bus_server::{EventBus, EventBusServer};
 use switchboard_proto::v1::{
     PublishBatchReply, PublishBatchRequest, PublishReply, PublishRequest, PublishResult,
 };
+use switchboard_protocol::ByteLimits;
 use switchboard_protocol::event::{EventKey, WILDCARD};
 use switchboard_protocol::policy::{Direction, Policy};
 use tokio::net::TcpListener;
@@ -77,6 +78,29 @@ fn prepare(policy: &Policy, request: PublishRequest) -> Result<(Vec<String>, Byt
         )
     {
         return Err(Status::permission_denied("not allowed by the policy"));
+    }
+    // The byte limits of PROTOCOL.md §1, for backends too (gateways check them first, to
+    // answer their clients with the field named).
+    let limits = ByteLimits::default();
+    for (field, value) in [
+        ("class", &event.class),
+        ("subclass", &event.subclass),
+        ("type", &event.r#type),
+        ("obj_id", &event.obj_id),
+        ("service", &event.service),
+    ] {
+        if value.len() > limits.key_field {
+            return Err(Status::invalid_argument(format!(
+                "limit_exceeded: {field} is over {} bytes",
+                limits.key_field
+            )));
+        }
+    }
+    if event.body_json.len() > limits.event_body {
+        return Err(Status::invalid_argument(format!(
+            "limit_exceeded: body is over {} bytes",
+            limits.event_body
+        )));
     }
     if !event.body_json.is_empty() && serde_json::from_str::<&RawValue>(&event.body_json).is_err() {
         return Err(Status::invalid_argument("body_json is not JSON"));

@@ -4,6 +4,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use std::time::Duration;
+use switchboard_protocol::ByteLimits;
 use switchboard_protocol::policy::Policy;
 
 use crate::tls::Tls;
@@ -30,6 +31,18 @@ pub const DEFAULT_CMD_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_CMD_MAX_TIMEOUT: Duration = Duration::from_secs(180);
 /// Default deadline of a call to an internal service.
 pub const DEFAULT_RPC_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default weight of the frames queued towards one connection, past which it is closed
+/// with 1008.
+pub const DEFAULT_OUTBOUND_QUEUE_BYTES: usize = 4 * 1024 * 1024;
+/// Default largest frame before login (a login request is far smaller).
+pub const DEFAULT_PRELOGIN_FRAME_BYTES: usize = 16 * 1024;
+/// Default time from the upgrade within which a connection must log in.
+pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default number of connections from one client address that may wait to log in at once.
+pub const DEFAULT_MAX_PRELOGIN_PER_ADDRESS: usize = 64;
+/// Default window over which a draining gateway closes its connections.
+pub const DEFAULT_DRAIN_WINDOW: Duration = Duration::from_secs(5);
+
 /// Default interval of heartbeats to the registry.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// Default number of `session cmd` a connection may have waiting at once.
@@ -83,6 +96,21 @@ pub struct Config {
     pub max_subscriptions: usize,
     /// Frames queued towards one connection before it is closed with 1008.
     pub outbound_queue: usize,
+    /// Bytes the frames queued towards one connection may weigh before it is closed with
+    /// 1008 (a single frame into an empty queue is always taken).
+    pub outbound_queue_bytes: usize,
+    /// The byte limits of key fields, bodies, login meta and log records (PROTOCOL.md §1).
+    pub limits: ByteLimits,
+    /// Largest inbound frame before login; a bigger one closes with 1009.
+    pub prelogin_frame_bytes: usize,
+    /// Time from the upgrade within which a connection must log in, else 1008.
+    pub login_timeout: Duration,
+    /// Connections from one client address (IPv6: one /64) that may wait to log in at
+    /// once; more are answered HTTP 429.
+    pub max_prelogin_per_address: usize,
+    /// On shutdown, connections are closed (1001) spread evenly over this window, so their
+    /// clients do not all log in again elsewhere in the same instant.
+    pub drain_window: Duration,
     /// Interval of WebSocket pings.
     pub ping_interval: Duration,
     /// Time without traffic after which a connection is closed.
@@ -141,6 +169,12 @@ impl Config {
             max_json_depth: DEFAULT_MAX_JSON_DEPTH,
             max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
             outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+            outbound_queue_bytes: DEFAULT_OUTBOUND_QUEUE_BYTES,
+            limits: ByteLimits::default(),
+            prelogin_frame_bytes: DEFAULT_PRELOGIN_FRAME_BYTES,
+            login_timeout: DEFAULT_LOGIN_TIMEOUT,
+            max_prelogin_per_address: DEFAULT_MAX_PRELOGIN_PER_ADDRESS,
+            drain_window: DEFAULT_DRAIN_WINDOW,
             ping_interval: DEFAULT_PING_INTERVAL,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             cmd_timeout: DEFAULT_CMD_TIMEOUT,

@@ -274,6 +274,7 @@ async fn run<S>(
         service,
         remote,
         gateway.config.outbound_queue,
+        gateway.config.outbound_queue_bytes,
     ));
     // The idle clock starts now, not at the gateway's start.
     session.touch(gateway.hub.now_ms());

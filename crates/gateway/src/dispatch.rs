@@ -95,14 +95,14 @@ pub(crate) async fn dispatch(
         ("user", "list") => commands::user::list(gateway, state).await,
         ("user", "get") => commands::user::get(gateway, state, &request.data).await,
         ("user", "send_event") => {
-            let publish = commands::user::send_event(state, &request.data);
+            let publish = commands::user::send_event(gateway, state, &request.data);
             return commands::submit_publish(gateway, state, tid, publish).await;
         }
         ("session", "stop") => {
             commands::session::stop(gateway, state, &identity, own_user_only, &request.data).await
         }
         ("session", "send_event") => {
-            let publish = commands::session::send_event(state, &request.data);
+            let publish = commands::session::send_event(gateway, state, &request.data);
             return commands::submit_publish(gateway, state, tid, publish).await;
         }
         ("session", "cmd") => {

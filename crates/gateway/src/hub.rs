@@ -534,7 +534,13 @@ mod tests {
 
     fn route(conn_id: u64) -> Route {
         Route {
-            session: Arc::new(SessionHandle::new(conn_id, String::new(), String::new(), 4)),
+            session: Arc::new(SessionHandle::new(
+                conn_id,
+                String::new(),
+                String::new(),
+                4,
+                1 << 20,
+            )),
             body: empty_body(),
         }
     }
@@ -601,6 +607,7 @@ mod tests {
                         String::new(),
                         String::new(),
                         64,
+                        1 << 20,
                     ))
                 })
                 .collect();

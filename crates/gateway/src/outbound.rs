@@ -18,7 +18,8 @@ use crate::session::Outbound;
 /// Why a frame was not queued.
 #[derive(Debug)]
 pub(crate) enum Refused {
-    /// The queue holds `capacity` frames already.
+    /// The queue holds `capacity` frames already, or the frame would take its bytes past
+    /// the budget.
     Full(Outbound),
     /// The writer has ended; the frame is dropped.
     Closed,
@@ -27,6 +28,8 @@ pub(crate) enum Refused {
 #[derive(Debug, Default)]
 struct Slots {
     frames: VecDeque<Outbound>,
+    /// What `frames` weigh ([`Outbound::weight`]).
+    bytes: usize,
     /// Set once the writer ends: every later push is refused.
     closed: bool,
     /// The writer, when it waits for a frame.
@@ -35,19 +38,24 @@ struct Slots {
     full_seen: bool,
 }
 
-/// A bounded multi-producer, single-consumer frame queue.
+/// A multi-producer, single-consumer frame queue bounded in frames and in bytes.
 #[derive(Debug)]
 pub(crate) struct OutboundQueue {
     capacity: usize,
+    /// Bytes the queued frames may weigh. A frame is always admitted into an empty queue,
+    /// so one answer bigger than the budget (a long `user list`) still goes out.
+    byte_budget: usize,
     slots: Mutex<Slots>,
     room: Notify,
 }
 
 impl OutboundQueue {
-    /// An empty queue of at most `capacity` frames (at least 1).
-    pub(crate) fn new(capacity: usize) -> Self {
+    /// An empty queue of at most `capacity` frames (at least 1) weighing at most
+    /// `byte_budget` bytes.
+    pub(crate) fn new(capacity: usize, byte_budget: usize) -> Self {
         Self {
             capacity: capacity.max(1),
+            byte_budget,
             slots: Mutex::new(Slots::default()),
             room: Notify::new(),
         }
@@ -63,10 +71,14 @@ impl OutboundQueue {
         if slots.closed {
             return Err(Refused::Closed);
         }
-        if slots.frames.len() >= self.capacity {
+        let weight = frame.weight();
+        if slots.frames.len() >= self.capacity
+            || (!slots.frames.is_empty() && slots.bytes + weight > self.byte_budget)
+        {
             slots.full_seen = true;
             return Err(Refused::Full(frame));
         }
+        slots.bytes += weight;
         slots.frames.push_back(frame);
         let writer = slots.writer.take();
         drop(slots);
@@ -115,11 +127,15 @@ impl OutboundQueue {
     /// buffer itself, so a drained queue holds no memory.
     pub(crate) fn take(&self, max: usize) -> VecDeque<Outbound> {
         let mut slots = self.slots();
-        let batch = if slots.frames.len() <= max {
+        let batch: VecDeque<Outbound> = if slots.frames.len() <= max {
+            slots.bytes = 0;
             std::mem::take(&mut slots.frames)
         } else {
             slots.frames.drain(..max).collect()
         };
+        if !slots.frames.is_empty() {
+            slots.bytes -= batch.iter().map(Outbound::weight).sum::<usize>();
+        }
         let wake_senders = std::mem::take(&mut slots.full_seen);
         drop(slots);
         if wake_senders {
@@ -133,6 +149,7 @@ impl OutboundQueue {
         let mut slots = self.slots();
         slots.closed = true;
         let dropped = std::mem::take(&mut slots.frames);
+        slots.bytes = 0;
         drop(slots);
         drop(dropped);
         self.room.notify_waiters();
@@ -162,7 +179,7 @@ mod tests {
 
     #[test]
     fn test_full_queue_refuses_and_take_keeps_order() {
-        let queue = OutboundQueue::new(2);
+        let queue = OutboundQueue::new(2, 1 << 20);
         assert!(queue.try_push(text("a")).is_ok());
         assert!(queue.try_push(text("b")).is_ok());
         assert!(matches!(queue.try_push(text("c")), Err(Refused::Full(_))));
@@ -173,8 +190,24 @@ mod tests {
     }
 
     #[test]
+    fn test_byte_budget_refuses_but_an_empty_queue_takes_any_frame() {
+        let queue = OutboundQueue::new(100, 10);
+        assert!(queue.try_push(text(&"x".repeat(50))).is_ok(), "empty queue");
+        assert!(matches!(queue.try_push(text("a")), Err(Refused::Full(_))));
+        assert_eq!(queue.take(10).len(), 1);
+        assert!(queue.try_push(text("abcd")).is_ok());
+        assert!(queue.try_push(text("efgh")).is_ok());
+        assert!(matches!(queue.try_push(text("ijk")), Err(Refused::Full(_))));
+        assert_eq!(texts(queue.take(1)), ["abcd"]);
+        assert!(
+            queue.try_push(text("ijk")).is_ok(),
+            "the taken bytes are free again"
+        );
+    }
+
+    #[test]
     fn test_closed_queue_refuses() {
-        let queue = OutboundQueue::new(2);
+        let queue = OutboundQueue::new(2, 1 << 20);
         assert!(queue.try_push(text("a")).is_ok());
         queue.close();
         assert!(matches!(queue.try_push(text("b")), Err(Refused::Closed)));
@@ -183,7 +216,7 @@ mod tests {
 
     #[tokio::test]
     async fn test_push_waits_for_room_and_ready_wakes_the_writer() {
-        let queue = Arc::new(OutboundQueue::new(1));
+        let queue = Arc::new(OutboundQueue::new(1, 1 << 20));
         assert!(queue.push(text("a")).await);
         let pusher = tokio::spawn({
             let queue = Arc::clone(&queue);
@@ -212,7 +245,7 @@ mod tests {
 
     #[tokio::test]
     async fn test_close_releases_a_waiting_push() {
-        let queue = Arc::new(OutboundQueue::new(1));
+        let queue = Arc::new(OutboundQueue::new(1, 1 << 20));
         assert!(queue.try_push(text("a")).is_ok());
         let pusher = tokio::spawn({
             let queue = Arc::clone(&queue);

@@ -30,6 +30,18 @@ pub enum Outbound {
     Close(u16, String),
 }
 
+impl Outbound {
+    /// What the frame weighs against the connection's outbound byte budget: its text, plus
+    /// the envelope the writer adds to an event.
+    pub(crate) fn weight(&self) -> usize {
+        match self {
+            Self::Text(text) => text.len(),
+            Self::Event(data) => data.len() + 64,
+            Self::Close(_, reason) => reason.len() + 2,
+        }
+    }
+}
+
 /// The answer of a session to a server request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CmdAnswer {
@@ -118,13 +130,14 @@ impl SessionHandle {
         service: String,
         remote: String,
         outbound_queue: usize,
+        outbound_queue_bytes: usize,
     ) -> Self {
         Self {
             conn_id,
             service,
             remote,
             identity: OnceLock::new(),
-            outbound: OutboundQueue::new(outbound_queue),
+            outbound: OutboundQueue::new(outbound_queue, outbound_queue_bytes),
             next_server_tid: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
             kill: CancellationToken::new(),

@@ -113,6 +113,39 @@ pub struct Settings {
     /// Frames queued to one connection before it is closed with 1008 [default: 1024].
     #[arg(long, env = "SWITCHBOARD_OUTBOUND_QUEUE")]
     pub outbound_queue: Option<usize>,
+    /// Bytes the frames queued to one connection may weigh before it is closed with 1008
+    /// [default: 4194304].
+    #[arg(long, env = "SWITCHBOARD_OUTBOUND_QUEUE_BYTES")]
+    pub outbound_queue_bytes: Option<usize>,
+    /// Longest event key field (`class`, `subclass`, `type`, `obj_id`, `service`) in bytes
+    /// [default: 256].
+    #[arg(long, env = "SWITCHBOARD_MAX_KEY_FIELD_BYTES")]
+    pub max_key_field_bytes: Option<usize>,
+    /// Largest subscription `body` in bytes of compact JSON [default: 16384].
+    #[arg(long, env = "SWITCHBOARD_MAX_SUBSCRIPTION_BODY_BYTES")]
+    pub max_subscription_body_bytes: Option<usize>,
+    /// Largest event `body` in bytes of compact JSON [default: 65536].
+    #[arg(long, env = "SWITCHBOARD_MAX_EVENT_BODY_BYTES")]
+    pub max_event_body_bytes: Option<usize>,
+    /// Largest login `meta` in bytes of compact JSON [default: 8192].
+    #[arg(long, env = "SWITCHBOARD_MAX_LOGIN_META_BYTES")]
+    pub max_login_meta_bytes: Option<usize>,
+    /// Largest `session log` request `data` in bytes of compact JSON [default: 65536].
+    #[arg(long, env = "SWITCHBOARD_MAX_LOG_RECORD_BYTES")]
+    pub max_log_record_bytes: Option<usize>,
+    /// Largest frame before login; a bigger one closes with 1009 [default: 16384].
+    #[arg(long, env = "SWITCHBOARD_PRELOGIN_FRAME_BYTES")]
+    pub prelogin_frame_bytes: Option<usize>,
+    /// Time from the upgrade within which a connection must log in, else 1008 [default: 10s].
+    #[arg(long, env = "SWITCHBOARD_LOGIN_TIMEOUT")]
+    pub login_timeout: Option<String>,
+    /// Connections from one client address (IPv6: one /64) waiting to log in at once; more
+    /// get HTTP 429 [default: 64].
+    #[arg(long, env = "SWITCHBOARD_MAX_PRELOGIN_PER_ADDRESS")]
+    pub max_prelogin_per_address: Option<usize>,
+    /// Window over which a stopping gateway closes its connections [default: 5s].
+    #[arg(long, env = "SWITCHBOARD_DRAIN_WINDOW")]
+    pub drain_window: Option<String>,
     /// Interval of WebSocket pings, e.g. "25s" [default: 25s].
     #[arg(long, env = "SWITCHBOARD_PING_INTERVAL")]
     pub ping_interval: Option<String>,
@@ -227,6 +260,16 @@ impl Settings {
             max_sessions_per_user,
             metrics_listen,
             outbound_queue,
+            outbound_queue_bytes,
+            max_key_field_bytes,
+            max_subscription_body_bytes,
+            max_event_body_bytes,
+            max_login_meta_bytes,
+            max_log_record_bytes,
+            prelogin_frame_bytes,
+            login_timeout,
+            max_prelogin_per_address,
+            drain_window,
             ping_interval,
             idle_timeout,
             cmd_timeout,
@@ -285,6 +328,26 @@ impl Settings {
             anyhow::ensure!(value > 0, "outbound_queue must be at least 1");
             config.outbound_queue = value;
         }
+        for (value, slot) in [
+            (self.outbound_queue_bytes, &mut config.outbound_queue_bytes),
+            (self.max_key_field_bytes, &mut config.limits.key_field),
+            (
+                self.max_subscription_body_bytes,
+                &mut config.limits.subscription_body,
+            ),
+            (self.max_event_body_bytes, &mut config.limits.event_body),
+            (self.max_login_meta_bytes, &mut config.limits.login_meta),
+            (self.max_log_record_bytes, &mut config.limits.log_record),
+            (self.prelogin_frame_bytes, &mut config.prelogin_frame_bytes),
+            (
+                self.max_prelogin_per_address,
+                &mut config.max_prelogin_per_address,
+            ),
+        ] {
+            if let Some(value) = value {
+                *slot = value;
+            }
+        }
         for (text, slot, name) in [
             (
                 &self.ping_interval,
@@ -309,6 +372,12 @@ impl Settings {
                 &mut config.write_coalesce,
                 "write_coalesce",
             ),
+            (
+                &self.login_timeout,
+                &mut config.login_timeout,
+                "login_timeout",
+            ),
+            (&self.drain_window, &mut config.drain_window, "drain_window"),
         ] {
             if let Some(text) = text {
                 *slot = parse_duration(text).with_context(|| format!("invalid {name}"))?;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 use switchboard_protocol::event::{EventKey, WILDCARD};
 use switchboard_protocol::fields::Fields;
+use switchboard_protocol::limits;
 use switchboard_protocol::policy::Direction;
 use switchboard_protocol::{ApiError, ErrorCode};
 
@@ -17,7 +18,11 @@ use crate::session::Identity;
 use switchboard_proto::v1::PublishRequest;
 
 /// Reads (service, class, subclass, type, obj_id) with defaults applied.
-fn event_key(state: &ConnState, data: &Map<String, Value>) -> Result<EventKey, ApiError> {
+fn event_key(
+    gateway: &Gateway,
+    state: &ConnState,
+    data: &Map<String, Value>,
+) -> Result<EventKey, ApiError> {
     let fields = Fields(data);
     let class = fields.required_str("class")?;
     if class == WILDCARD {
@@ -26,13 +31,15 @@ fn event_key(state: &ConnState, data: &Map<String, Value>) -> Result<EventKey, A
     let service = fields
         .optional_str("service")?
         .unwrap_or(&state.session.service);
-    Ok(EventKey {
+    let key = EventKey {
         service: service.to_owned(),
         class: class.to_owned(),
         subclass: fields.str_or("subclass", WILDCARD)?.to_owned(),
         type_: fields.str_or("type", WILDCARD)?.to_owned(),
         obj_id: fields.str_or("obj_id", WILDCARD)?.to_owned(),
-    })
+    };
+    super::check_key(&key, &gateway.config.limits)?;
+    Ok(key)
 }
 
 fn check_event_policy(
@@ -109,12 +116,16 @@ pub(crate) async fn subscribe(
     identity: &Identity,
     data: &Map<String, Value>,
 ) -> CommandResult {
-    let key = event_key(state, data)?;
+    let key = event_key(gateway, state, data)?;
     check_event_policy(gateway, identity, state, &key, Direction::Subscribe)?;
     let body = Fields(data)
         .optional_object("body")?
         .cloned()
         .unwrap_or_default();
+    if !body.is_empty() {
+        let max = gateway.config.limits.subscription_body;
+        limits::check_json("body", &body, max)?;
+    }
     add_subscription(gateway, state, &key, body).await?;
     Ok(json!({}))
 }
@@ -125,7 +136,7 @@ pub(crate) async fn unsubscribe(
     state: &mut ConnState,
     data: &Map<String, Value>,
 ) -> CommandResult {
-    let channel = event_key(state, data)?.channel();
+    let channel = event_key(gateway, state, data)?.channel();
     if let Some(index) = state
         .subscriptions
         .iter()
@@ -161,11 +172,15 @@ pub(crate) fn send_event(
     identity: &Identity,
     data: &Map<String, Value>,
 ) -> Result<PublishRequest, Failure> {
-    let key = event_key(state, data)?;
+    let key = event_key(gateway, state, data)?;
     check_event_policy(gateway, identity, state, &key, Direction::Send)?;
+    let body = Fields(data).optional_value("body");
+    if let Some(body) = body {
+        limits::check_json("body", body, gateway.config.limits.event_body)?;
+    }
     Ok(publish_request(
         key,
-        Fields(data).optional_value("body"),
+        body,
         &identity.roles,
         &state.session.service,
         false,

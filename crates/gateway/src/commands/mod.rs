@@ -11,7 +11,7 @@ use switchboard_proto::v1::{Event, PublishRequest};
 use switchboard_protocol::event::EventKey;
 use switchboard_protocol::event::WILDCARD;
 use switchboard_protocol::fields::Fields;
-use switchboard_protocol::{ApiError, ErrorCode};
+use switchboard_protocol::{ApiError, ByteLimits, ErrorCode, limits};
 
 use crate::connection::ConnState;
 use crate::dispatch::{Failure, encode};
@@ -27,6 +27,7 @@ pub(crate) fn is_known(subclass: &str, cmd: &str) -> bool {
 /// `core/<subclass>/<type>/<target>`, where `target` is the data field `target_field`.
 /// These are authorised by the command policy, so the bus gets them as trusted.
 pub(crate) fn core_event_request(
+    gateway: &Gateway,
     state: &ConnState,
     data: &Map<String, Value>,
     subclass: &str,
@@ -35,7 +36,8 @@ pub(crate) fn core_event_request(
     let fields = Fields(data);
     let target = fields.required_str(target_field)?;
     let type_ = fields.str_or("type", WILDCARD)?;
-    if subclass == "session_event" && crate::token::RESERVED_TYPES.contains(&type_) {
+    // Both subclasses: a session subscribed to its user's events would see them as well.
+    if crate::token::RESERVED_TYPES.contains(&type_) {
         return Err(ApiError::new(
             ErrorCode::Unauthorized,
             format!("event type {type_} is sent by the gateway only"),
@@ -49,13 +51,32 @@ pub(crate) fn core_event_request(
         type_: type_.to_owned(),
         obj_id: target.to_owned(),
     };
+    check_key(&key, &gateway.config.limits)?;
+    let body = fields.optional_value("body");
+    if let Some(body) = body {
+        limits::check_json("body", body, gateway.config.limits.event_body)?;
+    }
     Ok(publish_request(
         key,
-        fields.optional_value("body"),
+        body,
         &[],
         &state.session.service,
         true,
     ))
+}
+
+/// `limit_exceeded` naming the first key field longer than the limit.
+pub(crate) fn check_key(key: &EventKey, byte_limits: &ByteLimits) -> Result<(), ApiError> {
+    for (field, value) in [
+        ("class", &key.class),
+        ("subclass", &key.subclass),
+        ("type", &key.type_),
+        ("obj_id", &key.obj_id),
+        ("service", &key.service),
+    ] {
+        limits::check(field, value.len(), byte_limits.key_field)?;
+    }
+    Ok(())
 }
 
 /// Builds the bus request for an event.

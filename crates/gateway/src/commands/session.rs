@@ -10,6 +10,7 @@ use switchboard_proto::v1::{
 
 use switchboard_protocol::fields::Fields;
 use switchboard_protocol::frame::Request;
+use switchboard_protocol::limits;
 use switchboard_protocol::{ApiError, ErrorCode};
 use tonic::Code;
 
@@ -119,10 +120,11 @@ pub(crate) async fn stop(
 
 /// `session send_event`: fires `core/session_event/<type>/<session_id>`.
 pub(crate) fn send_event(
+    gateway: &Gateway,
     state: &ConnState,
     data: &Map<String, Value>,
 ) -> Result<PublishRequest, Failure> {
-    super::core_event_request(state, data, "session_event", "session_id")
+    super::core_event_request(gateway, state, data, "session_event", "session_id")
 }
 
 /// The validated fields of `session cmd`.
@@ -269,6 +271,7 @@ pub(crate) fn log(
     identity: &Identity,
     data: &Map<String, Value>,
 ) -> CommandResult {
+    limits::check_json("data", data, gateway.config.limits.log_record)?;
     let fields = Fields(data);
     let source = fields.required_str("source")?;
     let message = fields.required_str("message")?;

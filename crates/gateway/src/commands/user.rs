@@ -9,6 +9,7 @@ use switchboard_proto::v1::{
 };
 use switchboard_protocol::event::{EventKey, WILDCARD};
 use switchboard_protocol::fields::Fields;
+use switchboard_protocol::limits;
 use switchboard_protocol::{ApiError, ErrorCode, MAX_SESSION_ID_LEN, MAX_USER_LEN};
 use tonic::Code;
 
@@ -132,6 +133,7 @@ pub(crate) async fn login(
         .optional_object("meta")?
         .map(|meta| Value::Object(meta.clone()).to_string())
         .unwrap_or_default();
+    limits::check("meta", meta_json.len(), gateway.config.limits.login_meta)?;
     let session = Arc::clone(&state.session);
     let reply = authenticate(gateway, &session, &credentials).await?;
     let duplicated = || ApiError::new(ErrorCode::DuplicatedSessionId, "session id is in use");
@@ -291,8 +293,9 @@ pub(crate) async fn get(
 
 /// `user send_event`: fires `core/user_event/<type>/<user>`.
 pub(crate) fn send_event(
+    gateway: &Gateway,
     state: &ConnState,
     data: &Map<String, Value>,
 ) -> Result<PublishRequest, Failure> {
-    super::core_event_request(state, data, "user_event", "user")
+    super::core_event_request(gateway, state, data, "user_event", "user")
 }
