@@ -10,6 +10,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -33,7 +34,10 @@ use crate::dispatch;
 use crate::gateway::Gateway;
 use crate::hub::Subscription;
 use crate::metrics::METRICS;
-use crate::session::{CLOSE_GOING_AWAY, CLOSE_TOO_BIG, CmdAnswer, Outbound, SessionHandle};
+use crate::prelogin::{self, FrameGuard, PreloginSlot};
+use crate::session::{
+    CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TOO_BIG, CmdAnswer, Outbound, SessionHandle,
+};
 use crate::token::{self, TokenExpiry};
 
 /// The WebSocket path of the default service; `/api/ws/<service>` selects a named one.
@@ -68,6 +72,19 @@ pub(crate) struct ConnState {
     pub(crate) frame_budget: FrameBudget,
     /// Set when the session's token expired: every request is refused until the close.
     pub(crate) expired: bool,
+    /// Until login: the limits of a connection that has not logged in.
+    pub(crate) prelogin: Option<Prelogin>,
+}
+
+/// What holds a connection to the before-login rules until it logs in.
+#[derive(Debug)]
+pub(crate) struct Prelogin {
+    /// Its place among the connections of its address waiting to log in.
+    _slot: PreloginSlot,
+    /// The frame limit its [`FrameGuard`] applies; set to 0 at login.
+    frame_limit: Arc<AtomicUsize>,
+    /// When it is closed with 1008 if it has not logged in.
+    deadline: Instant,
 }
 
 /// A token bucket of requests: `rate` per second, bursts of up to `rate`.
@@ -139,17 +156,33 @@ pub(crate) async fn handle(
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
+    // The frame guard reads what the client sends in clear: under TLS, inside it.
+    let frame_limit = Arc::new(AtomicUsize::new(gateway.config.prelogin_frame_bytes));
     // The connection's task is allocated at the size of its largest state, for its whole
     // life: the TLS path and the handshakes live in boxes of their own, so an idle `ws://`
     // connection does not carry room for a TLS session or a handshake it finished long ago.
     let Some(tls) = tls else {
-        let upgrade = Box::pin(upgrade(Arc::clone(&gateway), stream, "ws", peer));
+        let stream = FrameGuard::new(stream, Arc::clone(&frame_limit));
+        let upgrade = Box::pin(upgrade(
+            Arc::clone(&gateway),
+            stream,
+            "ws",
+            peer,
+            frame_limit,
+        ));
         return run(gateway, upgrade, shutdown).await;
     };
     Box::pin(async move {
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
             Ok(Ok(stream)) => {
-                let upgrade = Box::pin(upgrade(Arc::clone(&gateway), stream, "wss", peer));
+                let stream = FrameGuard::new(stream, Arc::clone(&frame_limit));
+                let upgrade = Box::pin(upgrade(
+                    Arc::clone(&gateway),
+                    stream,
+                    "wss",
+                    peer,
+                    frame_limit,
+                ));
                 run(gateway, upgrade, shutdown).await;
             }
             Ok(Err(error)) => tracing::debug!(peer.addr = %peer, %error, "TLS handshake failed"),
@@ -179,6 +212,7 @@ struct Accepted<S> {
     service: String,
     /// "ws:IP:PORT" or "wss:IP:PORT".
     remote: String,
+    prelogin: Prelogin,
 }
 
 /// Runs the WebSocket handshake on `stream`; `None` when it fails (logged).
@@ -187,30 +221,39 @@ async fn upgrade<S>(
     stream: S,
     scheme: &'static str,
     peer: SocketAddr,
+    frame_limit: Arc<AtomicUsize>,
 ) -> Option<Accepted<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let trust_forwarded_for = gateway.config.trust_forwarded_for;
+    let max_waiting = gateway.config.max_prelogin_per_address;
     let mut client_ip = None;
     let mut service = None;
+    let mut slot = None;
     // The handshake API fixes the callback's error type.
     #[allow(clippy::result_large_err)]
     let callback = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
         if trust_forwarded_for {
             client_ip = forwarded_for(request);
         }
-        match service_from_path(request.uri().path()) {
-            Some(found) => {
-                service = Some(found);
-                Ok(response)
-            }
-            None => {
-                let mut error = ErrorResponse::new(Some("no such path".to_owned()));
-                *error.status_mut() = StatusCode::NOT_FOUND;
-                Err(error)
-            }
+        let Some(found) = service_from_path(request.uri().path()) else {
+            let mut error = ErrorResponse::new(Some("no such path".to_owned()));
+            *error.status_mut() = StatusCode::NOT_FOUND;
+            return Err(error);
+        };
+        service = Some(found);
+        let ip = client_ip.unwrap_or(peer.ip());
+        slot = gateway.prelogin.try_enter(ip, max_waiting);
+        if slot.is_none() {
+            METRICS.count_refused_connection();
+            let mut error = ErrorResponse::new(Some(
+                "too many connections waiting to log in from this address".to_owned(),
+            ));
+            *error.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+            return Err(error);
         }
+        Ok(response)
     };
     let mut ws_config = WebSocketConfig::default();
     ws_config.max_message_size = Some(gateway.config.max_frame_bytes);
@@ -235,6 +278,12 @@ where
         }
     };
     let service = service.unwrap_or_default();
+    let slot = slot?;
+    let prelogin = Prelogin {
+        _slot: slot,
+        frame_limit,
+        deadline: Instant::now() + gateway.config.login_timeout,
+    };
     let address = SocketAddr::new(client_ip.unwrap_or(peer.ip()), peer.port());
     let remote = format!("{scheme}:{address}");
     // Split here rather than in `run`: an async fn keeps room for its arguments for its whole
@@ -245,6 +294,7 @@ where
         stream,
         service,
         remote,
+        prelogin,
     })
 }
 
@@ -264,6 +314,7 @@ async fn run<S>(
         stream,
         service,
         remote,
+        prelogin,
     }) = upgrade.await
     else {
         return;
@@ -290,6 +341,7 @@ async fn run<S>(
         token: None,
         frame_budget: FrameBudget::new(gateway.config.max_frames_per_second),
         expired: false,
+        prelogin: Some(prelogin),
     };
     read_loop(&gateway, &mut state, stream, &shutdown).await;
     // The writer ends after a queued close or on kill; make sure it does either way.
@@ -316,8 +368,13 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
     let kill = state.session.kill_token().clone();
     let mut draining = false;
     loop {
+        let login_deadline = state.prelogin.as_ref().map(|prelogin| prelogin.deadline);
         let message = tokio::select! {
             () = kill.cancelled() => return,
+            () = sleep_until_some(login_deadline) => {
+                state.session.kill(CLOSE_POLICY, "no login in time");
+                return;
+            }
             () = shutdown.cancelled(), if !draining => {
                 // Drain: close with 1001 after what is queued; keep reading until the close.
                 draining = true;
@@ -346,6 +403,16 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
                 state.session.kill(CLOSE_TOO_BIG, "frame too large");
                 return;
             }
+            Some(Err(WsError::Io(error))) if prelogin::is_frame_too_big(&error) => {
+                tracing::debug!(
+                    conn.id = state.session.conn_id,
+                    "frame over the limit before login"
+                );
+                state
+                    .session
+                    .kill(CLOSE_TOO_BIG, "frame too large before login");
+                return;
+            }
             Some(Err(error)) => {
                 tracing::debug!(conn.id = state.session.conn_id, %error, "read failed");
                 return;
@@ -367,12 +434,27 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
             Message::Close(_) => return,
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
         }
+        if state.prelogin.is_some() && state.session.identity().is_some() {
+            // Logged in: the connection's frames may now be as large as `max_frame_bytes`,
+            // and it no longer counts among its address's waiting ones.
+            if let Some(prelogin) = state.prelogin.take() {
+                prelogin.frame_limit.store(0, Ordering::Relaxed);
+            }
+        }
         if state.stop_after_reply {
             state
                 .session
                 .close(crate::session::CLOSE_NORMAL, "session stopped");
             state.stop_after_reply = false;
         }
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -11,6 +11,7 @@ use crate::clients::Services;
 use crate::config::Config;
 use crate::gelf::GelfSender;
 use crate::hub::Hub;
+use crate::prelogin::PreloginCounts;
 use crate::publisher::Publisher;
 
 /// Attempts to unregister a batch of closed sessions before giving up.
@@ -44,6 +45,8 @@ pub struct Gateway {
     pub secret: InternalSecret,
     /// Closed sessions on their way to the registry (see [`Gateway::unregister`]).
     pub(crate) unregistrations: mpsc::Sender<Unregistration>,
+    /// Connections waiting to log in, per client address.
+    pub(crate) prelogin: Arc<PreloginCounts>,
 }
 
 /// One entry of the unregistering task's queue.

@@ -18,6 +18,7 @@
 //!   backpressure.
 //! - [`session`]: the per-connection handle other tasks use.
 //! - `outbound`: a connection's bounded queue of frames for its writer.
+//! - [`prelogin`]: the limits of a connection that has not logged in yet.
 //! - [`token`]: the expiry of sessions that logged in with a signed token.
 //! - [`control`]: the SessionControl gRPC service.
 //! - [`gelf`]: `session log` as GELF over UDP or TCP.
@@ -37,6 +38,7 @@ pub mod hub;
 pub mod liveness;
 pub mod metrics;
 mod outbound;
+pub mod prelogin;
 pub mod publisher;
 pub mod server;
 pub mod session;

@@ -47,6 +47,7 @@ pub fn build(
     Ok(Arc::new(Gateway {
         hub: Hub::new(broker),
         unregistrations: start_unregistrations(services.clone(), config.gateway_id.clone()),
+        prelogin: Arc::default(),
         publisher: Publisher::start(if config.publish_via_bus {
             PublishRoute::Bus(Box::new(services.clone()))
         } else {
