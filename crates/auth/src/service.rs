@@ -8,7 +8,7 @@ use switchboard_protocol::policy::ADMIN_ROLE;
 use crate::config::Config;
 use crate::jwt::{JwtConfigError, JwtVerifier, looks_like_jwt};
 use crate::password::verify_password;
-use crate::throttle::{Throttle, address_of};
+use crate::throttle::Throttle;
 use crate::users::{UserTable, UsersFile, UsersFileError, table};
 
 /// Why a login was refused.
@@ -16,7 +16,7 @@ use crate::users::{UserTable, UsersFile, UsersFileError, table};
 pub enum AuthError {
     /// Unknown user, wrong password or refused token (one answer for all).
     InvalidCredentials,
-    /// Too many failed logins from this address; retry later.
+    /// Too many failed logins from this address, or on this account; retry later.
     TooManyAttempts,
 }
 
@@ -83,7 +83,7 @@ struct Inner {
     users: UserTable,
     users_file: Option<UsersFile>,
     jwt: Option<JwtVerifier>,
-    throttle: Throttle,
+    throttle: Arc<Throttle>,
     /// Password checks running at once: each costs the hash's memory (19 MiB by default).
     hashing: Arc<tokio::sync::Semaphore>,
 }
@@ -140,17 +140,23 @@ impl Authenticator {
     /// Checks an attempt; picks a fresh UUID session id when none is asked for.
     ///
     /// # Errors
-    /// [`AuthError::TooManyAttempts`] while the address is throttled (the credentials are not
-    /// even checked), else [`AuthError::InvalidCredentials`] for any refusal.
+    /// [`AuthError::TooManyAttempts`] while the address or the account is throttled (the
+    /// credentials are not even checked), else [`AuthError::InvalidCredentials`] for any
+    /// refusal.
+    ///
+    /// # Cancel safety
+    /// Dropping the future before it completes counts the attempt as a failure.
     pub async fn login(&self, attempt: Attempt<'_>) -> Result<Identity, AuthError> {
-        let address = address_of(attempt.remote);
-        if self.inner.throttle.is_blocked(address) {
-            return Err(AuthError::TooManyAttempts);
-        }
+        let reservation = self
+            .inner
+            .throttle
+            .reserve(attempt.remote, attempt.user)
+            .ok_or(AuthError::TooManyAttempts)?;
         let Some(granted) = self.check(attempt.user, attempt.password).await else {
-            self.inner.throttle.record_failure(address);
+            drop(reservation);
             return Err(AuthError::InvalidCredentials);
         };
+        reservation.succeeded();
         let session_id = if attempt.session_id.is_empty() {
             uuid::Uuid::new_v4().to_string()
         } else {
@@ -211,10 +217,14 @@ impl Authenticator {
         let password = password.to_owned();
         // argon2 costs tens of milliseconds and megabytes by design: a bounded number at
         // once, off the runtime.
-        let _permit = Arc::clone(&inner.hashing).acquire_owned().await.ok()?;
+        // The permit moves into the blocking task: a caller that gives up does not free it
+        // while its hash still runs, so hashes at once stay bounded.
+        let permit = Arc::clone(&inner.hashing).acquire_owned().await.ok()?;
         let matches = tokio::task::spawn_blocking(move || {
             let hash = hash.as_deref().unwrap_or_else(|| decoy_hash());
-            verify_password(&password, hash)
+            let matches = verify_password(&password, hash);
+            drop(permit);
+            matches
         })
         .await
         .ok()?;

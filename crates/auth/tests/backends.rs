@@ -83,7 +83,7 @@ fn es(claims: &Value) -> String {
 fn no_throttle() -> ThrottleConfig {
     ThrottleConfig {
         max_failures: 0,
-        window: Duration::from_secs(60),
+        ..ThrottleConfig::default()
     }
 }
 
@@ -428,7 +428,7 @@ async fn test_failed_logins_are_throttled_per_address() {
         admin_password: Some("secret".into()),
         throttle: ThrottleConfig {
             max_failures: 3,
-            window: Duration::from_secs(60),
+            ..ThrottleConfig::default()
         },
         ..Config::default()
     })
@@ -487,5 +487,124 @@ async fn test_failed_logins_are_throttled_per_address() {
         auth.login(elsewhere).await,
         Err(AuthError::TooManyAttempts),
         "three failures in the window, successes in between or not"
+    );
+}
+
+/// A user whose password hash has the production parameters (tens of milliseconds each), so
+/// attempts really overlap.
+fn slow_user_auth(throttle: ThrottleConfig) -> Authenticator {
+    Authenticator::new(Config {
+        users: vec![UserRecord {
+            name: "carol".into(),
+            password_hash: switchboard_auth::password::hash_password("carol-pw").expect("hash"),
+            roles: vec![],
+        }],
+        throttle,
+        ..Config::default()
+    })
+    .expect("config")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_parallel_wrong_logins_get_at_most_the_limit_checked() {
+    let auth = slow_user_auth(ThrottleConfig {
+        max_failures: 10,
+        max_account_failures: 0,
+        ..ThrottleConfig::default()
+    });
+    let mut attempts = tokio::task::JoinSet::new();
+    for n in 0..50 {
+        let auth = auth.clone();
+        attempts.spawn(async move {
+            let remote = format!("ws:198.51.100.4:{}", 1000 + n);
+            auth.login(Attempt {
+                user: "carol",
+                password: "wrong",
+                session_id: "",
+                remote: &remote,
+            })
+            .await
+        });
+    }
+    let mut checked = 0;
+    let mut throttled = 0;
+    while let Some(outcome) = attempts.join_next().await {
+        match outcome.expect("task") {
+            Err(AuthError::InvalidCredentials) => checked += 1,
+            Err(AuthError::TooManyAttempts) => throttled += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(checked <= 10, "{checked} checked");
+    assert_eq!(checked + throttled, 50);
+    // The right password waits for the window too.
+    let right = auth
+        .login(Attempt {
+            user: "carol",
+            password: "carol-pw",
+            session_id: "",
+            remote: "ws:198.51.100.4:9",
+        })
+        .await;
+    assert_eq!(right, Err(AuthError::TooManyAttempts));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_abandoned_attempts_count_and_accounts_are_limited_across_addresses() {
+    let auth = slow_user_auth(ThrottleConfig {
+        max_failures: 3,
+        max_account_failures: 5,
+        ..ThrottleConfig::default()
+    });
+    // Callers that give up before the answer (a deadline) still spend an attempt.
+    for port in 0..3 {
+        let remote = format!("ws:198.51.100.5:{port}");
+        let attempt = Attempt {
+            user: "carol",
+            password: "carol-pw",
+            session_id: "",
+            remote: &remote,
+        };
+        let gave_up = tokio::time::timeout(Duration::from_micros(1), auth.login(attempt)).await;
+        assert!(gave_up.is_err(), "the hash takes longer than that");
+    }
+    let after = auth
+        .login(Attempt {
+            user: "carol",
+            password: "carol-pw",
+            session_id: "",
+            remote: "ws:198.51.100.5:7",
+        })
+        .await;
+    assert_eq!(
+        after,
+        Err(AuthError::TooManyAttempts),
+        "three abandoned attempts"
+    );
+    // Two more failures from fresh addresses fill the account's five.
+    for address in ["198.51.100.6", "198.51.100.7"] {
+        let remote = format!("ws:{address}:1");
+        let outcome = auth
+            .login(Attempt {
+                user: "carol",
+                password: "guess",
+                session_id: "",
+                remote: &remote,
+            })
+            .await;
+        assert_eq!(outcome, Err(AuthError::InvalidCredentials));
+    }
+    let elsewhere = auth
+        .login(Attempt {
+            user: "carol",
+            password: "guess",
+            session_id: "",
+            remote: "ws:198.51.100.8:1",
+        })
+        .await;
+    assert_eq!(
+        elsewhere,
+        Err(AuthError::TooManyAttempts),
+        "the account is limited"
     );
 }

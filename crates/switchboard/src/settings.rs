@@ -56,10 +56,14 @@ pub struct Settings {
     /// Clock skew tolerated on a token's exp and nbf [default: 30s].
     #[arg(long, env = "SWITCHBOARD_JWT_LEEWAY")]
     pub jwt_leeway: Option<String>,
-    /// Failed logins per remote address and window before `too_many_attempts`; 0 disables
-    /// [default: 10].
+    /// Failed logins (attempts in flight included) per client address (IPv6: per /64) and
+    /// window before `too_many_attempts`; 0 disables throttling [default: 10].
     #[arg(long, env = "SWITCHBOARD_LOGIN_MAX_FAILURES")]
     pub login_max_failures: Option<u32>,
+    /// Failed logins per account and window, from any address, before `too_many_attempts`;
+    /// 0 disables the per-account limit [default: 50].
+    #[arg(long, env = "SWITCHBOARD_LOGIN_MAX_ACCOUNT_FAILURES")]
+    pub login_max_account_failures: Option<u32>,
     /// The window of `login_max_failures`, from an address's first failure [default: 60s].
     #[arg(long, env = "SWITCHBOARD_LOGIN_FAILURE_WINDOW")]
     pub login_failure_window: Option<String>,
@@ -244,6 +248,7 @@ impl Settings {
             jwt_audience,
             jwt_issuer,
             login_max_failures,
+            login_max_account_failures,
             login_failure_window,
             policy_file,
             tls_cert,
@@ -494,6 +499,9 @@ impl Settings {
         };
         if let Some(max) = self.login_max_failures {
             config.throttle.max_failures = max;
+        }
+        if let Some(max) = self.login_max_account_failures {
+            config.throttle.max_account_failures = max;
         }
         if let Some(text) = &self.login_failure_window {
             config.throttle.window =

@@ -197,3 +197,32 @@ async fn test_unknown_path_is_refused() {
     assert!(tokio_tungstenite::connect_async(url).await.is_err());
     running.stop().await;
 }
+
+#[tokio::test]
+async fn test_fifty_wrong_logins_at_once_get_at_most_ten_checks() {
+    let running = common::start().await;
+    let url = running.ws_url(0);
+    let mut attempts = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let url = url.clone();
+        attempts.spawn(async move {
+            let mut client = Client::connect(&url).await;
+            client
+                .error_code(
+                    "user",
+                    "login",
+                    json!({"user": "alice", "password": "guess"}),
+                )
+                .await
+        });
+    }
+    let mut codes = Vec::new();
+    while let Some(code) = attempts.join_next().await {
+        codes.push(code.expect("task"));
+    }
+    let checked = codes.iter().filter(|c| *c == "invalid_credentials").count();
+    let throttled = codes.iter().filter(|c| *c == "too_many_attempts").count();
+    assert!(checked <= 10, "{checked} checked: {codes:?}");
+    assert_eq!(checked + throttled, 50, "{codes:?}");
+    running.stop().await;
+}
