@@ -8,6 +8,7 @@
 //! [`MemoryBroker`] serves single-process mode (`switchboard dev`); [`RedisBroker`] serves the
 //! scaled deployment, one Redis channel per subscription key.
 
+mod handoff;
 mod memory;
 mod redis_engine;
 
@@ -15,6 +16,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+pub use handoff::{HANDOFF_BYTES, HANDOFF_MESSAGES};
 pub use memory::MemoryBroker;
 pub use redis_engine::{RedisBroker, RedisSubscriber};
 
@@ -32,6 +34,10 @@ pub enum BrokerError {
 pub trait Deliver: Send + Sync + 'static {
     /// Handles one message published on `channel`.
     fn deliver(&self, channel: &str, payload: &Bytes);
+
+    /// `count` messages were dropped because delivery was too far behind the engine (see
+    /// [`HANDOFF_MESSAGES`], [`HANDOFF_BYTES`]).
+    fn dropped(&self, _count: u64) {}
 }
 
 /// The publishing side of the engine, cheap to clone.

@@ -14,6 +14,7 @@ use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::handoff::Handoff;
 use crate::{BrokerError, Deliver};
 
 /// How long one Redis operation may take before it counts as unavailable.
@@ -325,6 +326,8 @@ async fn subscriber_actor(
     health_check_interval: Duration,
     reconnections: Arc<AtomicU64>,
 ) {
+    let handoff = Handoff::start(Arc::clone(&sink));
+    let _close = CloseOnDrop(Arc::clone(&handoff));
     let mut wanted = Wanted::default();
     let mut backoff = BACKOFF_MIN;
     let mut was_connected = false;
@@ -403,12 +406,21 @@ async fn subscriber_actor(
                     let channel = message.get_channel_name();
                     if wanted.delivers(channel) {
                         let payload = Bytes::copy_from_slice(message.get_payload_bytes());
-                        sink.deliver(channel, &payload);
+                        handoff.push(channel, payload, sink.as_ref());
                     }
                 }
             }
         }
         tracing::warn!("redis subscriber connection lost, reconnecting");
+    }
+}
+
+/// Ends the delivery task (after what is queued) when the actor ends.
+struct CloseOnDrop(Arc<Handoff>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 

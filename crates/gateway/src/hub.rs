@@ -134,6 +134,10 @@ impl Deliver for HubSink {
             hub.deliver(channel, payload);
         }
     }
+
+    fn dropped(&self, count: u64) {
+        crate::metrics::METRICS.count_dropped_events(count);
+    }
 }
 
 impl Hub {

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub rate_limited_frames: AtomicU64,
     /// Connections closed with 1008 because their outbound queue was full.
     pub slow_consumers: AtomicU64,
+    /// Events dropped because delivery fell too far behind the broker.
+    pub dropped_events: AtomicU64,
     /// Connections refused at the per-gateway connection limit.
     pub refused_connections: AtomicU64,
 }
@@ -37,6 +39,7 @@ pub static METRICS: Metrics = Metrics {
     limit_exceeded: AtomicU64::new(0),
     rate_limited_frames: AtomicU64::new(0),
     slow_consumers: AtomicU64::new(0),
+    dropped_events: AtomicU64::new(0),
     refused_connections: AtomicU64::new(0),
 };
 
@@ -64,6 +67,11 @@ impl Metrics {
     /// Counts a slow consumer cut off.
     pub fn count_slow_consumer(&self) {
         bump(&self.slow_consumers);
+    }
+
+    /// Counts events dropped because delivery fell behind the broker.
+    pub fn count_dropped_events(&self, count: u64) {
+        self.dropped_events.fetch_add(count, Ordering::Relaxed);
     }
 
     /// Counts a connection refused at the limit.
@@ -101,8 +109,13 @@ impl Metrics {
             ),
             (
                 "switchboard_refused_connections_total",
-                "Connections refused at the connection limit.",
+                "Connections refused at the connection limit, or from an address with too many waiting to log in.",
                 &self.refused_connections,
+            ),
+            (
+                "switchboard_dropped_events_total",
+                "Events dropped because delivery fell too far behind the broker.",
+                &self.dropped_events,
             ),
         ];
         let mut text = String::new();
