@@ -1,6 +1,7 @@
 //! `session log` as GELF 1.1 (PROTOCOL.md §7) over UDP (gzip, chunked) or TCP (NUL-terminated).
 //!
-//! Commands hand records to [`GelfSender`] without waiting; one task encodes and sends them.
+//! Commands hand records to [`GelfSender`] without waiting; one task sends them, encoding each
+//! (JSON, and gzip for UDP, in at most two passes) on the blocking pool.
 //! A missing or unreachable log server never fails a command: records that cannot be sent
 //! are counted and dropped.
 
@@ -27,6 +28,10 @@ const CHUNK_HEADER_BYTES: usize = 12;
 const TCP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Records queued towards the log server before new ones are dropped.
 const QUEUE: usize = 4096;
+/// Most `meta` keys of one record sent as additional fields; the others are left out.
+pub const MAX_ADDITIONAL_FIELDS: usize = 64;
+/// Longest additional field name, in characters; longer keys are cut.
+pub const MAX_FIELD_NAME_CHARS: usize = 128;
 
 /// One `session log` call.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +59,7 @@ pub struct LogRecord {
 fn additional_field_name(key: &str) -> String {
     let cleaned: String = key
         .chars()
+        .take(MAX_FIELD_NAME_CHARS)
         .map(|c| {
             if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
                 c
@@ -76,7 +82,7 @@ pub fn gelf_message(record: &LogRecord) -> Map<String, Value> {
     }
     message.insert("level".into(), record.level.into());
     message.insert("timestamp".into(), record.timestamp.into());
-    for (key, value) in &record.meta {
+    for (key, value) in record.meta.iter().take(MAX_ADDITIONAL_FIELDS) {
         let name = additional_field_name(key);
         if name == "_id" {
             continue;
@@ -104,17 +110,8 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
     encoder.finish().unwrap_or_default()
 }
 
-/// Encodes a message as UDP datagrams: plain JSON when it fits one datagram, else gzip, split
-/// into GELF chunks. `None` when it needs more than [`MAX_CHUNKS`] chunks.
-pub fn udp_datagrams(message: &Map<String, Value>, message_id: [u8; 8]) -> Option<Vec<Vec<u8>>> {
-    let json = Value::Object(message.clone()).to_string().into_bytes();
-    if json.len() <= UDP_CHUNK_BYTES {
-        return Some(vec![json]);
-    }
-    let compressed = gzip(&json);
-    if compressed.len() <= UDP_CHUNK_BYTES {
-        return Some(vec![compressed]);
-    }
+/// Splits a gzip body into GELF chunks; `None` when it needs more than [`MAX_CHUNKS`].
+fn chunks(compressed: &[u8], message_id: [u8; 8]) -> Option<Vec<Vec<u8>>> {
     let payload = UDP_CHUNK_BYTES - CHUNK_HEADER_BYTES;
     let count = compressed.len().div_ceil(payload);
     if count > MAX_CHUNKS {
@@ -137,27 +134,65 @@ pub fn udp_datagrams(message: &Map<String, Value>, message_id: [u8; 8]) -> Optio
     )
 }
 
-/// Encodes a record for UDP, truncating `full_message` (then `short_message`) until it fits.
-pub fn udp_datagrams_fitting(record: &LogRecord, message_id: [u8; 8]) -> Option<Vec<Vec<u8>>> {
-    let mut record = record.clone();
-    for _ in 0..64 {
-        if let Some(datagrams) = udp_datagrams(&gelf_message(&record), message_id) {
-            return Some(datagrams);
-        }
-        let field = match &mut record.full_message {
-            Some(full) if !full.is_empty() => full,
-            _ => &mut record.short_message,
-        };
-        if field.is_empty() {
-            return None;
-        }
-        let mut cut = field.len() / 2;
-        while !field.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        field.truncate(cut);
+/// Encodes a message as UDP datagrams: plain JSON when it fits one datagram, else gzip, split
+/// into GELF chunks. `Err` with the gzip size when it needs more than [`MAX_CHUNKS`] chunks.
+fn udp_datagrams(message: &Map<String, Value>, message_id: [u8; 8]) -> Result<Vec<Vec<u8>>, usize> {
+    let json = serde_json::to_vec(message).unwrap_or_default();
+    if json.len() <= UDP_CHUNK_BYTES {
+        return Ok(vec![json]);
     }
-    None
+    let compressed = gzip(&json);
+    if compressed.len() <= UDP_CHUNK_BYTES {
+        return Ok(vec![compressed]);
+    }
+    chunks(&compressed, message_id).ok_or(compressed.len())
+}
+
+/// Encodes a record for UDP in at most two passes: as it is, or, when that needs more than
+/// [`MAX_CHUNKS`] chunks, with `full_message` (else `short_message`) cut to what the first
+/// pass's compression ratio says fits, with a margin. `None` when even that does not fit.
+/// Costs a JSON encoding and a gzip per pass: call it off the async runtime.
+pub fn udp_datagrams_fitting(record: &LogRecord, message_id: [u8; 8]) -> Option<Vec<Vec<u8>>> {
+    let compressed_len = match udp_datagrams(&gelf_message(record), message_id) {
+        Ok(datagrams) => return Some(datagrams),
+        Err(compressed_len) => compressed_len,
+    };
+    let capacity = MAX_CHUNKS * (UDP_CHUNK_BYTES - CHUNK_HEADER_BYTES);
+    let mut record = record.clone();
+    let field = match &mut record.full_message {
+        Some(full) if !full.is_empty() => full,
+        _ => &mut record.short_message,
+    };
+    // The share of the message that fits, with a fifth to spare; the other fields stay.
+    let keep = (field.len() as u128 * capacity as u128 * 4 / (compressed_len as u128 * 5)) as usize;
+    let mut cut = keep.min(field.len());
+    while !field.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    field.truncate(cut);
+    udp_datagrams(&gelf_message(&record), message_id).ok()
+}
+
+/// A record as it goes on the wire.
+enum Encoded {
+    Datagrams(Vec<Vec<u8>>),
+    Frame(Vec<u8>),
+}
+
+/// Encodes `record` for `target`; `None` when it cannot fit a UDP message.
+fn encode(target: &GelfTarget, record: &LogRecord) -> Option<Encoded> {
+    match target {
+        GelfTarget::Udp(_) => {
+            let mut message_id = [0u8; 8];
+            message_id.copy_from_slice(&uuid::Uuid::new_v4().as_bytes()[..8]);
+            udp_datagrams_fitting(record, message_id).map(Encoded::Datagrams)
+        }
+        GelfTarget::Tcp(_) => {
+            let mut frame = serde_json::to_vec(&gelf_message(record)).unwrap_or_default();
+            frame.push(0);
+            Some(Encoded::Frame(frame))
+        }
+    }
 }
 
 /// Hands records to the sending task.
@@ -207,12 +242,21 @@ async fn send_loop(
     mut records_rx: mpsc::Receiver<LogRecord>,
     dropped: Arc<AtomicU64>,
 ) {
+    let target = Arc::new(target);
     let mut udp: Option<UdpSocket> = None;
     let mut tcp: Option<TcpStream> = None;
     while let Some(record) = records_rx.recv().await {
-        let sent = match &target {
-            GelfTarget::Udp(address) => send_udp(&mut udp, address, &record).await,
-            GelfTarget::Tcp(address) => send_tcp(&mut tcp, address, &record).await,
+        // JSON and gzip of up to a 64 KiB record: on the blocking pool, not a runtime thread.
+        let encoding_target = Arc::clone(&target);
+        let encoded = tokio::task::spawn_blocking(move || encode(&encoding_target, &record)).await;
+        let sent = match (encoded, target.as_ref()) {
+            (Ok(Some(Encoded::Datagrams(datagrams))), GelfTarget::Udp(address)) => {
+                send_udp(&mut udp, address, datagrams).await
+            }
+            (Ok(Some(Encoded::Frame(frame))), GelfTarget::Tcp(address)) => {
+                send_tcp(&mut tcp, address, &frame).await
+            }
+            _ => Err(std::io::Error::other("message does not fit 128 chunks")),
         };
         if let Err(error) = sent {
             dropped.fetch_add(1, Ordering::Relaxed);
@@ -224,7 +268,7 @@ async fn send_loop(
 async fn send_udp(
     socket: &mut Option<UdpSocket>,
     address: &str,
-    record: &LogRecord,
+    datagrams: Vec<Vec<u8>>,
 ) -> std::io::Result<()> {
     if socket.is_none() {
         let bind = if address.starts_with('[') {
@@ -239,11 +283,6 @@ async fn send_udp(
     let Some(socket_ref) = socket.as_ref() else {
         return Ok(());
     };
-    let mut message_id = [0u8; 8];
-    message_id.copy_from_slice(&uuid::Uuid::new_v4().as_bytes()[..8]);
-    let Some(datagrams) = udp_datagrams_fitting(record, message_id) else {
-        return Err(std::io::Error::other("message does not fit 128 chunks"));
-    };
     for datagram in datagrams {
         if let Err(error) = socket_ref.send(&datagram).await {
             *socket = None;
@@ -256,10 +295,8 @@ async fn send_udp(
 async fn send_tcp(
     stream: &mut Option<TcpStream>,
     address: &str,
-    record: &LogRecord,
+    frame: &[u8],
 ) -> std::io::Result<()> {
-    let mut frame = Value::Object(gelf_message(record)).to_string().into_bytes();
-    frame.push(0);
     for _attempt in 0..2 {
         if stream.is_none() {
             let connected = tokio::time::timeout(TCP_TIMEOUT, TcpStream::connect(address))
@@ -268,7 +305,7 @@ async fn send_tcp(
             *stream = Some(connected);
         }
         if let Some(connection) = stream.as_mut() {
-            match tokio::time::timeout(TCP_TIMEOUT, connection.write_all(&frame)).await {
+            match tokio::time::timeout(TCP_TIMEOUT, connection.write_all(frame)).await {
                 Ok(Ok(())) => return Ok(()),
                 _ => *stream = None,
             }
@@ -309,6 +346,23 @@ mod tests {
         assert!(!message.contains_key("_id"));
         assert_eq!(message["_user"], json!("u"));
         assert_eq!(message["version"], json!("1.1"));
+    }
+
+    #[test]
+    fn test_additional_fields_are_capped() {
+        let mut many = record(None);
+        many.meta = (0..200)
+            .map(|n| (format!("{n:03}{}", "k".repeat(300)), json!(n)))
+            .collect();
+        let message = gelf_message(&many);
+        let additional = message.keys().filter(|key| key.starts_with("_0")).count()
+            + message.keys().filter(|key| key.starts_with("_1")).count();
+        assert_eq!(additional, MAX_ADDITIONAL_FIELDS);
+        assert!(
+            message
+                .keys()
+                .all(|key| key.chars().count() <= MAX_FIELD_NAME_CHARS + 1)
+        );
     }
 
     #[test]

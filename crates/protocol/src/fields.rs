@@ -73,15 +73,18 @@ impl<'a> Fields<'a> {
     ) -> Result<i64, ApiError> {
         match self.0.get(name) {
             None | Some(Value::Null) => Ok(default),
-            Some(value) => value
-                .as_i64()
-                .filter(|number| range.contains(number))
-                .ok_or_else(|| {
-                    ApiError::syntax(
-                        name,
-                        &format!("an integer from {} to {}", range.start(), range.end()),
-                    )
-                }),
+            Some(value) => match value {
+                // A number sent as text, as NkSERVICE's own sample page sends `level: "4"`.
+                Value::String(text) => text.trim().parse::<i64>().ok(),
+                _ => value.as_i64(),
+            }
+            .filter(|number| range.contains(number))
+            .ok_or_else(|| {
+                ApiError::syntax(
+                    name,
+                    &format!("an integer from {} to {}", range.start(), range.end()),
+                )
+            }),
         }
     }
 }
@@ -94,7 +97,7 @@ mod tests {
 
     #[test]
     fn test_field_errors() {
-        let data = json!({"a": "x", "b": 3, "e": "", "o": {}, "l": 9});
+        let data = json!({"a": "x", "b": 3, "e": "", "o": {}, "l": 9, "s": "4", "t": "4x"});
         let Value::Object(map) = data else {
             unreachable!()
         };
@@ -120,5 +123,10 @@ mod tests {
             Err(ErrorCode::SyntaxError)
         );
         assert_eq!(fields.int_or("missing", 0..=7, 1), Ok(1));
+        assert_eq!(fields.int_or("s", 0..=7, 1), Ok(4), "a numeric string");
+        assert_eq!(
+            fields.int_or("t", 0..=7, 1).map_err(|e| e.code),
+            Err(ErrorCode::SyntaxError)
+        );
     }
 }

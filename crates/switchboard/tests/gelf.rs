@@ -152,7 +152,7 @@ async fn test_gelf_over_tcp() {
         .ok(
             "session",
             "log",
-            json!({"source": "a", "message": "two", "meta": {"k": "v"}}),
+            json!({"source": "a", "message": "two", "meta": {"k": "v"}, "level": "4"}),
         )
         .await;
     let (mut stream, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
@@ -178,6 +178,10 @@ async fn test_gelf_over_tcp() {
     assert_eq!(messages[0]["short_message"], "one");
     assert_eq!(messages[1]["short_message"], "two");
     assert_eq!(messages[1]["_k"], "v");
+    assert_eq!(
+        messages[1]["level"], 4,
+        "a level sent as text is that number"
+    );
     running.stop().await;
 }
 
