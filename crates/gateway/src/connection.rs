@@ -36,7 +36,7 @@ use crate::hub::Subscription;
 use crate::metrics::METRICS;
 use crate::prelogin::{self, FrameGuard, PreloginSlot};
 use crate::session::{
-    CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TOO_BIG, CmdAnswer, Outbound, SessionHandle,
+    CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TOO_BIG, CmdAnswer, Ending, Outbound, SessionHandle,
 };
 use crate::token::{self, TokenExpiry};
 
@@ -343,7 +343,11 @@ async fn run<S>(
         expired: false,
         prelogin: Some(prelogin),
     };
-    read_loop(&gateway, &mut state, stream, &shutdown).await;
+    if shutdown.is_cancelled() {
+        // Accepted as the gateway began to drain: it missed the paced closes.
+        session.close(CLOSE_GOING_AWAY, "gateway shutting down");
+    }
+    read_loop(&gateway, &mut state, stream).await;
     // The writer ends after a queued close or on kill; make sure it does either way.
     session.kill(CLOSE_GOING_AWAY, "");
     let abort_writer = writer.abort_handle();
@@ -363,10 +367,8 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
     gateway: &Arc<Gateway>,
     state: &mut ConnState,
     mut stream: futures_util::stream::SplitStream<WebSocketStream<S>>,
-    shutdown: &CancellationToken,
 ) {
     let kill = state.session.kill_token().clone();
-    let mut draining = false;
     loop {
         let login_deadline = state.prelogin.as_ref().map(|prelogin| prelogin.deadline);
         let message = tokio::select! {
@@ -374,12 +376,6 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
             () = sleep_until_some(login_deadline) => {
                 state.session.kill(CLOSE_POLICY, "no login in time");
                 return;
-            }
-            () = shutdown.cancelled(), if !draining => {
-                // Drain: close with 1001 after what is queued; keep reading until the close.
-                draining = true;
-                state.session.close(CLOSE_GOING_AWAY, "gateway shutting down");
-                continue;
             }
             step = token::next_step(state.token) => {
                 let Some(step) = step else { continue };
@@ -431,7 +427,10 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
                     METRICS.count_rate_limited();
                 }
             }
-            Message::Close(_) => return,
+            Message::Close(_) => {
+                state.session.answer_peer_close();
+                return;
+            }
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
         }
         if state.prelogin.is_some() && state.session.identity().is_some() {
@@ -542,11 +541,20 @@ async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
     loop {
         tokio::select! {
             () = kill.cancelled() => {
-                if let Some((code, reason)) = session.take_kill_reason()
-                    && !reason.is_empty()
-                {
-                    // A client killed for not reading gets until `write_timeout` to take its close.
-                    send_within(config.write_timeout, &mut sink, close_message(code, &reason)).await;
+                match session.take_ending() {
+                    Some(Ending::Close(code, reason)) => {
+                        gateway.release(&session).await;
+                        // A client killed for not reading gets until `write_timeout` to take
+                        // its close.
+                        send_within(config.write_timeout, &mut sink, close_message(code, &reason)).await;
+                    }
+                    Some(Ending::AnswerPeerClose) => {
+                        gateway.release(&session).await;
+                        // tungstenite queued the answering close frame when it read the
+                        // client's; a flush sends it. The socket closes as the task ends.
+                        let _ = Box::pin(tokio::time::timeout(config.write_timeout, sink.flush())).await;
+                    }
+                    Some(Ending::Abort) | None => {}
                 }
                 return;
             }
@@ -578,7 +586,7 @@ async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
                 let batch = queue.take(WRITE_BATCH);
                 let outcome = Box::pin(async {
                     tokio::select! {
-                        written = write_batch(&mut sink, batch, &session) => Some(written),
+                        written = write_batch(&mut sink, batch, &session, &gateway) => Some(written),
                         () = kill.cancelled() => None,
                     }
                 })
@@ -597,6 +605,7 @@ async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
             _ = ping.tick() => {
                 let idle_ms = gateway.hub.now_ms().saturating_sub(session.last_seen_ms());
                 if Duration::from_millis(idle_ms) > config.idle_timeout {
+                    gateway.release(&session).await;
                     send_within(config.write_timeout, &mut sink, close_message(CLOSE_GOING_AWAY, "idle timeout")).await;
                     session.kill(CLOSE_GOING_AWAY, "");
                     return;
@@ -635,6 +644,7 @@ async fn write_batch<S: AsyncRead + AsyncWrite + Unpin>(
     sink: &mut futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
     mut batch: VecDeque<Outbound>,
     session: &SessionHandle,
+    gateway: &Gateway,
 ) -> Result<BatchEnd, WsError> {
     let mut end = BatchEnd::More;
     while let Some(frame) = batch.pop_front() {
@@ -644,6 +654,10 @@ async fn write_batch<S: AsyncRead + AsyncWrite + Unpin>(
                 Message::Text(frame::event_frame(session.next_tid(), &data).into())
             }
             Outbound::Close(code, reason) => {
+                // What came before goes out; the session is released before the client can
+                // see its close.
+                sink.flush().await?;
+                Box::pin(gateway.release(session)).await;
                 end = BatchEnd::Closed;
                 close_message(code, &reason)
             }
@@ -683,8 +697,14 @@ async fn cleanup(gateway: &Arc<Gateway>, state: &mut ConnState) {
         .hub
         .remove_routes(&subscriptions, state.session.conn_id)
         .await;
-    if let Some(identity) = state.session.identity() {
-        gateway.hub.remove_session(&identity.session_id);
+    // Unless released already (stop, or before a close frame), the session leaves the hub
+    // and goes out with the next batch of unregistrations.
+    if let Some(identity) = state.session.identity()
+        && state.session.mark_released()
+    {
+        gateway
+            .hub
+            .remove_session_of(&identity.session_id, state.session.conn_id);
         gateway.unregister(&identity.session_id).await;
     }
 }

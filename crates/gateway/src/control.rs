@@ -39,8 +39,8 @@ impl SessionControl for GrpcSessionControl {
     async fn stop(&self, request: Request<StopRequest>) -> Result<Response<StopReply>, Status> {
         let user = self
             .gateway
-            .hub
             .stop(&request.into_inner().session_id)
+            .await
             .map_err(to_status)?;
         Ok(Response::new(StopReply { user }))
     }

@@ -13,6 +13,8 @@ use crate::gelf::GelfSender;
 use crate::hub::Hub;
 use crate::prelogin::PreloginCounts;
 use crate::publisher::Publisher;
+use crate::session::{CLOSE_NORMAL, SessionHandle};
+use switchboard_protocol::{ApiError, ErrorCode};
 
 /// Attempts to unregister a batch of closed sessions before giving up.
 const UNREGISTER_ATTEMPTS: u32 = 3;
@@ -164,6 +166,39 @@ impl Gateway {
     pub async fn unregister_now(&self, session_id: &str) {
         let session_ids = vec![session_id.to_owned()];
         unregister_batch(&self.services, &self.config.gateway_id, session_ids).await;
+    }
+
+    /// Takes a logged-in session out of the hub and the registry, once, and waits until the
+    /// registry has let it go: from then on its id is free for a new login, anywhere. Called
+    /// before anything tells the client its session ended (an answer to `session stop`, a
+    /// close frame), so a client that logs in again at once is never refused.
+    pub async fn release(&self, session: &SessionHandle) {
+        let Some(identity) = session.identity() else {
+            return;
+        };
+        if !session.mark_released() {
+            return;
+        }
+        self.hub
+            .remove_session_of(&identity.session_id, session.conn_id);
+        self.unregister(&identity.session_id).await;
+        self.flush_unregistrations().await;
+    }
+
+    /// Stops a local session: releases it, then closes it with 1000; returns its user.
+    ///
+    /// # Errors
+    /// `session_not_found` when this gateway does not hold it (or it is still logging in).
+    pub async fn stop(&self, session_id: &str) -> Result<String, ApiError> {
+        let not_found = || ApiError::new(ErrorCode::SessionNotFound, "session not found");
+        let session = self.hub.session(session_id).ok_or_else(not_found)?;
+        let user = session
+            .identity()
+            .map(|identity| identity.user.clone())
+            .ok_or_else(not_found)?;
+        self.release(&session).await;
+        session.close(CLOSE_NORMAL, "session stopped");
+        Ok(user)
     }
 
     /// Waits until every session queued for unregistering so far has been sent.

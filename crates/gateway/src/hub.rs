@@ -20,7 +20,7 @@ use switchboard_protocol::{ApiError, ErrorCode};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::session::{AckSignal, CLOSE_NORMAL, CmdAnswer, Outbound, PendingRequest, SessionHandle};
+use crate::session::{AckSignal, CmdAnswer, Outbound, PendingRequest, SessionHandle};
 
 /// One subscription of a connection: its broker channel, which encodes its key
 /// ([`EventKey::from_channel`] reads it back), and its body. The channel text is shared with
@@ -248,6 +248,28 @@ impl Hub {
         self.sessions().remove(session_id);
     }
 
+    /// Forgets a session if connection `conn_id` holds it (a new login may reuse the id as
+    /// soon as the registry has let it go).
+    pub fn remove_session_of(&self, session_id: &str, conn_id: u64) {
+        let mut sessions = self.sessions();
+        if sessions
+            .get(session_id)
+            .is_some_and(|session| session.conn_id == conn_id)
+        {
+            sessions.remove(session_id);
+        }
+    }
+
+    /// Returns every open connection.
+    pub fn all_connections(&self) -> Vec<Arc<SessionHandle>> {
+        self.connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// Returns a local session.
     pub fn session(&self, session_id: &str) -> Option<Arc<SessionHandle>> {
         self.sessions().get(session_id).cloned()
@@ -404,21 +426,6 @@ impl Hub {
             };
             session.push_event(data);
         });
-    }
-
-    /// Stops a local session with close code 1000; returns its user.
-    ///
-    /// # Errors
-    /// `session_not_found` when this gateway does not hold it.
-    pub fn stop(&self, session_id: &str) -> Result<String, ApiError> {
-        let session = self.session(session_id).ok_or_else(session_not_found)?;
-        // A session still logging in is not visible yet.
-        let user = session
-            .identity()
-            .map(|identity| identity.user.clone())
-            .ok_or_else(session_not_found)?;
-        session.close(CLOSE_NORMAL, "session stopped");
-        Ok(user)
     }
 
     /// Sends a request to a local session and waits for its answer (PROTOCOL.md `session cmd`).

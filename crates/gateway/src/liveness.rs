@@ -17,7 +17,6 @@ use switchboard_proto::v1::{
     GatewaySessionsRequest, HeartbeatRequest, RelearnRequest, SessionInfo, UnregisterManyRequest,
 };
 use tokio::time::MissedTickBehavior;
-use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use crate::gateway::Gateway;
@@ -47,16 +46,13 @@ pub struct Reconciled {
     pub closed: usize,
 }
 
-/// Heartbeats every `heartbeat_interval` until `shutdown`, reconciling on a lasting mismatch.
-pub(crate) async fn heartbeat_loop(gateway: Arc<Gateway>, shutdown: CancellationToken) {
+/// Heartbeats every `heartbeat_interval`, reconciling on a lasting mismatch, until aborted.
+pub(crate) async fn heartbeat_loop(gateway: Arc<Gateway>) {
     let mut interval = tokio::time::interval(gateway.config.heartbeat_interval);
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut mismatches = 0u32;
     loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = interval.tick() => {}
-        }
+        interval.tick().await;
         match heartbeat(&gateway).await {
             Ok(true) => mismatches = 0,
             Ok(false) => {

@@ -21,11 +21,14 @@ use crate::gelf::GelfSender;
 use crate::hub::Hub;
 use crate::metrics::METRICS;
 use crate::publisher::{PublishRoute, Publisher};
+use crate::session::CLOSE_GOING_AWAY;
 
 /// Connections over the limit being answered HTTP 503 at once.
 const MAX_REFUSALS: usize = 64;
-/// How long connections get to close after shutdown begins.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Fewest connections a draining gateway closes per second, whatever its `drain_window`.
+const DRAIN_MIN_RATE: u32 = 50;
+/// How long connections get to close after the last paced close.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Builds the gateway's shared context (hub subscribed to `broker`, service clients carrying
 /// `secret`, GELF). The SessionControl server requires the same secret.
@@ -86,7 +89,9 @@ async fn accept_optional(
 
 /// Serves WebSocket clients on the `ws` (and `wss`) listeners and SessionControl on
 /// `control` until `shutdown` is cancelled, then drains: stops accepting, closes every
-/// socket with 1001, unregisters its sessions and returns.
+/// socket with 1001 (each session released first), spread evenly over `drain_window` so their
+/// clients do not all log in again elsewhere in the same instant, and returns once they are
+/// closed (at most `drain_window` + 5 s).
 ///
 /// # Errors
 /// Returns the SessionControl server's transport error.
@@ -116,10 +121,9 @@ pub async fn serve(
                 shutdown.clone().cancelled_owned(),
             ),
     );
-    let heartbeat = tokio::spawn(crate::liveness::heartbeat_loop(
-        Arc::clone(&gateway),
-        shutdown.clone(),
-    ));
+    // Heartbeats go on while connections drain (the registry must not reap them meanwhile);
+    // the loop is aborted once the drain is over.
+    let heartbeat = tokio::spawn(crate::liveness::heartbeat_loop(Arc::clone(&gateway)));
     let watchdog = tokio::spawn(write_watchdog(Arc::clone(&gateway), shutdown.clone()));
     let tracker = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(gateway.config.max_connections));
@@ -163,6 +167,7 @@ pub async fn serve(
     }
     drop(ws_listener);
     drop(wss_listener);
+    close_paced(&gateway).await;
     tracker.close();
     if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
         .await
@@ -181,6 +186,24 @@ pub async fn serve(
     match control.await {
         Ok(result) => result,
         Err(_) => Ok(()),
+    }
+}
+
+/// Closes every connection with 1001, one after another, evenly over `drain_window` but at
+/// least [`DRAIN_MIN_RATE`] a second (a few connections need no window); then once more any
+/// that opened meanwhile.
+async fn close_paced(gateway: &Gateway) {
+    let connections = gateway.hub.all_connections();
+    let count = connections.len().max(1) as u32;
+    let step = (gateway.config.drain_window / count).min(Duration::from_secs(1) / DRAIN_MIN_RATE);
+    tracing::info!(connections = connections.len(), ?step, "draining");
+    let started = tokio::time::Instant::now();
+    for (index, connection) in connections.iter().enumerate() {
+        tokio::time::sleep_until(started + step * index as u32).await;
+        connection.close(CLOSE_GOING_AWAY, "gateway shutting down");
+    }
+    for connection in gateway.hub.all_connections() {
+        connection.close(CLOSE_GOING_AWAY, "gateway shutting down");
     }
 }
 

@@ -42,6 +42,17 @@ impl Outbound {
     }
 }
 
+/// How a killed connection ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// Without a close frame: the socket is gone or failed.
+    Abort,
+    /// With a close frame of this code and reason.
+    Close(u16, String),
+    /// With the close frame answering the client's (RFC 6455 §5.5.1).
+    AnswerPeerClose,
+}
+
 /// The answer of a session to a server request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CmdAnswer {
@@ -113,8 +124,10 @@ pub struct SessionHandle {
     pending: Mutex<HashMap<u64, PendingRequest>>,
     /// Cancelled when the connection must end at once (slow consumer, oversized frame).
     kill: CancellationToken,
-    kill_reason: Mutex<Option<(u16, String)>>,
+    ending: Mutex<Option<Ending>>,
     closing: AtomicBool,
+    /// Set once the session has been taken out of the hub and the registry.
+    released: AtomicBool,
     /// When the client last sent a frame, or else when the connection opened (ms on the hub
     /// clock); the writer closes the connection after `idle_timeout` without one.
     last_seen_ms: AtomicU64,
@@ -141,8 +154,9 @@ impl SessionHandle {
             next_server_tid: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
             kill: CancellationToken::new(),
-            kill_reason: Mutex::new(None),
+            ending: Mutex::new(None),
             closing: AtomicBool::new(false),
+            released: AtomicBool::new(false),
             last_seen_ms: AtomicU64::new(0),
             write_started_ms: AtomicU64::new(0),
         }
@@ -220,18 +234,36 @@ impl SessionHandle {
         }
     }
 
-    /// Ends the connection at once with `code`.
+    /// Ends the connection at once: with a close frame of `code` and `reason`, or without
+    /// one when `reason` is empty (the socket is gone or failed).
     pub(crate) fn kill(&self, code: u16, reason: &str) {
+        let ending = if reason.is_empty() {
+            Ending::Abort
+        } else {
+            Ending::Close(code, reason.to_owned())
+        };
+        self.end(ending);
+    }
+
+    /// The client sent a close frame: the writer sends the answering one, then the
+    /// connection ends.
+    pub(crate) fn answer_peer_close(&self) {
+        self.end(Ending::AnswerPeerClose);
+    }
+
+    fn end(&self, ending: Ending) {
         self.closing.store(true, Ordering::Relaxed);
-        let mut slot = self
-            .kill_reason
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut slot = self.ending.lock().unwrap_or_else(PoisonError::into_inner);
         if slot.is_none() {
-            *slot = Some((code, reason.to_owned()));
+            *slot = Some(ending);
         }
         drop(slot);
         self.kill.cancel();
+    }
+
+    /// Marks the session as taken out of the hub and the registry; true the first time.
+    pub(crate) fn mark_released(&self) -> bool {
+        !self.released.swap(true, Ordering::AcqRel)
     }
 
     /// Records a frame from the client at `now_ms`.
@@ -264,8 +296,9 @@ impl SessionHandle {
         &self.kill
     }
 
-    pub(crate) fn take_kill_reason(&self) -> Option<(u16, String)> {
-        self.kill_reason
+    /// How the connection was told to end, once.
+    pub(crate) fn take_ending(&self) -> Option<Ending> {
+        self.ending
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take()

@@ -93,13 +93,15 @@ pub(crate) async fn stop(
 ) -> CommandResult {
     let session_id = Fields(data).required_str("session_id")?;
     if session_id == identity.session_id {
+        // Released before the answer: once the client reads it, the id is free again.
+        gateway.release(&state.session).await;
         state.stop_after_reply = true;
         return Ok(json!({"user": identity.user}));
     }
     let location = locate(gateway, session_id).await?;
     check_own_user(identity, own_user_only, &location)?;
     let user = match location {
-        Location::Local(_) => gateway.hub.stop(session_id)?,
+        Location::Local(_) => gateway.stop(session_id).await?,
         Location::Remote(info) => {
             let mut control = gateway.services.control(&info.control_addr)?;
             control
