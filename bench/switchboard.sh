@@ -38,7 +38,7 @@ case "${1:-}" in
     export SWITCHBOARD_REDIS_URL="redis://127.0.0.1:$REDIS_PORT" RUST_LOG=warn
     # Every load-generator connection comes from 127.0.0.1, up to 200 at once before login:
     # lift the per-address cap on connections waiting to log in (the peers have none).
-    export SWITCHBOARD_MAX_PRELOGIN_PER_ADDRESS=0
+    export SWITCHBOARD_MAX_PRELOGIN_PER_ADDRESS="${SWITCHBOARD_MAX_PRELOGIN_PER_ADDRESS:-0}"
     export SWITCHBOARD_INTERNAL_SECRET="${SWITCHBOARD_INTERNAL_SECRET:-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')}"
     start_one auth "$BIN" auth --grpc-listen 127.0.0.1:9101 --admin-password "$PASSWORD"
     # Every benchmark client logs in as the same user.
