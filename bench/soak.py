@@ -171,8 +171,9 @@ async def main():
     parser.add_argument("--rate", type=float, default=50, help="events per second per publisher")
     args = parser.parse_args()
     env = dict(os.environ, SWITCHBOARD_MAX_PRELOGIN_PER_ADDRESS="64")
-    subprocess.run([f"{ROOT}/bench/switchboard.sh", "start"], check=True, env=env)
+    env.setdefault("GATEWAY_ARGS", "")
     try:
+        subprocess.run([f"{ROOT}/bench/switchboard.sh", "start"], check=True, env=env)
         pids = subprocess.run([f"{ROOT}/bench/switchboard.sh", "pids"], check=True,
                               capture_output=True, text=True).stdout.strip().split(",")[:2]
         stop = asyncio.Event()
