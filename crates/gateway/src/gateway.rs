@@ -54,8 +54,9 @@ pub struct Gateway {
 /// One entry of the unregistering task's queue.
 #[derive(Debug)]
 pub(crate) enum Unregistration {
-    /// A closed session.
-    Session(String),
+    /// A closed session, and who waits until its batch has been sent (it lingers like any
+    /// other: a burst of closes still shares one call).
+    Session(String, Option<oneshot::Sender<()>>),
     /// Answered once every session queued before it has been sent.
     Flush(oneshot::Sender<()>),
 }
@@ -87,7 +88,10 @@ pub(crate) fn start_unregistrations(
             let mut flushes = Vec::new();
             for entry in queued.drain(..) {
                 match entry {
-                    Unregistration::Session(session_id) => session_ids.push(session_id),
+                    Unregistration::Session(session_id, waiter) => {
+                        session_ids.push(session_id);
+                        flushes.extend(waiter);
+                    }
                     Unregistration::Flush(done) => flushes.push(done),
                 }
             }
@@ -154,7 +158,7 @@ impl Gateway {
     /// Queues one of this gateway's sessions for removal from the registry; it goes out with
     /// the next batch (at once when none is in flight).
     pub async fn unregister(&self, session_id: &str) {
-        let entry = Unregistration::Session(session_id.to_owned());
+        let entry = Unregistration::Session(session_id.to_owned(), None);
         if self.unregistrations.send(entry).await.is_err() {
             tracing::warn!(session.id = session_id, "unregister dropped: task ended");
         }
@@ -181,8 +185,11 @@ impl Gateway {
         }
         self.hub
             .remove_session_of(&identity.session_id, session.conn_id);
-        self.unregister(&identity.session_id).await;
-        self.flush_unregistrations().await;
+        let (done_tx, done_rx) = oneshot::channel();
+        let entry = Unregistration::Session(identity.session_id.clone(), Some(done_tx));
+        if self.unregistrations.send(entry).await.is_ok() {
+            let _ = done_rx.await;
+        }
     }
 
     /// Stops a local session: releases it, then closes it with 1000; returns its user.
