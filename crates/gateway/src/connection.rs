@@ -156,33 +156,17 @@ pub(crate) async fn handle(
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
-    // The frame guard reads what the client sends in clear: under TLS, inside it.
-    let frame_limit = Arc::new(AtomicUsize::new(gateway.config.prelogin_frame_bytes));
     // The connection's task is allocated at the size of its largest state, for its whole
     // life: the TLS path and the handshakes live in boxes of their own, so an idle `ws://`
     // connection does not carry room for a TLS session or a handshake it finished long ago.
     let Some(tls) = tls else {
-        let stream = FrameGuard::new(stream, Arc::clone(&frame_limit));
-        let upgrade = Box::pin(upgrade(
-            Arc::clone(&gateway),
-            stream,
-            "ws",
-            peer,
-            frame_limit,
-        ));
+        let upgrade = Box::pin(upgrade(Arc::clone(&gateway), stream, "ws", peer));
         return run(gateway, upgrade, shutdown).await;
     };
     Box::pin(async move {
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
             Ok(Ok(stream)) => {
-                let stream = FrameGuard::new(stream, Arc::clone(&frame_limit));
-                let upgrade = Box::pin(upgrade(
-                    Arc::clone(&gateway),
-                    stream,
-                    "wss",
-                    peer,
-                    frame_limit,
-                ));
+                let upgrade = Box::pin(upgrade(Arc::clone(&gateway), stream, "wss", peer));
                 run(gateway, upgrade, shutdown).await;
             }
             Ok(Err(error)) => tracing::debug!(peer.addr = %peer, %error, "TLS handshake failed"),
@@ -215,17 +199,19 @@ struct Accepted<S> {
     prelogin: Prelogin,
 }
 
-/// Runs the WebSocket handshake on `stream`; `None` when it fails (logged).
+/// Runs the WebSocket handshake on `stream` (under TLS, the decrypted one), behind a
+/// [`FrameGuard`] that applies the before-login frame limit; `None` when it fails (logged).
 async fn upgrade<S>(
     gateway: Arc<Gateway>,
     stream: S,
     scheme: &'static str,
     peer: SocketAddr,
-    frame_limit: Arc<AtomicUsize>,
-) -> Option<Accepted<S>>
+) -> Option<Accepted<FrameGuard<S>>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let frame_limit = Arc::new(AtomicUsize::new(gateway.config.prelogin_frame_bytes));
+    let stream = FrameGuard::new(stream, Arc::clone(&frame_limit));
     let trust_forwarded_for = gateway.config.trust_forwarded_for;
     let max_waiting = gateway.config.max_prelogin_per_address;
     let mut client_ip = None;

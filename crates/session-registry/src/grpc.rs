@@ -18,12 +18,21 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::config::Config;
 
 /// Users or session ids in one page of `ListUsers` or `GatewaySessions` when the caller
-/// names no limit, and the most it may ask for: a page stays far below the message limit.
+/// names no limit; a page stays far below the message limit.
 pub const PAGE_DEFAULT: usize = 1000;
 /// The most a caller may ask for in one page.
 pub const PAGE_MAX: usize = 10_000;
 /// The most sessions one `Relearn` or `UnregisterMany` call may carry.
 pub const BATCH_MAX: usize = 10_000;
+
+fn check_batch(sessions: usize) -> Result<(), Status> {
+    if sessions > BATCH_MAX {
+        return Err(Status::invalid_argument(format!(
+            "at most {BATCH_MAX} sessions per call"
+        )));
+    }
+    Ok(())
+}
 
 fn page_limit(asked: u32) -> usize {
     match asked as usize {
@@ -126,11 +135,7 @@ impl SessionRegistry for GrpcRegistryService {
         request: Request<UnregisterManyRequest>,
     ) -> Result<Response<UnregisterReply>, Status> {
         let request = request.into_inner();
-        if request.session_ids.len() > BATCH_MAX {
-            return Err(Status::invalid_argument(format!(
-                "at most {BATCH_MAX} sessions per call"
-            )));
-        }
+        check_batch(request.session_ids.len())?;
         let session_ids: Vec<&str> = request.session_ids.iter().map(String::as_str).collect();
         self.store
             .unregister_many(&session_ids, &request.gateway_id)
@@ -213,11 +218,7 @@ impl SessionRegistry for GrpcRegistryService {
         request: Request<RelearnRequest>,
     ) -> Result<Response<RelearnReply>, Status> {
         let sessions = request.into_inner().sessions;
-        if sessions.len() > BATCH_MAX {
-            return Err(Status::invalid_argument(format!(
-                "at most {BATCH_MAX} sessions per call"
-            )));
-        }
+        check_batch(sessions.len())?;
         if sessions.iter().any(|session| session.session_id.is_empty()) {
             return Err(Status::invalid_argument("session_id is required"));
         }
