@@ -109,7 +109,10 @@ async fn test_publish_batch_and_stream() {
         .into_inner();
     let oks: Vec<bool> = reply.results.iter().map(|r| r.ok).collect();
     assert_eq!(oks, vec![true, false, true]);
-    assert_eq!(reply.results[1].code, "permission_denied");
+    assert_eq!(
+        reply.results[1].refusal(),
+        switchboard_proto::v1::RefusalCode::Denied
+    );
 
     let (batches_tx, batches_rx) = tokio::sync::mpsc::channel(4);
     let mut replies = client

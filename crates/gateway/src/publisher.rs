@@ -2,9 +2,9 @@
 //! which publishes everything queued so far as one batch (one Redis round trip) and answers
 //! each request when its batch is done.
 //!
-//! A batch goes straight into the broker the gateway already holds, through the bus's own
-//! validation and policy (`switchboard_event_bus::publish_batch`): one hop and one process
-//! fewer per event than a round trip through the bus service. With `publish_via_bus` it goes to
+//! A batch goes straight into the broker the gateway already holds, through the publish path
+//! the bus service runs too (`switchboard_publish::publish_batch`: the same validation and
+//! policy): one hop and one process fewer per event than a round trip through the bus service. With `publish_via_bus` it goes to
 //! the bus over a long-lived `PublishStream` instead.
 //!
 //! A connection does not wait for its publish to complete before reading its next request,
@@ -22,6 +22,7 @@ use switchboard_protocol::policy::Policy;
 
 use switchboard_proto::v1::{PublishBatchReply, PublishBatchRequest, PublishRequest};
 use switchboard_protocol::{ApiError, ErrorCode};
+use switchboard_publish::Refusal;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
@@ -91,12 +92,17 @@ impl Publisher {
     }
 }
 
-fn refusal(code: &str, message: &str) -> ApiError {
-    match code {
-        "permission_denied" => ApiError::unauthorized(),
-        _ => ApiError::new(ErrorCode::SyntaxError, message),
+/// What a client is told of a refused event.
+fn refusal_error(refusal: &Refusal) -> ApiError {
+    match refusal {
+        Refusal::Denied => ApiError::unauthorized(),
+        Refusal::LimitExceeded(message) => ApiError::new(ErrorCode::LimitExceeded, message),
+        Refusal::Invalid(message) => ApiError::new(ErrorCode::SyntaxError, message),
     }
 }
+
+/// The outcome of each event of a batch.
+type Outcomes = Vec<Result<(), Refusal>>;
 
 /// The gateway's end of a `PublishStream`: batches go out on `batches_tx`, replies come back
 /// in order on `replies`.
@@ -180,20 +186,29 @@ impl PublishRoute {
     async fn publish(
         &self,
         bus_stream: &mut Option<BusStream>,
-        batch: PublishBatchRequest,
-    ) -> Result<PublishBatchReply, Status> {
+        events: Vec<PublishRequest>,
+    ) -> Result<Outcomes, Status> {
         match self {
             Self::Broker {
                 broker,
                 policy,
                 deadline,
             } => {
-                let publish = switchboard_event_bus::publish_batch(broker, policy, batch);
-                tokio::time::timeout(*deadline, publish)
-                    .await
-                    .unwrap_or_else(|_| Err(Status::unavailable("event broker did not answer")))
+                let publish = switchboard_publish::publish_batch(broker, policy, events);
+                match tokio::time::timeout(*deadline, publish).await {
+                    Ok(Ok(outcomes)) => Ok(outcomes),
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, "publish failed");
+                        Err(Status::unavailable("broker unavailable"))
+                    }
+                    Err(_) => Err(Status::unavailable("event broker did not answer")),
+                }
             }
-            Self::Bus(services) => publish_via_bus(services, bus_stream, batch).await,
+            Self::Bus(services) => {
+                let reply =
+                    publish_via_bus(services, bus_stream, PublishBatchRequest { events }).await?;
+                Ok(reply.results.iter().map(Refusal::from_result).collect())
+            }
         }
     }
 }
@@ -208,16 +223,13 @@ async fn batch_loop(route: PublishRoute, mut jobs_rx: mpsc::Receiver<PublishJob>
             .iter_mut()
             .map(|job| std::mem::take(&mut job.request))
             .collect();
-        let outcome = route
-            .publish(&mut bus_stream, PublishBatchRequest { events })
-            .await;
+        let outcome = route.publish(&mut bus_stream, events).await;
         match outcome {
-            Ok(reply) => {
-                let results = reply.results;
+            Ok(outcomes) => {
                 for (index, job) in jobs.drain(..).enumerate() {
-                    let result = match results.get(index) {
-                        Some(result) if result.ok => Ok(json!({})),
-                        Some(result) => Err(Failure::Api(refusal(&result.code, &result.message))),
+                    let result = match outcomes.get(index) {
+                        Some(Ok(())) => Ok(json!({})),
+                        Some(Err(refusal)) => Err(Failure::Api(refusal_error(refusal))),
                         None => Err(Failure::Api(ApiError::new(
                             ErrorCode::InternalError,
                             "the bus answered fewer results than events",

@@ -1,0 +1,160 @@
+//! The tonic adapter of the bus: `Publish`, `PublishBatch` and `PublishStream` over the
+//! publish path, and the server.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use switchboard_broker::{Broker, BrokerError};
+use switchboard_proto::internal::InternalSecret;
+use switchboard_proto::v1::event_bus_server::{EventBus, EventBusServer};
+use switchboard_proto::v1::{PublishBatchReply, PublishBatchRequest, PublishReply, PublishRequest};
+use switchboard_protocol::policy::Policy;
+use switchboard_publish::{Refusal, published};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Replies buffered towards a publishing stream's client.
+const STREAM_REPLIES: usize = 16;
+
+/// The tonic service publishing into a broker.
+#[derive(Debug, Clone)]
+pub struct GrpcEventBus {
+    broker: Broker,
+    policy: Arc<Policy>,
+    /// Cancelled when the server shuts down: its `PublishStream`s end.
+    closing: CancellationToken,
+}
+
+impl GrpcEventBus {
+    /// Creates a bus publishing into `broker`, refusing what `policy` does not allow.
+    pub fn new(broker: Broker, policy: Arc<Policy>) -> Self {
+        Self {
+            broker,
+            policy,
+            closing: CancellationToken::new(),
+        }
+    }
+}
+
+fn refusal_status(refusal: &Refusal) -> Status {
+    match refusal {
+        Refusal::Denied => Status::permission_denied(refusal.message()),
+        Refusal::LimitExceeded(message) => {
+            Status::invalid_argument(format!("limit_exceeded: {message}"))
+        }
+        Refusal::Invalid(message) => Status::invalid_argument(message.clone()),
+    }
+}
+
+fn broker_unavailable(error: &BrokerError) -> Status {
+    tracing::warn!(%error, "publish failed");
+    Status::unavailable("broker unavailable")
+}
+
+/// Publishes a batch; refused events are results, not errors.
+async fn publish_batch(
+    broker: &Broker,
+    policy: &Policy,
+    request: PublishBatchRequest,
+) -> Result<PublishBatchReply, Status> {
+    let outcomes = switchboard_publish::publish_batch(broker, policy, request.events)
+        .await
+        .map_err(|error| broker_unavailable(&error))?;
+    let results = outcomes
+        .iter()
+        .map(|outcome| match outcome {
+            Ok(()) => published(),
+            Err(refusal) => refusal.to_result(),
+        })
+        .collect();
+    Ok(PublishBatchReply { results })
+}
+
+#[tonic::async_trait]
+impl EventBus for GrpcEventBus {
+    async fn publish(
+        &self,
+        request: Request<PublishRequest>,
+    ) -> Result<Response<PublishReply>, Status> {
+        let prepared = switchboard_publish::prepare(&self.policy, request.into_inner())
+            .map_err(|refusal| refusal_status(&refusal))?;
+        self.broker
+            .publish(&prepared.0, prepared.1)
+            .await
+            .map_err(|error| broker_unavailable(&error))?;
+        Ok(Response::new(PublishReply {}))
+    }
+
+    async fn publish_batch(
+        &self,
+        request: Request<PublishBatchRequest>,
+    ) -> Result<Response<PublishBatchReply>, Status> {
+        let reply = publish_batch(&self.broker, &self.policy, request.into_inner()).await?;
+        Ok(Response::new(reply))
+    }
+
+    type PublishStreamStream =
+        Pin<Box<dyn Stream<Item = Result<PublishBatchReply, Status>> + Send + 'static>>;
+
+    async fn publish_stream(
+        &self,
+        request: Request<Streaming<PublishBatchRequest>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let broker = self.broker.clone();
+        let policy = Arc::clone(&self.policy);
+        let (replies_tx, replies_rx) = mpsc::channel(STREAM_REPLIES);
+        let closing = self.closing.clone();
+        tokio::spawn(async move {
+            // Batches are published one after the other, so their order is kept. A shutting
+            // down bus takes no more batches and ends the stream; the gateway opens another.
+            loop {
+                let batch = tokio::select! {
+                    biased;
+                    () = closing.cancelled() => break,
+                    batch = inbound.message() => batch,
+                };
+                let Ok(Some(batch)) = batch else { break };
+                let reply = publish_batch(&broker, &policy, batch).await;
+                let failed = reply.is_err();
+                if replies_tx.send(reply).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(replies_rx))))
+    }
+}
+
+/// Serves the bus on `listener` until `shutdown` completes.
+///
+/// # Errors
+/// Returns the transport error that stopped the server.
+pub async fn serve(
+    broker: Broker,
+    policy: Arc<Policy>,
+    listener: TcpListener,
+    secret: InternalSecret,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let bus = GrpcEventBus::new(broker, policy);
+    let closing = bus.closing.clone();
+    tonic::transport::Server::builder()
+        .layer(secret.server_layer())
+        .add_service(
+            EventBusServer::new(bus)
+                .max_decoding_message_size(switchboard_proto::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(switchboard_proto::MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            // Gateways run with `publish_via_bus` hold a publish stream open.
+            switchboard_proto::calls::close_streams_on(shutdown, closing),
+        )
+        .await
+}
