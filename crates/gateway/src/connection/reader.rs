@@ -1,0 +1,216 @@
+//! A connection's reader: frames from the client, handled in order (PROTOCOL.md §6), under the
+//! request rate limit and, until login, the login deadline.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use futures_util::StreamExt;
+use serde_json::Value;
+use switchboard_protocol::frame::{self, Inbound};
+use switchboard_protocol::{ApiError, ErrorCode};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use super::ConnState;
+use crate::dispatch;
+use crate::gateway::Gateway;
+use crate::metrics::METRICS;
+use crate::prelogin;
+use crate::session::{CLOSE_POLICY, CLOSE_TOO_BIG, CmdAnswer, Outbound};
+use crate::token;
+
+/// A token bucket of requests: `rate` per second, bursts of up to `rate`.
+#[derive(Debug)]
+pub(crate) struct FrameBudget {
+    rate: f64,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl FrameBudget {
+    /// A full bucket of `rate` requests per second; 0 never runs out.
+    pub(crate) fn new(rate: u32) -> Self {
+        Self {
+            rate: f64::from(rate),
+            tokens: f64::from(rate),
+            refilled: Instant::now(),
+        }
+    }
+
+    /// Takes one request from the bucket; false when it is empty.
+    pub(crate) fn take(&mut self) -> bool {
+        if self.rate == 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        let earned = now.duration_since(self.refilled).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + earned).min(self.rate);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Reads and handles the client's frames until the connection ends or is killed.
+pub(super) async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
+    gateway: &Arc<Gateway>,
+    state: &mut ConnState,
+    mut stream: futures_util::stream::SplitStream<WebSocketStream<S>>,
+) {
+    let kill = state.session.kill_token().clone();
+    loop {
+        let login_deadline = state.prelogin.as_ref().map(|prelogin| prelogin.deadline);
+        let message = tokio::select! {
+            () = kill.cancelled() => return,
+            () = sleep_until_some(login_deadline) => {
+                state.session.kill(CLOSE_POLICY, "no login in time");
+                return;
+            }
+            step = token::next_step(state.token) => {
+                let Some(step) = step else { continue };
+                if let Some(token) = &mut state.token {
+                    token.run(step, &state.session);
+                }
+                if step == token::Step::Close {
+                    state.token = None;
+                    state.expired = true;
+                }
+                continue;
+            }
+            message = stream.next() => message,
+        };
+        state.session.touch(gateway.hub.now_ms());
+        let message = match message {
+            None => return,
+            Some(Ok(message)) => message,
+            Some(Err(WsError::Capacity(error))) => {
+                tracing::debug!(conn.id = state.session.conn_id, %error, "frame over the limit");
+                state.session.kill(CLOSE_TOO_BIG, "frame too large");
+                return;
+            }
+            Some(Err(WsError::Io(error))) if prelogin::is_frame_too_big(&error) => {
+                tracing::debug!(
+                    conn.id = state.session.conn_id,
+                    "frame over the limit before login"
+                );
+                state
+                    .session
+                    .kill(CLOSE_TOO_BIG, "frame too large before login");
+                return;
+            }
+            Some(Err(error)) => {
+                tracing::debug!(conn.id = state.session.conn_id, %error, "read failed");
+                return;
+            }
+        };
+        match message {
+            // Boxed, like every state of the loop other than waiting: a future is as large as
+            // its largest state, and this one would double an idle connection's task.
+            Message::Text(text) => Box::pin(handle_text(gateway, state, text.as_str())).await,
+            Message::Binary(_) => {
+                if state.frame_budget.take() {
+                    let error =
+                        ApiError::new(ErrorCode::InvalidFrame, "binary frames are not supported");
+                    Box::pin(reply(state, frame::error_response(None, &error))).await;
+                } else {
+                    METRICS.count_rate_limited();
+                }
+            }
+            Message::Close(_) => {
+                state.session.answer_peer_close();
+                return;
+            }
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+        }
+        if state.prelogin.is_some() && state.session.identity().is_some() {
+            // Logged in: the connection's frames may now be as large as `max_frame_bytes`,
+            // and it no longer counts among its address's waiting ones.
+            if let Some(prelogin) = state.prelogin.take() {
+                prelogin.frame_limit.store(0, Ordering::Relaxed);
+            }
+        }
+        if state.stop_after_reply {
+            state
+                .session
+                .close(crate::session::CLOSE_NORMAL, "session stopped");
+            state.stop_after_reply = false;
+        }
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn reply(state: &ConnState, text: String) {
+    state.session.send(Outbound::Text(text)).await;
+}
+
+async fn handle_text(gateway: &Arc<Gateway>, state: &mut ConnState, text: &str) {
+    // Every frame counts against the rate, requests or not; past it, requests are answered
+    // `limit_exceeded` and invalid frames get no answer at all.
+    let within_rate = state.frame_budget.take();
+    match frame::decode(text, gateway.config.max_json_depth) {
+        Err(_) if !within_rate => METRICS.count_rate_limited(),
+        Err(rejected) => {
+            reply(
+                state,
+                frame::error_response(rejected.tid.as_ref(), &rejected.error),
+            )
+            .await;
+        }
+        Ok(Inbound::Request(request)) if !within_rate => {
+            METRICS.count_rate_limited();
+            let error = ApiError::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "more than {} requests per second on this connection",
+                    gateway.config.max_frames_per_second
+                ),
+            );
+            reply(state, frame::error_response(Some(&request.tid), &error)).await;
+        }
+        Ok(Inbound::Request(request)) => {
+            // Boxed: a command's state lives only while it runs, so an idle connection's task
+            // stays small (this is most of the per-connection memory otherwise).
+            if let Some(text) = Box::pin(dispatch::dispatch(gateway, state, request)).await {
+                reply(state, text).await;
+            }
+        }
+        Ok(Inbound::Response(response)) => {
+            if let Some(tid) = server_tid(&response.tid) {
+                state.session.answer(
+                    tid,
+                    CmdAnswer {
+                        ok: response.ok,
+                        data: response.data,
+                    },
+                );
+            }
+        }
+        Ok(Inbound::Ack(tid)) => {
+            if let Some(tid) = server_tid(&tid) {
+                state.session.ack(tid);
+            }
+        }
+    }
+}
+
+/// Reads a tid the server issued (a number, or a numeric string).
+fn server_tid(tid: &Value) -> Option<u64> {
+    match tid {
+        Value::Number(number) => number.as_u64(),
+        Value::String(text) => text.parse().ok(),
+        _ => None,
+    }
+}

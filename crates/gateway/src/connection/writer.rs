@@ -1,0 +1,195 @@
+//! A connection's writer: drains the outbound queue in batches (coalesced for busy
+//! connections), pings, closes idle connections, and ends the connection as it was told to
+//! ([`Ending`]): with a close frame, with the answer to the client's, or without one. A
+//! logged-in session is released before any close frame goes out.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::SinkExt;
+use switchboard_protocol::frame;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use crate::gateway::Gateway;
+use crate::session::{CLOSE_GOING_AWAY, Ending, Outbound, SessionHandle};
+
+/// Consecutive closely spaced writes after which a connection counts as busy and coalesces.
+/// Sustained traffic builds such a streak within a few frames; a quiet connection that gets
+/// two or three frames close together by chance (random targeted events) is not held back.
+const COALESCE_AFTER_STREAK: u32 = 4;
+/// Most frames the writer batches into one flush.
+const WRITE_BATCH: usize = 256;
+
+/// Writes the connection's queued frames until it ends; see the module doc.
+pub(super) async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
+    mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
+    session: Arc<SessionHandle>,
+    gateway: Arc<Gateway>,
+) {
+    let queue = session.outbound();
+    // However the writer ends (abort included), nothing waits on its queue any more.
+    let _closed = CloseQueueOnDrop(queue);
+    let config = &gateway.config;
+    let mut ping =
+        tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
+    let kill = session.kill_token().clone();
+    let started = Instant::now();
+    // As if the last write were long ago, so the first frame goes out at once.
+    let mut last_write = started
+        .checked_sub(config.write_coalesce)
+        .unwrap_or(started);
+    let mut busy_streak = 0u32;
+    loop {
+        tokio::select! {
+            () = kill.cancelled() => {
+                match session.take_ending() {
+                    Some(Ending::Close(code, reason)) => {
+                        gateway.release(&session).await;
+                        // A client killed for not reading gets until `write_timeout` to take
+                        // its close.
+                        send_within(config.write_timeout, &mut sink, close_message(code, &reason)).await;
+                    }
+                    Some(Ending::AnswerPeerClose) => {
+                        gateway.release(&session).await;
+                        // tungstenite queued the answering close frame when it read the
+                        // client's; a flush sends it. The socket closes as the task ends.
+                        let _ = Box::pin(tokio::time::timeout(config.write_timeout, sink.flush())).await;
+                    }
+                    Some(Ending::Abort) | None => {}
+                }
+                return;
+            }
+            () = queue.ready() => {
+                // A connection under sustained traffic (several writes in a row, each within
+                // `write_coalesce` of the last) writes at most once per `write_coalesce`, so
+                // its frames share writes; a frame for a quiet connection goes out at once.
+                let now = Instant::now();
+                let next_write = last_write + config.write_coalesce;
+                if now < next_write {
+                    busy_streak = busy_streak.saturating_add(1);
+                } else {
+                    busy_streak = 0;
+                }
+                if busy_streak >= COALESCE_AFTER_STREAK && now < next_write {
+                    let killed = Box::pin(async {
+                        tokio::select! {
+                            () = tokio::time::sleep_until(next_write) => false,
+                            () = kill.cancelled() => true,
+                        }
+                    });
+                    if killed.await {
+                        continue;
+                    }
+                }
+                last_write = Instant::now();
+                // No timer per batch: the gateway's watchdog kills a write that stalls.
+                session.set_write_started(gateway.hub.now_ms());
+                let batch = queue.take(WRITE_BATCH);
+                let outcome = Box::pin(async {
+                    tokio::select! {
+                        written = write_batch(&mut sink, batch, &session, &gateway) => Some(written),
+                        () = kill.cancelled() => None,
+                    }
+                })
+                .await;
+                session.set_write_started(0);
+                match outcome {
+                    Some(Ok(BatchEnd::More)) => {}
+                    Some(Ok(BatchEnd::Closed) | Err(_)) => {
+                        session.kill(CLOSE_GOING_AWAY, "");
+                        return;
+                    }
+                    // Killed mid-write: the branch above sends the close frame.
+                    None => continue,
+                }
+            }
+            _ = ping.tick() => {
+                let idle_ms = gateway.hub.now_ms().saturating_sub(session.last_seen_ms());
+                if Duration::from_millis(idle_ms) > config.idle_timeout {
+                    gateway.release(&session).await;
+                    send_within(config.write_timeout, &mut sink, close_message(CLOSE_GOING_AWAY, "idle timeout")).await;
+                    session.kill(CLOSE_GOING_AWAY, "");
+                    return;
+                }
+                if !send_within(config.write_timeout, &mut sink, Message::Ping(Vec::new().into())).await {
+                    session.kill(CLOSE_GOING_AWAY, "");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Sends one message unless `limit` passes first; true when it was sent. Boxed, so the
+/// writer's task is not sized for a send it makes once in a while.
+async fn send_within<S: AsyncRead + AsyncWrite + Unpin>(
+    limit: Duration,
+    sink: &mut futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
+    message: Message,
+) -> bool {
+    let sent = Box::pin(tokio::time::timeout(limit, sink.send(message))).await;
+    matches!(sent, Ok(Ok(())))
+}
+
+/// How a batch of writes ended.
+enum BatchEnd {
+    /// The connection goes on.
+    More,
+    /// A close frame was written.
+    Closed,
+}
+
+/// Writes `batch` (up to a close frame), then flushes once, so a burst of frames costs one
+/// write.
+async fn write_batch<S: AsyncRead + AsyncWrite + Unpin>(
+    sink: &mut futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
+    mut batch: VecDeque<Outbound>,
+    session: &SessionHandle,
+    gateway: &Gateway,
+) -> Result<BatchEnd, WsError> {
+    let mut end = BatchEnd::More;
+    while let Some(frame) = batch.pop_front() {
+        let message = match frame {
+            Outbound::Text(text) => Message::Text(text.into()),
+            Outbound::Event(data) => {
+                Message::Text(frame::event_frame(session.next_tid(), &data).into())
+            }
+            Outbound::Close(code, reason) => {
+                // What came before goes out; the session is released before the client can
+                // see its close.
+                sink.flush().await?;
+                Box::pin(gateway.release(session)).await;
+                end = BatchEnd::Closed;
+                close_message(code, &reason)
+            }
+        };
+        sink.feed(message).await?;
+        if matches!(end, BatchEnd::Closed) {
+            break;
+        }
+    }
+    sink.flush().await?;
+    Ok(end)
+}
+
+/// Closes a connection's queue when its writer ends.
+struct CloseQueueOnDrop<'a>(&'a crate::outbound::OutboundQueue);
+
+impl Drop for CloseQueueOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+fn close_message(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.to_owned().into(),
+    }))
+}
