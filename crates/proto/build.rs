@@ -2,16 +2,12 @@
 //! beyond a Rust toolchain.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protoc = protoc_bin_vendored::protoc_bin_path()?;
-    // prost-build finds protoc through `PROTOC`. A build script is single-threaded at this point,
-    // which is what makes `set_var` sound here.
-    unsafe {
-        std::env::set_var("PROTOC", protoc);
-    }
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     let root = "../../proto".to_owned();
     let files = ["calls", "auth", "registry", "bus", "gateway"]
         .map(|name| format!("{root}/switchboard/v1/{name}.proto"));
     println!("cargo:rerun-if-changed={root}");
-    tonic_prost_build::configure().compile_protos(&files, &[root])?;
+    tonic_prost_build::configure().compile_with_config(config, &files, &[root])?;
     Ok(())
 }
