@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs Switchboard's whole test suite: formatting, lints, every unit and integration test, then
+# Runs Switchboard's whole test suite: formatting, lints, docs, every unit and integration test, then
 # the docker-compose deployment built, run and broken on purpose (deploy/compose-test.sh).
 # Installs what the tests need when it is missing (on Debian/Ubuntu, through apt-get).
 # SWITCHBOARD_SKIP_COMPOSE=1 leaves the compose test out (e.g. where no Docker engine can run).
@@ -25,6 +25,8 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy -j "$jobs" --workspace --all-targets --locked -- -D warnings
+echo "== cargo doc"
+RUSTDOCFLAGS=-Dwarnings cargo doc -j "$jobs" --workspace --no-deps --locked
 echo "== cargo test"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

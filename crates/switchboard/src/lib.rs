@@ -5,7 +5,7 @@
 //! - [`settings`]: every setting with its flag, variable, file key and default.
 //! - [`dev`]: `switchboard dev`: auth, registry, bus and one gateway in one process, talking
 //!   over real gRPC on loopback, with the in-memory broker and registry.
-//! - [`bench`]: `switchboard bench`, the load generator for Switchboard's protocol.
+//! - [`mod@bench`]: `switchboard bench`, the load generator for Switchboard's protocol.
 //! - [`roles`]: `switchboard auth|registry|bus|gateway`, one service per process, over Redis.
 //!
 //! Depends on every service crate; no service crate depends on it.

@@ -5,11 +5,11 @@
 //! awaits internal calls per request (in order, as PROTOCOL.md §6 requires for events from one
 //! publisher) while the writer must keep draining events and pinging meanwhile.//!
 //! # Layout
-//! - this module: the handshake ([`handle`], `upgrade`), running a connection (`run`) and the
+//! - this module: the handshake (`handle`, `upgrade`), running a connection (`run`) and the
 //!   cleanup that follows it;
 //! - `reader`: frames from the client, in order: rate limit, login deadline, dispatch;
 //! - `writer`: frames to the client: batching, coalescing, pings and idle timeout, and how a
-//!   connection ends ([`Ending`]).
+//!   connection ends (`Ending`).
 
 mod reader;
 mod writer;

@@ -1,6 +1,6 @@
 //! A connection's writer: drains the outbound queue in batches (coalesced for busy
 //! connections), pings, closes idle connections, and ends the connection as it was told to
-//! ([`Ending`]): with a close frame, with the answer to the client's, or without one. A
+//! (`Ending`): with a close frame, with the answer to the client's, or without one. A
 //! logged-in session is released before any close frame goes out.
 
 use std::collections::VecDeque;
