@@ -1,11 +1,9 @@
 //! Login through the real services with each backend, token expiry on a live connection, and
 //! login throttling that leaves other traffic alone.
 
-mod common;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{Client, user_record};
+use crate::common::{Client, user_record};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
 use switchboard_gateway::token::CLOSE_TOKEN_EXPIRED;
@@ -33,7 +31,7 @@ async fn login(client: &mut Client, user: &str, password: &str) -> Value {
 }
 
 #[tokio::test]
-async fn test_users_file_login_over_websocket() {
+async fn users_file_login_over_websocket() {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("users.toml");
     let record = user_record("frank", "frank-pw", &["admin"]);
@@ -45,7 +43,8 @@ async fn test_users_file_login_over_websocket() {
         ),
     )
     .expect("users file");
-    let running = common::start_with(|config| config.auth.users_file = Some(path.clone())).await;
+    let running =
+        crate::common::start_with(|config| config.auth.users_file = Some(path.clone())).await;
     let mut wrong = Client::connect(&running.ws_url(0)).await;
     let reply = login(&mut wrong, "frank", "nope").await;
     assert_eq!(reply["data"]["code"], "invalid_credentials", "{reply}");
@@ -58,8 +57,8 @@ async fn test_users_file_login_over_websocket() {
 }
 
 #[tokio::test]
-async fn test_token_session_is_warned_then_closed_unless_refreshed() {
-    let running = common::start_with(|config| {
+async fn token_session_is_warned_then_closed_unless_refreshed() {
+    let running = crate::common::start_with(|config| {
         config.auth.jwt.hs256_secret = Some(HS_SECRET.into());
     })
     .await;
@@ -136,7 +135,7 @@ async fn test_token_session_is_warned_then_closed_unless_refreshed() {
 
     // A password session is not refreshed by a second login.
     let mut admin = Client::admin(&running).await;
-    let reply = login(&mut admin, "admin", common::ADMIN_PASSWORD).await;
+    let reply = login(&mut admin, "admin", crate::common::ADMIN_PASSWORD).await;
     assert_eq!(reply["data"]["code"], "already_authenticated", "{reply}");
 
     // An expired token never logs in.
@@ -153,8 +152,8 @@ async fn test_token_session_is_warned_then_closed_unless_refreshed() {
 }
 
 #[tokio::test]
-async fn test_failed_logins_are_throttled_without_blocking_others() {
-    let running = common::start_with(|config| {
+async fn failed_logins_are_throttled_without_blocking_others() {
+    let running = crate::common::start_with(|config| {
         config.auth.throttle.max_failures = 3;
     })
     .await;
@@ -171,7 +170,7 @@ async fn test_failed_logins_are_throttled_without_blocking_others() {
     let reply = login(&mut guesser, "admin", "guess").await;
     assert_eq!(reply["data"]["code"], "too_many_attempts", "{reply}");
     assert!(reply["tid"].is_u64(), "{reply}");
-    let reply = login(&mut guesser, "admin", common::ADMIN_PASSWORD).await;
+    let reply = login(&mut guesser, "admin", crate::common::ADMIN_PASSWORD).await;
     assert_eq!(
         reply["data"]["code"], "too_many_attempts",
         "throttled before the password is checked: {reply}"
@@ -210,8 +209,8 @@ async fn own_remote(client: &mut Client, login: &Value) -> String {
 }
 
 #[tokio::test]
-async fn test_forwarded_for_is_trusted_only_when_configured() {
-    let running = common::start_with(|config| {
+async fn forwarded_for_is_trusted_only_when_configured() {
+    let running = crate::common::start_with(|config| {
         config.auth.throttle.max_failures = 2;
         config.gateway.trust_forwarded_for = true;
     })
@@ -221,22 +220,23 @@ async fn test_forwarded_for_is_trusted_only_when_configured() {
         let (reply, _) = login_from(&url, "10.9.9.1", "admin", "guess").await;
         assert_eq!(reply["data"]["code"], "invalid_credentials", "{reply}");
     }
-    let (reply, _) = login_from(&url, "10.9.9.1", "admin", common::ADMIN_PASSWORD).await;
+    let (reply, _) = login_from(&url, "10.9.9.1", "admin", crate::common::ADMIN_PASSWORD).await;
     assert_eq!(reply["data"]["code"], "too_many_attempts", "{reply}");
     // Another client behind the same proxy is not throttled, and is seen as itself.
-    let (reply, mut other) = login_from(&url, "10.9.9.2", "admin", common::ADMIN_PASSWORD).await;
+    let (reply, mut other) =
+        login_from(&url, "10.9.9.2", "admin", crate::common::ADMIN_PASSWORD).await;
     assert_eq!(reply["result"], "ok", "{reply}");
     let remote = own_remote(&mut other, &reply).await;
     assert!(remote.starts_with("ws:10.9.9.2:"), "{remote}");
     running.stop().await;
 
     // Without the setting the header is ignored: a client cannot forge its address.
-    let running = common::start().await;
+    let running = crate::common::start().await;
     let (reply, mut forged) = login_from(
         &running.ws_url(0),
         "10.9.9.3",
         "admin",
-        common::ADMIN_PASSWORD,
+        crate::common::ADMIN_PASSWORD,
     )
     .await;
     let remote = own_remote(&mut forged, &reply).await;

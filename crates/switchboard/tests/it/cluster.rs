@@ -1,12 +1,10 @@
 //! The scaled deployment as separate processes over a real Redis: cross-replica behaviour and
 //! faults (a killed gateway, a restarted Redis, restarted services, a drained gateway).
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::Client;
-use common::cluster::{CLUSTER_ADMIN_PASSWORD, Cluster, GATEWAY_TIMEOUT};
+use crate::common::Client;
+use crate::common::cluster::{CLUSTER_ADMIN_PASSWORD, Cluster, GATEWAY_TIMEOUT};
 use serde_json::{Value, json};
 
 async fn admin_at(cluster: &Cluster, index: usize) -> Client {
@@ -46,7 +44,7 @@ async fn until_ok(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_commands_across_three_gateways() {
+async fn commands_across_three_gateways() {
     let cluster = Cluster::start(3);
     let mut a = admin_at(&cluster, 0).await;
     let mut b = admin_at(&cluster, 1).await;
@@ -162,7 +160,7 @@ async fn test_commands_across_three_gateways() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_killed_gateway_sessions_are_reaped() {
+async fn killed_gateway_sessions_are_reaped() {
     let mut cluster = Cluster::start(2);
     let mut a = admin_at(&cluster, 0).await;
     let b = admin_at(&cluster, 1).await;
@@ -192,7 +190,7 @@ async fn test_killed_gateway_sessions_are_reaped() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_redis_restart_delivery_resumes_without_restarts() {
+async fn redis_restart_delivery_resumes_without_restarts() {
     let mut cluster = Cluster::start(2);
     let mut a = admin_at(&cluster, 0).await;
     let mut b = admin_at(&cluster, 1).await;
@@ -303,7 +301,7 @@ async fn until_login(cluster: &Cluster, index: usize, within: Duration) -> Optio
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_registry_auth_and_bus_restart() {
+async fn registry_auth_and_bus_restart() {
     let mut cluster = Cluster::start(2);
     let mut a = admin_at(&cluster, 0).await;
     a.ok("event", "subscribe", json!({"class": "z"})).await;
@@ -385,7 +383,7 @@ async fn test_registry_auth_and_bus_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_sigterm_gateway_drains_and_clients_move() {
+async fn sigterm_gateway_drains_and_clients_move() {
     let mut cluster = Cluster::start(2);
     let mut a = admin_at(&cluster, 0).await;
     let mut b = admin_at(&cluster, 1).await;

@@ -1,10 +1,8 @@
 //! `event` commands, matching, body merge and delivery rules (PROTOCOL.md §5, §6).
 
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::{ADMIN_PASSWORD, Client, start, start_with};
+use crate::common::{ADMIN_PASSWORD, Client, start, start_with};
 use serde_json::{Value, json};
 
 const VALUES_SUB: [&str; 3] = ["*", "a", "b"];
@@ -39,7 +37,7 @@ async fn drain_until_marker(
 }
 
 #[tokio::test]
-async fn test_full_matching_table() {
+async fn full_matching_table() {
     let running = start().await;
     let mut subscriber = Client::admin(&running).await;
     let mut publisher = Client::admin(&running).await;
@@ -109,7 +107,7 @@ async fn test_full_matching_table() {
 }
 
 #[tokio::test]
-async fn test_body_merge() {
+async fn body_merge() {
     let running = start().await;
     let mut subscriber = Client::admin(&running).await;
     let mut publisher = Client::admin(&running).await;
@@ -154,7 +152,7 @@ async fn test_body_merge() {
 }
 
 #[tokio::test]
-async fn test_resubscribe_replaces_body_and_unsubscribe_removes() {
+async fn resubscribe_replaces_body_and_unsubscribe_removes() {
     let running = start().await;
     let mut client = Client::admin(&running).await;
     let subscriptions = client.ok("event", "get_subscriptions", json!({})).await;
@@ -229,7 +227,7 @@ async fn test_resubscribe_replaces_body_and_unsubscribe_removes() {
 }
 
 #[tokio::test]
-async fn test_subscribe_and_send_errors() {
+async fn subscribe_and_send_errors() {
     let running = start().await;
     let mut client = Client::admin(&running).await;
     assert_eq!(
@@ -285,7 +283,7 @@ async fn test_subscribe_and_send_errors() {
 }
 
 #[tokio::test]
-async fn test_subscription_limit() {
+async fn subscription_limit() {
     let running = start_with(|config| config.gateway.max_subscriptions = 4).await;
     let mut client = Client::admin(&running).await;
     client.ok("event", "subscribe", json!({"class": "a"})).await;
@@ -312,7 +310,7 @@ async fn test_subscription_limit() {
 }
 
 #[tokio::test]
-async fn test_two_matching_subscriptions_deliver_twice_and_order_is_kept() {
+async fn two_matching_subscriptions_deliver_twice_and_order_is_kept() {
     let running = start().await;
     let mut subscriber = Client::admin(&running).await;
     let mut publisher = Client::admin(&running).await;
@@ -357,7 +355,7 @@ async fn test_two_matching_subscriptions_deliver_twice_and_order_is_kept() {
 }
 
 #[tokio::test]
-async fn test_services_are_separate() {
+async fn services_are_separate() {
     let running = start().await;
     let tenant_url = format!("ws://{}/api/ws/tenant1", running.ws_addrs[0]);
     let mut tenant = Client::connect(&tenant_url).await;
@@ -418,7 +416,7 @@ async fn test_services_are_separate() {
 }
 
 #[tokio::test]
-async fn test_default_policy_for_other_users() {
+async fn default_policy_for_other_users() {
     let running = start().await;
     let mut alice = Client::login_to(&running, 0, "alice", "alice-pw").await;
     let mut alice2 = Client::login_to(&running, 0, "alice", "alice-pw").await;
@@ -502,7 +500,7 @@ async fn test_default_policy_for_other_users() {
 }
 
 #[tokio::test]
-async fn test_two_hundred_clients_each_receive_one_event_once() {
+async fn two_hundred_clients_each_receive_one_event_once() {
     let running = start().await;
     let url = running.ws_url(0);
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(200);

@@ -1,8 +1,6 @@
 //! The internal network is closed: a gRPC call without the shared secret is refused by every
 //! service, and production roles refuse to start without one.
 
-mod common;
-
 use std::time::Duration;
 
 use switchboard_proto::v1::auth_client::AuthClient;
@@ -22,11 +20,11 @@ async fn channel(address: std::net::SocketAddr) -> Channel {
 }
 
 #[tokio::test]
-async fn test_internal_calls_without_the_secret_are_refused() {
-    let running = common::start().await;
+async fn internal_calls_without_the_secret_are_refused() {
+    let running = crate::common::start().await;
     let login = LoginRequest {
         user: "admin".into(),
-        password: common::ADMIN_PASSWORD.into(),
+        password: crate::common::ADMIN_PASSWORD.into(),
         ..LoginRequest::default()
     };
 
@@ -63,13 +61,13 @@ async fn test_internal_calls_without_the_secret_are_refused() {
     assert_eq!(refused.code(), Code::Unauthenticated);
 
     // Clients still work end to end through the same services.
-    let mut admin = common::Client::admin(&running).await;
+    let mut admin = crate::common::Client::admin(&running).await;
     admin.ok("user", "list", serde_json::json!({})).await;
     running.stop().await;
 }
 
 #[tokio::test]
-async fn test_production_roles_need_a_valid_secret() {
+async fn production_roles_need_a_valid_secret() {
     for role in ["auth", "registry", "bus", "gateway"] {
         let output = tokio::time::timeout(
             Duration::from_secs(20),

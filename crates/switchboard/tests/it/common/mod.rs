@@ -1,8 +1,6 @@
 //! Test harness: starts the services in-process on loopback ports and drives them with a real
 //! WebSocket client.
 
-#![allow(dead_code)]
-
 pub mod cluster;
 
 use std::collections::VecDeque;

@@ -2,12 +2,10 @@
 //! gateway, requests per second; each answers as documented, is counted on /metrics, and
 //! leaves other connections alone.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Client, user_record};
+use crate::common::{Client, user_record};
 use serde_json::json;
 use switchboard_protocol::policy::Policy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -48,8 +46,8 @@ fn counter(text: &str, name: &str) -> u64 {
 }
 
 #[tokio::test]
-async fn test_configured_policy_rule_by_rule() {
-    let running = common::start_with(|config| {
+async fn configured_policy_rule_by_rule() {
+    let running = crate::common::start_with(|config| {
         config.gateway.policy = Arc::new(Policy::from_toml(POLICY).expect("policy"));
         config
             .auth
@@ -162,8 +160,9 @@ async fn test_configured_policy_rule_by_rule() {
 }
 
 #[tokio::test]
-async fn test_sessions_per_user_limit() {
-    let running = common::start_with(|config| config.registry.max_sessions_per_user = 2).await;
+async fn sessions_per_user_limit() {
+    let running =
+        crate::common::start_with(|config| config.registry.max_sessions_per_user = 2).await;
     let _first = Client::login_to(&running, 0, "alice", "alice-pw").await;
     let second = Client::login_to(&running, 0, "alice", "alice-pw").await;
     let mut third = Client::connect(&running.ws_url(0)).await;
@@ -198,8 +197,8 @@ async fn test_sessions_per_user_limit() {
 }
 
 #[tokio::test]
-async fn test_connection_limit_refuses_with_503() {
-    let running = common::start_with(|config| {
+async fn connection_limit_refuses_with_503() {
+    let running = crate::common::start_with(|config| {
         config.gateway.max_connections = 2;
         config.metrics_listen = Some("127.0.0.1:0".into());
     })
@@ -231,8 +230,8 @@ async fn test_connection_limit_refuses_with_503() {
 }
 
 #[tokio::test]
-async fn test_request_rate_limit_answers_limit_exceeded() {
-    let running = common::start_with(|config| {
+async fn request_rate_limit_answers_limit_exceeded() {
+    let running = crate::common::start_with(|config| {
         config.gateway.max_frames_per_second = 5;
         config.metrics_listen = Some("127.0.0.1:0".into());
     })
@@ -264,7 +263,7 @@ async fn test_request_rate_limit_answers_limit_exceeded() {
 }
 
 #[tokio::test]
-async fn test_invalid_policy_file_stops_the_start() {
+async fn invalid_policy_file_stops_the_start() {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("policy.toml");
     std::fs::write(&path, "[roles.x]\ncommands = [\"user/lists\"]\n").expect("write");

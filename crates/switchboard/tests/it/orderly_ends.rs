@@ -3,11 +3,9 @@
 //! sees its close, its `session_id` is free again; a stopping gateway closes its connections
 //! with 1001 spread over its drain window.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::Client;
+use crate::common::Client;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -24,8 +22,8 @@ async fn sessions_of(client: &mut Client, user: &str) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn test_a_client_close_is_answered_and_its_session_is_gone_by_then() {
-    let running = common::start().await;
+async fn a_client_close_is_answered_and_its_session_is_gone_by_then() {
+    let running = crate::common::start().await;
     let mut admin = Client::admin(&running).await;
     let (mut socket, _) = tokio_tungstenite::connect_async(running.ws_url(0))
         .await
@@ -65,8 +63,8 @@ async fn test_a_client_close_is_answered_and_its_session_is_gone_by_then() {
 }
 
 #[tokio::test]
-async fn test_a_stopped_session_id_is_free_the_moment_its_close_arrives() {
-    let running = common::start_with(|config| config.gateways = 2).await;
+async fn a_stopped_session_id_is_free_the_moment_its_close_arrives() {
+    let running = crate::common::start_with(|config| config.gateways = 2).await;
     let mut admin = Client::admin(&running).await;
     for attempt in 0..15 {
         let session_id = format!("stop-me-{attempt}");
@@ -100,13 +98,13 @@ async fn test_a_stopped_session_id_is_free_the_moment_its_close_arrives() {
 }
 
 #[tokio::test]
-async fn test_a_stopping_gateway_closes_its_connections_paced_with_1001() {
-    let running = common::start_with(|config| {
+async fn a_stopping_gateway_closes_its_connections_paced_with_1001() {
+    let running = crate::common::start_with(|config| {
         config.gateways = 2;
         config.gateway.drain_window = Duration::from_millis(1500);
     })
     .await;
-    let mut admin = Client::login_to(&running, 1, "admin", common::ADMIN_PASSWORD).await;
+    let mut admin = Client::login_to(&running, 1, "admin", crate::common::ADMIN_PASSWORD).await;
     let mut clients = Vec::new();
     for _ in 0..40 {
         clients.push(Client::login_to(&running, 0, "bob", "bob-pw").await);

@@ -1,10 +1,8 @@
 //! `user` and `session` commands, on one gateway and across two.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{ADMIN_PASSWORD, Client, start, start_with};
+use crate::common::{ADMIN_PASSWORD, Client, start, start_with};
 use serde_json::{Value, json};
 
 /// Waits for a server request on `client`; returns it.
@@ -18,7 +16,7 @@ async fn server_request(client: &mut Client) -> Value {
 }
 
 #[tokio::test]
-async fn test_user_list_and_get() {
+async fn user_list_and_get() {
     let running = start().await;
     let mut admin = Client::admin(&running).await;
     let mut with_meta = Client::connect(&running.ws_url(0)).await;
@@ -71,7 +69,7 @@ async fn test_user_list_and_get() {
 }
 
 #[tokio::test]
-async fn test_user_and_session_send_event() {
+async fn user_and_session_send_event() {
     let running = start().await;
     let mut admin = Client::admin(&running).await;
     let mut alice1 = Client::login_to(&running, 0, "alice", "alice-pw").await;
@@ -127,7 +125,7 @@ async fn test_user_and_session_send_event() {
 }
 
 #[tokio::test]
-async fn test_session_stop_other_and_self() {
+async fn session_stop_other_and_self() {
     let running = start().await;
     let mut admin = Client::admin(&running).await;
     let mut victim = Client::login_to(&running, 0, "alice", "alice-pw").await;
@@ -160,7 +158,7 @@ async fn test_session_stop_other_and_self() {
 }
 
 #[tokio::test]
-async fn test_session_cmd_answered_ok_and_error() {
+async fn session_cmd_answered_ok_and_error() {
     let running = start().await;
     let mut caller = Client::admin(&running).await;
     let mut target = Client::login_to(&running, 0, "admin", ADMIN_PASSWORD).await;
@@ -241,7 +239,7 @@ async fn test_session_cmd_answered_ok_and_error() {
 }
 
 #[tokio::test]
-async fn test_session_cmd_timeout_and_ack() {
+async fn session_cmd_timeout_and_ack() {
     let running = start_with(|config| {
         config.gateway.cmd_timeout = Duration::from_millis(400);
         config.gateway.cmd_max_timeout = Duration::from_millis(1500);
@@ -311,7 +309,7 @@ async fn test_session_cmd_timeout_and_ack() {
 }
 
 #[tokio::test]
-async fn test_session_cmd_target_disconnects() {
+async fn session_cmd_target_disconnects() {
     let running = start().await;
     let mut caller = Client::admin(&running).await;
     let mut target = Client::login_to(&running, 0, "admin", ADMIN_PASSWORD).await;
@@ -329,7 +327,7 @@ async fn test_session_cmd_target_disconnects() {
 }
 
 #[tokio::test]
-async fn test_session_cmd_to_own_session() {
+async fn session_cmd_to_own_session() {
     let running = start().await;
     let mut client = Client::admin(&running).await;
     let own = client.session_id.clone();
@@ -354,7 +352,7 @@ async fn test_session_cmd_to_own_session() {
 }
 
 #[tokio::test]
-async fn test_across_two_gateways() {
+async fn across_two_gateways() {
     let running = start_with(|config| config.gateways = 2).await;
     let mut on_first = Client::login_to(&running, 0, "admin", ADMIN_PASSWORD).await;
     let mut on_second = Client::login_to(&running, 1, "alice", "alice-pw").await;
@@ -405,7 +403,7 @@ async fn test_across_two_gateways() {
 }
 
 #[tokio::test]
-async fn test_gateway_shutdown_closes_with_1001() {
+async fn gateway_shutdown_closes_with_1001() {
     let running = start_with(|config| config.gateways = 2).await;
     let mut leaving = Client::login_to(&running, 1, "admin", ADMIN_PASSWORD).await;
     let mut staying = Client::admin(&running).await;

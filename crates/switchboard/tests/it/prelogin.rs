@@ -2,18 +2,16 @@
 //! most so many connections per client address waiting to log in; each limit leaves logged-in
 //! sessions alone.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::Client;
+use crate::common::Client;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 #[tokio::test]
-async fn test_big_frames_before_login_close_1009_but_not_after() {
-    let running = common::start().await;
+async fn big_frames_before_login_close_1009_but_not_after() {
+    let running = crate::common::start().await;
     let mut stranger = Client::connect(&running.ws_url(0)).await;
     let padding = "x".repeat(16 * 1024);
     stranger
@@ -52,8 +50,8 @@ async fn test_big_frames_before_login_close_1009_but_not_after() {
 }
 
 #[tokio::test]
-async fn test_no_login_in_time_closes_1008() {
-    let running = common::start_with(|config| {
+async fn no_login_in_time_closes_1008() {
+    let running = crate::common::start_with(|config| {
         config.gateway.login_timeout = Duration::from_millis(800);
         config.gateway.ping_interval = Duration::from_millis(100);
     })
@@ -97,8 +95,8 @@ async fn connect_from(url: &str, forwarded: &str) -> Client {
 }
 
 #[tokio::test]
-async fn test_waiting_connections_per_address_are_capped_with_429() {
-    let running = common::start_with(|config| {
+async fn waiting_connections_per_address_are_capped_with_429() {
+    let running = crate::common::start_with(|config| {
         config.gateway.max_prelogin_per_address = 3;
         config.gateway.trust_forwarded_for = true;
     })

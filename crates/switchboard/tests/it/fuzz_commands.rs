@@ -2,8 +2,6 @@
 //! user: every answer is `ok` or a documented error code with the request's tid, and the
 //! connection keeps working.
 
-mod common;
-
 use std::cell::RefCell;
 
 use proptest::prelude::*;
@@ -81,11 +79,13 @@ fn data() -> impl Strategy<Value = Map<String, Value>> {
 #[test]
 fn arbitrary_data_gets_documented_answers() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let running = runtime.block_on(common::start_with(|config| {
+    let running = runtime.block_on(crate::common::start_with(|config| {
         config.gateway.cmd_timeout = std::time::Duration::from_millis(200);
     }));
-    let admin = runtime.block_on(common::Client::admin(&running));
-    let alice = runtime.block_on(common::Client::login_to(&running, 0, "alice", "alice-pw"));
+    let admin = runtime.block_on(crate::common::Client::admin(&running));
+    let alice = runtime.block_on(crate::common::Client::login_to(
+        &running, 0, "alice", "alice-pw",
+    ));
     let own_sessions = [admin.session_id.clone(), alice.session_id.clone()];
     let clients = RefCell::new((admin, alice));
     let config = ProptestConfig::with_cases(300);

@@ -1,12 +1,10 @@
 //! `user login` and the rules before and around it.
 
-mod common;
-
-use common::{ADMIN_PASSWORD, Client, start};
+use crate::common::{ADMIN_PASSWORD, Client, start};
 use serde_json::json;
 
 #[tokio::test]
-async fn test_login_ok_generates_a_uuid_session_id() {
+async fn login_ok_generates_a_uuid_session_id() {
     let running = start().await;
     let mut client = Client::connect(&running.ws_url(0)).await;
     let data = client
@@ -23,7 +21,7 @@ async fn test_login_ok_generates_a_uuid_session_id() {
 }
 
 #[tokio::test]
-async fn test_login_pass_alias_and_requested_session_id() {
+async fn login_pass_alias_and_requested_session_id() {
     let running = start().await;
     let mut client = Client::connect(&running.ws_url(0)).await;
     let data = client
@@ -38,7 +36,7 @@ async fn test_login_pass_alias_and_requested_session_id() {
 }
 
 #[tokio::test]
-async fn test_login_errors() {
+async fn login_errors() {
     let running = start().await;
     let mut client = Client::connect(&running.ws_url(0)).await;
     assert_eq!(
@@ -117,7 +115,7 @@ async fn test_login_errors() {
 }
 
 #[tokio::test]
-async fn test_duplicated_session_id() {
+async fn duplicated_session_id() {
     let running = start().await;
     let mut first = Client::connect(&running.ws_url(0)).await;
     first
@@ -160,7 +158,7 @@ async fn test_duplicated_session_id() {
 }
 
 #[tokio::test]
-async fn test_commands_before_login_are_refused() {
+async fn commands_before_login_are_refused() {
     let running = start().await;
     let mut client = Client::connect(&running.ws_url(0)).await;
     for (subclass, cmd, data) in [
@@ -191,7 +189,7 @@ async fn test_commands_before_login_are_refused() {
 }
 
 #[tokio::test]
-async fn test_unknown_path_is_refused() {
+async fn unknown_path_is_refused() {
     let running = start().await;
     let url = format!("ws://{}/elsewhere", running.ws_addrs[0]);
     assert!(tokio_tungstenite::connect_async(url).await.is_err());
@@ -199,8 +197,8 @@ async fn test_unknown_path_is_refused() {
 }
 
 #[tokio::test]
-async fn test_fifty_wrong_logins_at_once_get_at_most_ten_checks() {
-    let running = common::start().await;
+async fn fifty_wrong_logins_at_once_get_at_most_ten_checks() {
+    let running = crate::common::start().await;
     let url = running.ws_url(0);
     let mut attempts = tokio::task::JoinSet::new();
     for _ in 0..50 {

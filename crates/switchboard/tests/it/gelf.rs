@@ -1,12 +1,10 @@
 //! `session log` against real UDP and TCP listeners, decoded the way a GELF server does.
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::Read;
 use std::time::Duration;
 
-use common::{Client, start_with};
+use crate::common::{Client, start_with};
 use flate2::read::GzDecoder;
 use serde_json::{Value, json};
 use switchboard_gateway::GelfTarget;
@@ -84,7 +82,7 @@ async fn receive_udp_message(socket: &UdpSocket) -> (Value, usize) {
 }
 
 #[tokio::test]
-async fn test_gelf_over_udp_small_and_chunked() {
+async fn gelf_over_udp_small_and_chunked() {
     let socket = UdpSocket::bind("127.0.0.1:0").await.expect("udp bind");
     let address = socket.local_addr().expect("addr");
     let running =
@@ -139,7 +137,7 @@ async fn test_gelf_over_udp_small_and_chunked() {
 }
 
 #[tokio::test]
-async fn test_gelf_over_tcp() {
+async fn gelf_over_tcp() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("tcp bind");
     let address = listener.local_addr().expect("addr");
     let running =
@@ -186,7 +184,7 @@ async fn test_gelf_over_tcp() {
 }
 
 #[tokio::test]
-async fn test_log_without_server_or_with_dead_server_still_ok() {
+async fn log_without_server_or_with_dead_server_still_ok() {
     // Nothing listens on this port: sends fail, the command does not.
     let unused = {
         let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

@@ -1,17 +1,15 @@
 //! The real `switchboard dev` binary, started as a newcomer would, plus connection limits.
 
-mod common;
-
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Client, start_with};
+use crate::common::{Client, start_with};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 #[tokio::test]
-async fn test_dev_binary_serves_with_no_configuration() {
+async fn dev_binary_serves_with_no_configuration() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .args(["dev", "--listen", "127.0.0.1:0"])
         .env_remove("SWITCHBOARD_ADMIN_PASSWORD")
@@ -70,7 +68,7 @@ async fn test_dev_binary_serves_with_no_configuration() {
 }
 
 #[tokio::test]
-async fn test_dev_binary_rejects_bad_settings() {
+async fn dev_binary_rejects_bad_settings() {
     let output = Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .args(["dev", "--gelf", "http://nowhere"])
         .output()
@@ -88,7 +86,7 @@ async fn test_dev_binary_rejects_bad_settings() {
 }
 
 #[tokio::test]
-async fn test_slow_consumer_is_closed_1008_and_others_keep_receiving() {
+async fn slow_consumer_is_closed_1008_and_others_keep_receiving() {
     let running = start_with(|config| config.gateway.outbound_queue = 8).await;
     let mut slow = Client::admin(&running).await;
     slow.ok("event", "subscribe", json!({"class": "flood"}))
@@ -145,7 +143,7 @@ async fn raw_frames_until_eof(stream: &mut tokio::net::TcpStream) -> (usize, Opt
 }
 
 #[tokio::test]
-async fn test_idle_connection_is_closed_and_live_one_kept() {
+async fn idle_connection_is_closed_and_live_one_kept() {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let running = start_with(|config| {
         config.gateway.ping_interval = Duration::from_millis(100);
@@ -191,7 +189,7 @@ async fn test_idle_connection_is_closed_and_live_one_kept() {
 }
 
 #[tokio::test]
-async fn test_client_that_never_reads_is_disconnected() {
+async fn client_that_never_reads_is_disconnected() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let running = start_with(|config| {

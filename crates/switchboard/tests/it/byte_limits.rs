@@ -3,9 +3,7 @@
 //! keeps working; a client that stops reading large events is closed with 1008 once its
 //! queued frames pass the outbound byte budget.
 
-mod common;
-
-use common::Client;
+use crate::common::Client;
 use serde_json::{Value, json};
 
 /// The error of `reply`, asserting it is `limit_exceeded` naming `field`.
@@ -18,8 +16,8 @@ fn assert_limit(reply: &Value, field: &str) {
 }
 
 #[tokio::test]
-async fn test_oversized_fields_are_refused_by_name_and_nothing_is_kept() {
-    let running = common::start().await;
+async fn oversized_fields_are_refused_by_name_and_nothing_is_kept() {
+    let running = crate::common::start().await;
     let mut alice = Client::login_to(&running, 0, "alice", "alice-pw").await;
     let mut bob = Client::login_to(&running, 0, "bob", "bob-pw").await;
     bob.ok("event", "subscribe", json!({"class": "chat"})).await;
@@ -130,8 +128,8 @@ async fn test_oversized_fields_are_refused_by_name_and_nothing_is_kept() {
 }
 
 #[tokio::test]
-async fn test_token_event_types_cannot_be_sent_by_clients() {
-    let running = common::start().await;
+async fn token_event_types_cannot_be_sent_by_clients() {
+    let running = crate::common::start().await;
     let mut alice = Client::login_to(&running, 0, "alice", "alice-pw").await;
     let mut bob = Client::login_to(&running, 0, "bob", "bob-pw").await;
     for kind in ["token_expiring", "token_expired"] {
@@ -153,8 +151,8 @@ async fn test_token_event_types_cannot_be_sent_by_clients() {
 }
 
 #[tokio::test]
-async fn test_a_non_reader_is_closed_1008_at_its_byte_budget() {
-    let running = common::start_with(|config| {
+async fn a_non_reader_is_closed_1008_at_its_byte_budget() {
+    let running = crate::common::start_with(|config| {
         config.gateway.outbound_queue_bytes = 256 * 1024;
     })
     .await;

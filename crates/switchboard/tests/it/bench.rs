@@ -1,12 +1,10 @@
 //! Smoke runs of `switchboard bench` so the tool cannot rot (no timing assertions).
 
-mod common;
-
-use common::{ADMIN_PASSWORD, start};
+use crate::common::{ADMIN_PASSWORD, start};
 use switchboard::bench::{self, BenchArgs, Workload};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_bench_workloads_smoke() {
+async fn bench_workloads_smoke() {
     let running = start().await;
     let mut args = BenchArgs::smoke(&running.ws_url(0), ADMIN_PASSWORD);
     args.server_pids = vec![std::process::id()];

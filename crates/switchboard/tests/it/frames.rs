@@ -1,8 +1,6 @@
 //! Bad input: each gets its documented answer and the connection keeps working.
 
-mod common;
-
-use common::{Client, start, start_with};
+use crate::common::{Client, start, start_with};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -11,7 +9,7 @@ async fn still_works(client: &mut Client) {
 }
 
 #[tokio::test]
-async fn test_invalid_json_and_non_objects() {
+async fn invalid_json_and_non_objects() {
     let running = start().await;
     let mut client = Client::admin(&running).await;
     for text in ["{not json", "[1,2]", "42", "\"text\""] {
@@ -26,7 +24,7 @@ async fn test_invalid_json_and_non_objects() {
 }
 
 #[tokio::test]
-async fn test_binary_frame() {
+async fn binary_frame() {
     let running = start().await;
     let mut client = Client::admin(&running).await;
     client
@@ -39,7 +37,7 @@ async fn test_binary_frame() {
 }
 
 #[tokio::test]
-async fn test_missing_tid_and_unrecognised_objects() {
+async fn missing_tid_and_unrecognised_objects() {
     let running = start().await;
     let mut client = Client::admin(&running).await;
     client
@@ -62,7 +60,7 @@ async fn test_missing_tid_and_unrecognised_objects() {
 }
 
 #[tokio::test]
-async fn test_tid_is_echoed_verbatim() {
+async fn tid_is_echoed_verbatim() {
     let running = start().await;
     let mut client = Client::admin(&running).await;
     for tid in [json!("abc"), json!(12345678901_u64), json!(7)] {
@@ -76,7 +74,7 @@ async fn test_tid_is_echoed_verbatim() {
 }
 
 #[tokio::test]
-async fn test_unknown_commands_and_wrong_types() {
+async fn unknown_commands_and_wrong_types() {
     let running = start().await;
     let mut client = Client::admin(&running).await;
     let unknown = [
@@ -114,7 +112,7 @@ async fn test_unknown_commands_and_wrong_types() {
 }
 
 #[tokio::test]
-async fn test_too_deep_json() {
+async fn too_deep_json() {
     let running = start().await;
     let mut client = Client::admin(&running).await;
     let deep = format!("{}1{}", "[".repeat(100), "]".repeat(100));
@@ -130,7 +128,7 @@ async fn test_too_deep_json() {
 }
 
 #[tokio::test]
-async fn test_oversized_frame_closes_1009_and_others_keep_working() {
+async fn oversized_frame_closes_1009_and_others_keep_working() {
     let running = start_with(|config| config.gateway.max_frame_bytes = 64 * 1024).await;
     let mut bystander = Client::admin(&running).await;
     let mut client = Client::admin(&running).await;
@@ -146,7 +144,7 @@ async fn test_oversized_frame_closes_1009_and_others_keep_working() {
 }
 
 #[tokio::test]
-async fn test_replies_to_events_are_ignored() {
+async fn replies_to_events_are_ignored() {
     let running = start().await;
     let mut client = Client::admin(&running).await;
     client.ok("event", "subscribe", json!({"class": "c"})).await;

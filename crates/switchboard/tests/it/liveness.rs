@@ -2,19 +2,17 @@
 //! digest: what the registry holds that the gateway has let go is removed, and a session the
 //! registry refuses to take back (stopped behind the gateway's back) is closed.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::Client;
+use crate::common::Client;
 use serde_json::json;
 use switchboard_proto::v1::session_registry_client::SessionRegistryClient;
 use switchboard_proto::v1::{LookupRequest, RegisterRequest, SessionInfo, UnregisterRequest};
 use tonic::transport::Endpoint;
 
 #[tokio::test]
-async fn test_the_registry_converges_on_what_the_gateway_holds() {
-    let running = common::start_with(|config| {
+async fn the_registry_converges_on_what_the_gateway_holds() {
+    let running = crate::common::start_with(|config| {
         config.gateway.heartbeat_interval = Duration::from_millis(100);
     })
     .await;

@@ -2,8 +2,6 @@
 //! as `wss:`; plain WebSocket on the TLS port and clients that do not trust it are refused;
 //! `ws://` keeps working beside it.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,7 +48,7 @@ where
         .await
         .expect("send");
     loop {
-        let message = tokio::time::timeout(common::WAIT, socket.next())
+        let message = tokio::time::timeout(crate::common::WAIT, socket.next())
             .await
             .expect("in time")
             .expect("open")
@@ -65,7 +63,7 @@ where
 }
 
 #[tokio::test]
-async fn test_wss_with_a_generated_certificate() {
+async fn wss_with_a_generated_certificate() {
     let certified =
         rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
     let dir = tempfile::tempdir().expect("dir");
@@ -74,7 +72,7 @@ async fn test_wss_with_a_generated_certificate() {
     std::fs::write(&cert_path, certified.cert.pem()).expect("cert");
     std::fs::write(&key_path, certified.signing_key.serialize_pem()).expect("key");
     let tls = Tls::from_pem_files(&cert_path, &key_path).expect("tls");
-    let running = common::start_with(|config| {
+    let running = crate::common::start_with(|config| {
         config.gateway.tls = Some(tls);
         config.tls_listen = "127.0.0.1:0".into();
     })
@@ -91,7 +89,7 @@ async fn test_wss_with_a_generated_certificate() {
     let login = request(
         &mut socket,
         json!({"class": "core", "subclass": "user", "cmd": "login", "tid": 1,
-               "data": {"user": "admin", "password": common::ADMIN_PASSWORD}}),
+               "data": {"user": "admin", "password": crate::common::ADMIN_PASSWORD}}),
     )
     .await;
     assert_eq!(login["result"], "ok", "{login}");
@@ -117,7 +115,7 @@ async fn test_wss_with_a_generated_certificate() {
     .expect("answer in time");
     assert!(plain.is_err());
     // ws:// beside it keeps working, and so does the wss session.
-    let mut plain_client = common::Client::admin(&running).await;
+    let mut plain_client = crate::common::Client::admin(&running).await;
     plain_client.ok("session", "ping", json!({})).await;
     let ping = request(
         &mut socket,
@@ -129,7 +127,7 @@ async fn test_wss_with_a_generated_certificate() {
 }
 
 #[test]
-fn test_unusable_certificate_files_are_refused() {
+fn unusable_certificate_files_are_refused() {
     let dir = tempfile::tempdir().expect("dir");
     let cert_path = dir.path().join("cert.pem");
     let key_path = dir.path().join("key.pem");

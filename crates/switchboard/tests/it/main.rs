@@ -1,0 +1,23 @@
+//! Switchboard's integration tests, in one binary (one link instead of one per file): each
+//! module drives the services over real sockets (WebSocket, gRPC, Redis, GELF) through the
+//! harness in `common`.
+
+mod common;
+
+mod bench;
+mod binary;
+mod byte_limits;
+mod cluster;
+mod events;
+mod frames;
+mod fuzz_commands;
+mod gelf;
+mod internal;
+mod liveness;
+mod login;
+mod login_backends;
+mod orderly_ends;
+mod policy_limits;
+mod prelogin;
+mod sessions;
+mod tls;
