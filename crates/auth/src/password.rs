@@ -59,7 +59,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn test_hash_round_trip() {
+    fn hash_round_trip() {
         let params = Params::new(64, 1, 1, None).expect("params");
         let hash = hash_with("correct horse", params).expect("hash");
         assert!(hash.starts_with("$argon2id$"));

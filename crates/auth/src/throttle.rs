@@ -239,7 +239,7 @@ mod tests {
     }
 
     #[test]
-    fn test_address_of() {
+    fn address_of_reads_the_address_and_keys_ipv6_per_64() {
         assert_eq!(address_of("ws:10.0.0.1:5555"), "10.0.0.1");
         assert_eq!(address_of("wss:[::1]:443"), "[::1]");
         assert_eq!(address_of("backend"), "backend");
@@ -255,7 +255,7 @@ mod tests {
     }
 
     #[test]
-    fn test_in_flight_attempts_count_and_drops_are_failures() {
+    fn in_flight_attempts_count_and_drops_are_failures() {
         let throttle = throttle(2, 0, Duration::from_secs(60));
         let first = throttle.reserve("ws:10.0.0.1:1", "u").expect("room");
         let second = throttle.reserve("ws:10.0.0.1:2", "u").expect("room");
@@ -280,7 +280,7 @@ mod tests {
     }
 
     #[test]
-    fn test_an_account_is_limited_across_addresses() {
+    fn an_account_is_limited_across_addresses() {
         let throttle = throttle(10, 3, Duration::from_secs(60));
         for n in 0..3 {
             drop(
@@ -294,7 +294,7 @@ mod tests {
     }
 
     #[test]
-    fn test_window_blocks_then_expires() {
+    fn window_blocks_then_expires() {
         let throttle = throttle(2, 0, Duration::from_millis(50));
         drop(throttle.reserve("a", "u"));
         drop(throttle.reserve("a", "u"));

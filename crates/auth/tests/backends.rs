@@ -88,7 +88,7 @@ fn no_throttle() -> ThrottleConfig {
 }
 
 #[test]
-fn test_secrets_stay_out_of_debug_output() {
+fn secrets_stay_out_of_debug_output() {
     let config = Config {
         admin_password: Some("admin-secret-value".into()),
         jwt: JwtConfig {
@@ -111,7 +111,7 @@ fn test_secrets_stay_out_of_debug_output() {
 }
 
 #[tokio::test]
-async fn test_admin_accepts_the_right_password_only() {
+async fn admin_accepts_the_right_password_only() {
     let auth = Authenticator::new(Config {
         admin_password: Some("secret".into()),
         throttle: no_throttle(),
@@ -135,7 +135,7 @@ async fn test_admin_accepts_the_right_password_only() {
 }
 
 #[tokio::test]
-async fn test_users_file_accepts_refuses_and_reloads() {
+async fn users_file_accepts_refuses_and_reloads() {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("users.toml");
     let write = |users: &[(&str, &str, &[&str])]| {
@@ -204,7 +204,7 @@ async fn test_users_file_accepts_refuses_and_reloads() {
 }
 
 #[test]
-fn test_invalid_users_file_is_refused_at_start() {
+fn invalid_users_file_is_refused_at_start() {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("users.toml");
     std::fs::write(
@@ -247,7 +247,7 @@ fn hs_authenticator() -> Authenticator {
 }
 
 #[tokio::test]
-async fn test_hs256_tokens() {
+async fn hs256_tokens() {
     let auth = hs_authenticator();
     let exp = now() + 600;
     let good = hs(&json!({"sub": "carol", "exp": exp, "roles": ["viewer"]}));
@@ -309,7 +309,7 @@ async fn test_hs256_tokens() {
 }
 
 #[tokio::test]
-async fn test_audience_and_issuer() {
+async fn audience_and_issuer() {
     let exp = now() + 600;
     let open = hs_authenticator();
     open.login(attempt(
@@ -362,7 +362,7 @@ async fn test_audience_and_issuer() {
 }
 
 #[tokio::test]
-async fn test_rs256_pem_and_es256_jwks_tokens() {
+async fn rs256_pem_and_es256_jwks_tokens() {
     let auth = Authenticator::new(Config {
         jwt: JwtConfig {
             public_key_files: vec![fixture("rsa_public.pem")],
@@ -403,7 +403,7 @@ async fn test_rs256_pem_and_es256_jwks_tokens() {
 }
 
 #[test]
-fn test_bad_key_configuration_is_refused() {
+fn bad_key_configuration_is_refused() {
     let short = Authenticator::new(Config {
         jwt: JwtConfig {
             hs256_secret: Some("short".into()),
@@ -423,7 +423,7 @@ fn test_bad_key_configuration_is_refused() {
 }
 
 #[tokio::test]
-async fn test_failed_logins_are_throttled_per_address() {
+async fn failed_logins_are_throttled_per_address() {
     let auth = Authenticator::new(Config {
         admin_password: Some("secret".into()),
         throttle: ThrottleConfig {
@@ -506,7 +506,7 @@ fn slow_user_auth(throttle: ThrottleConfig) -> Authenticator {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_parallel_wrong_logins_get_at_most_the_limit_checked() {
+async fn parallel_wrong_logins_get_at_most_the_limit_checked() {
     let auth = slow_user_auth(ThrottleConfig {
         max_failures: 10,
         max_account_failures: 0,
@@ -550,7 +550,7 @@ async fn test_parallel_wrong_logins_get_at_most_the_limit_checked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_abandoned_attempts_count_and_accounts_are_limited_across_addresses() {
+async fn abandoned_attempts_count_and_accounts_are_limited_across_addresses() {
     let auth = slow_user_auth(ThrottleConfig {
         max_failures: 3,
         max_account_failures: 5,

@@ -158,7 +158,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
-    async fn test_past_its_bounds_the_handoff_drops_and_counts() {
+    async fn past_its_bounds_the_handoff_drops_and_counts() {
         let sink = Arc::new(Slow::default());
         let handoff = Handoff::start_with(Arc::clone(&sink) as Arc<dyn Deliver>, 3, 1000);
         // The delivery task cannot run until this task yields: the queue fills.

@@ -143,18 +143,18 @@ async fn redis_connection(redis: &RedisServer) -> redis::aio::MultiplexedConnect
 }
 
 #[tokio::test]
-async fn test_memory_engine() {
+async fn memory_engine() {
     suite(Broker::Memory(MemoryBroker::new())).await;
 }
 
 #[tokio::test]
-async fn test_redis_engine() {
+async fn redis_engine() {
     let redis = RedisServer::start();
     suite(redis_broker(&redis).await).await;
 }
 
 #[tokio::test]
-async fn test_redis_large_batch_keeps_order() {
+async fn redis_large_batch_keeps_order() {
     let redis = RedisServer::start();
     let broker = redis_broker(&redis).await;
     let recorder = Arc::new(Recorder::default());
@@ -182,7 +182,7 @@ async fn test_redis_large_batch_keeps_order() {
 }
 
 #[tokio::test]
-async fn test_redis_restart_resubscribes() {
+async fn redis_restart_resubscribes() {
     let mut redis = RedisServer::start();
     let broker = redis_broker(&redis).await;
     let recorder = Arc::new(Recorder::default());
@@ -214,7 +214,7 @@ async fn test_redis_restart_resubscribes() {
 }
 
 #[tokio::test]
-async fn test_health_checks_keep_a_healthy_subscription() {
+async fn health_checks_keep_a_healthy_subscription() {
     let redis = RedisServer::start();
     let engine = RedisBroker::connect(&redis.url())
         .await
@@ -253,7 +253,7 @@ async fn redis_subscribers(redis: &RedisServer, channels: &[String]) -> Vec<i64>
 }
 
 #[tokio::test]
-async fn test_redis_left_channels_are_unsubscribed_together() {
+async fn redis_left_channels_are_unsubscribed_together() {
     let redis = RedisServer::start();
     let broker = redis_broker(&redis).await;
     let recorder = Arc::new(Recorder::default());

@@ -41,7 +41,7 @@ fn event(class: &str, body: &str) -> PublishRequest {
 }
 
 #[tokio::test]
-async fn test_publish_batch_and_stream() {
+async fn publish_batch_and_stream() {
     let broker = Broker::Memory(MemoryBroker::new());
     let recorder = Arc::new(Recorder::default());
     let subscriber = broker.subscriber(recorder.clone());

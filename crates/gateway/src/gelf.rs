@@ -338,7 +338,7 @@ mod tests {
     }
 
     #[test]
-    fn test_fields() {
+    fn fields() {
         let message = gelf_message(&record(None));
         assert_eq!(message["_n"], json!(1));
         assert_eq!(message["_b"], json!("true"));
@@ -349,7 +349,7 @@ mod tests {
     }
 
     #[test]
-    fn test_additional_fields_are_capped() {
+    fn additional_fields_are_capped() {
         let mut many = record(None);
         many.meta = (0..200)
             .map(|n| (format!("{n:03}{}", "k".repeat(300)), json!(n)))
@@ -366,7 +366,7 @@ mod tests {
     }
 
     #[test]
-    fn test_oversized_message_is_truncated_to_128_chunks() {
+    fn oversized_message_is_truncated_to_128_chunks() {
         // Incompressible text: pseudo-random letters.
         let mut seed = 7u64;
         let huge: String = (0..400_000)

@@ -564,7 +564,7 @@ mod tests {
     }
 
     #[test]
-    fn test_routes_grow_into_a_map_and_shrink_back() {
+    fn routes_grow_into_a_map_and_shrink_back() {
         let mut routes = Routes::One(1, route(1));
         routes.insert(1, route(1));
         assert_eq!(
@@ -594,7 +594,7 @@ mod tests {
     /// once the channel is in effect in Redis, whether it queued the channel's first subscribe
     /// or joined one still on its way, so an event published right after reaches it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn test_a_subscribe_answers_once_its_channel_is_in_effect() {
+    async fn a_subscribe_answers_once_its_channel_is_in_effect() {
         let redis = switchboard_test_support::RedisServer::start();
         let broker = Broker::Redis(Box::new(
             switchboard_broker::RedisBroker::connect(&redis.url())

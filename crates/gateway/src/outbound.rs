@@ -178,7 +178,7 @@ mod tests {
     }
 
     #[test]
-    fn test_full_queue_refuses_and_take_keeps_order() {
+    fn full_queue_refuses_and_take_keeps_order() {
         let queue = OutboundQueue::new(2, 1 << 20);
         assert!(queue.try_push(text("a")).is_ok());
         assert!(queue.try_push(text("b")).is_ok());
@@ -190,7 +190,7 @@ mod tests {
     }
 
     #[test]
-    fn test_byte_budget_refuses_but_an_empty_queue_takes_any_frame() {
+    fn byte_budget_refuses_but_an_empty_queue_takes_any_frame() {
         let queue = OutboundQueue::new(100, 10);
         assert!(queue.try_push(text(&"x".repeat(50))).is_ok(), "empty queue");
         assert!(matches!(queue.try_push(text("a")), Err(Refused::Full(_))));
@@ -206,7 +206,7 @@ mod tests {
     }
 
     #[test]
-    fn test_closed_queue_refuses() {
+    fn closed_queue_refuses() {
         let queue = OutboundQueue::new(2, 1 << 20);
         assert!(queue.try_push(text("a")).is_ok());
         queue.close();
@@ -215,7 +215,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn test_push_waits_for_room_and_ready_wakes_the_writer() {
+    async fn push_waits_for_room_and_ready_wakes_the_writer() {
         let queue = Arc::new(OutboundQueue::new(1, 1 << 20));
         assert!(queue.push(text("a")).await);
         let pusher = tokio::spawn({
@@ -244,7 +244,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn test_close_releases_a_waiting_push() {
+    async fn close_releases_a_waiting_push() {
         let queue = Arc::new(OutboundQueue::new(1, 1 << 20));
         assert!(queue.try_push(text("a")).is_ok());
         let pusher = tokio::spawn({

@@ -299,7 +299,7 @@ mod tests {
     }
 
     #[test]
-    fn test_frames_are_followed_byte_by_byte() {
+    fn frames_are_followed_byte_by_byte() {
         let mut guard = guard(100);
         let mut stream = frame_header(true, 1, 100);
         stream.extend(vec![b'x'; 100]);
@@ -313,7 +313,7 @@ mod tests {
     }
 
     #[test]
-    fn test_fragments_add_up_and_long_lengths_are_read() {
+    fn fragments_add_up_and_long_lengths_are_read() {
         let mut guard = guard(1000);
         let mut stream = frame_header(false, 1, 600);
         stream.extend(vec![b'x'; 600]);
@@ -326,7 +326,7 @@ mod tests {
     }
 
     #[test]
-    fn test_bytes_after_the_request_in_the_same_read_are_framed() {
+    fn bytes_after_the_request_in_the_same_read_are_framed() {
         let mut guard = FrameGuard::new(tokio::io::empty(), Arc::new(AtomicUsize::new(10)));
         let mut read = b"GET / HTTP/1.1\r\n\r\n".to_vec();
         read.extend(frame_header(true, 1, 11));
@@ -335,7 +335,7 @@ mod tests {
     }
 
     #[test]
-    fn test_counts_per_address_and_per_ipv6_64() {
+    fn counts_per_address_and_per_ipv6_64() {
         let counts = Arc::new(PreloginCounts::default());
         let a: IpAddr = "10.0.0.1".parse().expect("ip");
         let first = counts.try_enter(a, 2).expect("room");

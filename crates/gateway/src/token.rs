@@ -121,7 +121,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn test_far_and_past_expiries() {
+    fn far_and_past_expiries() {
         let (at, step) = TokenExpiry::new(u64::MAX).next();
         assert_eq!(step, None, "an exp beyond a week is looked at again later");
         assert!(at > Instant::now() + MAX_WAIT - Duration::from_secs(1));

@@ -169,7 +169,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn test_secret_rules_and_redaction() {
+    fn secret_rules_and_redaction() {
         assert_eq!(InternalSecret::new("short"), Err(SecretError::TooShort));
         assert_eq!(
             InternalSecret::new("sixteen bytes  !!"),
@@ -181,7 +181,7 @@ mod tests {
     }
 
     #[test]
-    fn test_interceptors_agree() {
+    fn interceptors_agree() {
         let secret = InternalSecret::new("0123456789abcdef").expect("valid");
         let attached = secret.attach().call(Request::new(())).expect("attach");
         let mut require = RequireSecret {

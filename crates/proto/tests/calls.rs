@@ -154,7 +154,7 @@ fn login(user: &str, sleep_ms: u64, session_id: &str) -> LoginRequest {
 }
 
 #[tokio::test]
-async fn test_answers_reach_their_callers_in_any_order() {
+async fn answers_reach_their_callers_in_any_order() {
     let (listener, address) = bind();
     let auth = SleepyAuth::default();
     let server = Server::start(auth.clone(), listener);
@@ -204,7 +204,7 @@ async fn concurrent_calls(stream: &CallStream<LoginCall, LoginAnswer>, count: us
 }
 
 #[tokio::test]
-async fn test_a_restarted_server_is_found_again() {
+async fn a_restarted_server_is_found_again() {
     let (listener, address) = bind();
     let auth = SleepyAuth::default();
     let server = Server::start(auth.clone(), listener);
@@ -236,7 +236,7 @@ async fn test_a_restarted_server_is_found_again() {
 }
 
 #[tokio::test]
-async fn test_a_timed_out_call_opens_a_new_stream_for_the_next() {
+async fn a_timed_out_call_opens_a_new_stream_for_the_next() {
     let (listener, address) = bind();
     let auth = SleepyAuth {
         stall_first_stream: true,
@@ -258,7 +258,7 @@ async fn test_a_timed_out_call_opens_a_new_stream_for_the_next() {
 }
 
 #[tokio::test]
-async fn test_a_closing_server_answers_calls_in_flight_then_ends_the_stream() {
+async fn a_closing_server_answers_calls_in_flight_then_ends_the_stream() {
     let (listener, address) = bind();
     let auth = SleepyAuth::default();
     let server = Server::start(auth.clone(), listener);
@@ -284,7 +284,7 @@ async fn test_a_closing_server_answers_calls_in_flight_then_ends_the_stream() {
 }
 
 #[tokio::test]
-async fn test_the_server_drops_a_call_its_caller_gave_up_on() {
+async fn the_server_drops_a_call_its_caller_gave_up_on() {
     let (listener, address) = bind();
     let auth = SleepyAuth::default();
     let server = Server::start(auth.clone(), listener);
@@ -301,7 +301,7 @@ async fn test_the_server_drops_a_call_its_caller_gave_up_on() {
 }
 
 #[tokio::test]
-async fn test_a_panicking_handler_is_answered_and_the_stream_goes_on() {
+async fn a_panicking_handler_is_answered_and_the_stream_goes_on() {
     let (listener, address) = bind();
     let auth = SleepyAuth::default();
     let server = Server::start(auth.clone(), listener);

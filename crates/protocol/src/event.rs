@@ -206,7 +206,7 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn test_from_channel_reads_back_every_key() {
+    fn from_channel_reads_back_every_key() {
         let keys = [
             key("*", "*", "*"),
             key("a:b", "3:x", ""),
@@ -247,14 +247,14 @@ mod tests {
     }
 
     #[test]
-    fn test_channels_do_not_collide() {
+    fn channels_do_not_collide() {
         let a = key("a:1", "b", "c");
         let b = key("a", "1:b", "c");
         assert_ne!(a.channel(), b.channel());
     }
 
     #[test]
-    fn test_candidates_are_exactly_the_matching_keys() {
+    fn candidates_are_exactly_the_matching_keys() {
         let values = ["*", "x", "y"];
         for es in values {
             for et in values {
@@ -282,7 +282,7 @@ mod tests {
     }
 
     #[test]
-    fn test_merge_rules() {
+    fn merge_rules() {
         let sub = object(json!({"a": 1, "b": 1}));
         assert_eq!(
             merge_body(&sub, Some(&json!({"b": 2, "c": 3}))),
@@ -298,7 +298,7 @@ mod tests {
     }
 
     #[test]
-    fn test_frame_data_omits_wildcards_and_own_service() {
+    fn frame_data_omits_wildcards_and_own_service() {
         let event = EventMessage {
             key: key("s", "*", "*"),
             body: None,

@@ -96,7 +96,7 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn test_field_errors() {
+    fn field_errors() {
         let data = json!({"a": "x", "b": 3, "e": "", "o": {}, "l": 9, "s": "4", "t": "4x"});
         let Value::Object(map) = data else {
             unreachable!()

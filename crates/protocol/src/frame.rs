@@ -247,7 +247,7 @@ mod tests {
     }
 
     #[test]
-    fn test_request_defaults() {
+    fn request_defaults() {
         let Ok(Inbound::Request(request)) =
             decode(r#"{"class":"core","cmd":"ping","tid":"a"}"#, 64)
         else {
@@ -259,7 +259,7 @@ mod tests {
     }
 
     #[test]
-    fn test_errors_carry_tid_when_known() {
+    fn errors_carry_tid_when_known() {
         let err = decode_err(r#"{"class":1,"cmd":"x","tid":3}"#);
         assert_eq!(err.error.code, ErrorCode::SyntaxError);
         assert_eq!(err.tid, Some(json!(3)));
@@ -275,14 +275,14 @@ mod tests {
     }
 
     #[test]
-    fn test_not_an_object() {
+    fn not_an_object() {
         assert_eq!(decode_err("[1,2]").error.code, ErrorCode::InvalidJson);
         assert_eq!(decode_err("{nope").error.code, ErrorCode::InvalidJson);
         assert_eq!(decode_err(r#"{"x":1}"#).error.code, ErrorCode::InvalidFrame);
     }
 
     #[test]
-    fn test_depth_limit_ignores_brackets_in_strings() {
+    fn depth_limit_ignores_brackets_in_strings() {
         let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
         assert_eq!(decode_err(&deep).error.code, ErrorCode::LimitExceeded);
         let text = format!(
@@ -293,7 +293,7 @@ mod tests {
     }
 
     #[test]
-    fn test_response_and_ack() {
+    fn response_and_ack() {
         assert_eq!(decode(r#"{"ack":5}"#, 64), Ok(Inbound::Ack(json!(5))));
         let Ok(Inbound::Response(response)) =
             decode(r#"{"result":"error","data":{"code":"x"},"tid":2}"#, 64)
@@ -304,7 +304,7 @@ mod tests {
     }
 
     #[test]
-    fn test_event_frame_is_json() {
+    fn event_frame_is_json() {
         let frame = event_frame(7, r#"{"class":"a"}"#);
         let value: Value = serde_json::from_str(&frame).expect("valid json");
         assert_eq!(value["tid"], 7);

@@ -106,7 +106,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn test_limits_count_compact_utf8_bytes() {
+    fn limits_count_compact_utf8_bytes() {
         assert!(check("class", 256, 256).is_ok());
         let error = check("class", 257, 256).expect_err("past the limit");
         assert_eq!(error.code, ErrorCode::LimitExceeded);

@@ -270,7 +270,7 @@ mod tests {
     }
 
     #[test]
-    fn test_default_policy_is_section_8() {
+    fn default_policy_is_section_8() {
         let policy = Policy::default();
         let admin = roles(&["admin"]);
         let user = roles(&[]);
@@ -308,7 +308,7 @@ mod tests {
     }
 
     #[test]
-    fn test_configured_roles_combine() {
+    fn configured_roles_combine() {
         let policy = Policy::from_toml(
             r#"
             [roles."*"]
@@ -368,7 +368,7 @@ mod tests {
     }
 
     #[test]
-    fn test_bad_policies_are_refused() {
+    fn bad_policies_are_refused() {
         assert!(Policy::from_toml("[roles.x]\ncommands = [\"user/nope\"]").is_err());
         assert!(Policy::from_toml("[roles.x]\ncommand = [\"*\"]").is_err());
         assert!(Policy::from_toml("[roles.x]\nother_users = \"yes\"").is_err());

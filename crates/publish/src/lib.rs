@@ -193,7 +193,7 @@ mod tests {
     }
 
     #[test]
-    fn test_refusals_are_typed_and_survive_the_wire() {
+    fn refusals_are_typed_and_survive_the_wire() {
         let policy = Policy::default();
         let cases = [
             (request("", "", &[]), "class"),

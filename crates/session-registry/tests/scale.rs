@@ -75,7 +75,7 @@ async fn gateway_session_count(client: &mut SessionRegistryClient<SecuredChannel
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_fifty_thousand_sessions_of_one_gateway() {
+async fn fifty_thousand_sessions_of_one_gateway() {
     let redis = RedisServer::start();
     let store = Store::Redis(Box::new(RedisStore::connect(&redis.url()).expect("url")));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

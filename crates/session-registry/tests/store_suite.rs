@@ -302,43 +302,43 @@ async fn concurrent_registrations(store: Store) {
 }
 
 #[tokio::test]
-async fn test_memory_store() {
+async fn memory_store() {
     suite(Store::Memory(MemoryStore::new())).await;
 }
 
 #[tokio::test]
-async fn test_memory_store_reap_spares_a_gateway_that_came_back() {
+async fn memory_store_reap_spares_a_gateway_that_came_back() {
     reap_spares_a_gateway_that_came_back(Store::Memory(MemoryStore::new())).await;
 }
 
 #[tokio::test]
-async fn test_redis_store_reap_spares_a_gateway_that_came_back() {
+async fn redis_store_reap_spares_a_gateway_that_came_back() {
     let redis = RedisServer::start();
     let store = RedisStore::connect(&redis.url()).expect("url");
     reap_spares_a_gateway_that_came_back(Store::Redis(Box::new(store))).await;
 }
 
 #[tokio::test]
-async fn test_memory_store_concurrent_registrations() {
+async fn memory_store_concurrent_registrations() {
     concurrent_registrations(Store::Memory(MemoryStore::new())).await;
 }
 
 #[tokio::test]
-async fn test_redis_store_concurrent_registrations() {
+async fn redis_store_concurrent_registrations() {
     let redis = RedisServer::start();
     let store = RedisStore::connect(&redis.url()).expect("url");
     concurrent_registrations(Store::Redis(Box::new(store))).await;
 }
 
 #[tokio::test]
-async fn test_redis_store() {
+async fn redis_store() {
     let redis = RedisServer::start();
     let store = RedisStore::connect(&redis.url()).expect("url");
     suite(Store::Redis(Box::new(store))).await;
 }
 
 #[tokio::test]
-async fn test_redis_store_down_is_unavailable_then_recovers() {
+async fn redis_store_down_is_unavailable_then_recovers() {
     let mut redis = RedisServer::start();
     let store = Store::Redis(Box::new(RedisStore::connect(&redis.url()).expect("url")));
     store

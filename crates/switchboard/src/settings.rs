@@ -548,7 +548,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn test_flags_win_over_file() {
+    fn flags_win_over_file() {
         let cli = Settings {
             listen: Some("a".into()),
             ..Settings::default()
@@ -560,12 +560,12 @@ mod tests {
     }
 
     #[test]
-    fn test_unknown_file_key_is_refused() {
+    fn unknown_file_key_is_refused() {
         assert!(toml::from_str::<Settings>("nope = 1").is_err());
     }
 
     #[test]
-    fn test_bad_values_are_refused() {
+    fn bad_values_are_refused() {
         let mut config = switchboard_gateway::Config::new(
             String::new(),
             String::new(),

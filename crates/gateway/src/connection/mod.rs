@@ -338,7 +338,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn test_service_from_path() {
+    fn the_path_names_the_service() {
         assert_eq!(service_from_path("/api/ws"), Some(String::new()));
         assert_eq!(service_from_path("/api/ws/"), Some(String::new()));
         assert_eq!(service_from_path("/api/ws/media"), Some("media".to_owned()));

@@ -302,7 +302,7 @@ mod tests {
     }
 
     #[test]
-    fn test_register_list_get_unregister() {
+    fn register_list_get_unregister() {
         let store = MemoryStore::new();
         store
             .register(session("s1", "u", "g"), 0)
@@ -332,7 +332,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn test_reap_silent_gateway() {
+    async fn reap_silent_gateway() {
         let store = MemoryStore::new();
         store
             .register(session("a", "u", "g1"), 0)

@@ -178,7 +178,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn test_frames_round_trip() {
+    fn frames_round_trip() {
         let frame = send_event_frame(3, 9, (1, 2, 3, 1), r#","pad":"xx""#);
         let value: Value = serde_json::from_str(&frame).expect("valid JSON");
         assert_eq!(value["data"]["type"], "t3");

@@ -47,7 +47,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn test_reads_own_process() {
+    fn reads_own_process() {
         let own = sample(&[std::process::id()]);
         assert!(own.rss_kib > 0);
         assert!(own.cpu_seconds >= 0.0);
