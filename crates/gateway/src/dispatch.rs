@@ -2,45 +2,14 @@
 
 use std::sync::Arc;
 
-use serde_json::Value;
-use switchboard_protocol::frame::{self, Request};
+use switchboard_protocol::frame::Request;
 use switchboard_protocol::policy::Access;
 use switchboard_protocol::{ApiError, ErrorCode};
 
 use crate::commands;
 use crate::connection::ConnState;
 use crate::gateway::Gateway;
-use crate::metrics::METRICS;
-
-/// What a command answers.
-#[derive(Debug)]
-pub(crate) enum Failure {
-    /// A Switchboard error.
-    Api(ApiError),
-    /// An error `data` object forwarded unchanged (a `session cmd` target's answer).
-    Forwarded(Value),
-}
-
-impl From<ApiError> for Failure {
-    fn from(error: ApiError) -> Self {
-        Self::Api(error)
-    }
-}
-
-/// The result of a command.
-pub(crate) type CommandResult = Result<Value, Failure>;
-
-/// Encodes a command's result as the response frame for `tid`.
-pub(crate) fn encode(tid: &Value, result: CommandResult) -> String {
-    match result {
-        Ok(data) => frame::ok_response(tid, data),
-        Err(Failure::Api(error)) => {
-            METRICS.count_error(error.code);
-            frame::error_response(Some(tid), &error)
-        }
-        Err(Failure::Forwarded(data)) => frame::error_response_with_data(Some(tid), data),
-    }
-}
+use crate::reply::encode;
 
 fn unknown_command(request: &Request) -> ApiError {
     ApiError::new(

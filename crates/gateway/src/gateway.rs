@@ -11,9 +11,10 @@ use crate::clients::Services;
 use crate::config::Config;
 use crate::gelf::GelfSender;
 use crate::hub::Hub;
+use crate::outbound::CLOSE_NORMAL;
 use crate::prelogin::PreloginCounts;
 use crate::publisher::Publisher;
-use crate::session::{CLOSE_NORMAL, SessionHandle};
+use crate::session::SessionHandle;
 use switchboard_protocol::{ApiError, ErrorCode};
 
 /// Attempts to unregister a batch of closed sessions before giving up.

@@ -20,7 +20,8 @@ use switchboard_protocol::{ApiError, ErrorCode};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::session::{AckSignal, CmdAnswer, Outbound, PendingRequest, SessionHandle};
+use crate::outbound::Outbound;
+use crate::session::{AckSignal, CmdAnswer, PendingRequest, SessionHandle};
 
 /// One subscription of a connection: its broker channel, which encodes its key
 /// ([`EventKey::from_channel`] reads it back), and its body. The channel text is shared with
@@ -221,7 +222,7 @@ impl Hub {
                 "slow consumer disconnected: write stalled"
             );
             session.kill(
-                crate::session::CLOSE_POLICY,
+                crate::outbound::CLOSE_POLICY,
                 "slow consumer: write timed out",
             );
         }

@@ -12,12 +12,14 @@
 //! - [`server`]: [`build`] and [`serve`]: accept loop, SessionControl server, drain.
 //! - [`liveness`]: heartbeats of a session count and digest, and reconciling with the registry.
 //! - [`connection`]: one WebSocket: reader, batching writer, cleanup.
-//! - `dispatch` and `commands`: request routing and the `core` commands.
+//! - `dispatch` and `commands`: request routing and the `core` commands; `reply`: what a
+//!   command answers and its response frame.
 //! - [`hub`]: local sessions, the subscription index and event fan-out.
 //! - [`publisher`]: `send_event`s batched into the broker (or the bus), in order, with
 //!   backpressure.
 //! - [`session`]: the per-connection handle other tasks use.
-//! - `outbound`: a connection's bounded queue of frames for its writer.
+//! - [`outbound`]: frames for a connection's writer, close codes, how a connection ends, and
+//!   its bounded queue.
 //! - [`prelogin`]: the limits of a connection that has not logged in yet.
 //! - [`token`]: the expiry of sessions that logged in with a signed token.
 //! - [`control`]: the SessionControl gRPC service.
@@ -37,9 +39,10 @@ pub mod gelf;
 pub mod hub;
 pub mod liveness;
 pub mod metrics;
-mod outbound;
+pub mod outbound;
 pub mod prelogin;
 pub mod publisher;
+mod reply;
 pub mod server;
 pub mod session;
 pub mod tls;

@@ -28,7 +28,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use crate::clients::{Services, status_to_api_error};
-use crate::dispatch::{Failure, encode};
+use crate::reply::{Failure, encode};
 use crate::session::SessionHandle;
 
 /// Publishes one connection may have waiting for the bus.

@@ -20,8 +20,8 @@ use crate::gateway::{Gateway, start_unregistrations};
 use crate::gelf::GelfSender;
 use crate::hub::Hub;
 use crate::metrics::METRICS;
+use crate::outbound::CLOSE_GOING_AWAY;
 use crate::publisher::{PublishRoute, Publisher};
-use crate::session::CLOSE_GOING_AWAY;
 
 /// Connections over the limit being answered HTTP 503 at once.
 const MAX_REFUSALS: usize = 64;

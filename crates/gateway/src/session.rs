@@ -8,50 +8,7 @@ use serde_json::Value;
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::outbound::{OutboundQueue, Refused};
-
-/// Close code of a normal close (`session stop`).
-pub const CLOSE_NORMAL: u16 = 1000;
-/// Close code of a gateway going away (shutdown, idle).
-pub const CLOSE_GOING_AWAY: u16 = 1001;
-/// Close code for a client that does not read fast enough.
-pub const CLOSE_POLICY: u16 = 1008;
-/// Close code for a frame over the size limit.
-pub const CLOSE_TOO_BIG: u16 = 1009;
-
-/// A frame waiting for the connection's writer.
-#[derive(Debug)]
-pub enum Outbound {
-    /// A complete text frame (response or server request).
-    Text(String),
-    /// An event's `data` object, shared between subscribers; the writer adds the tid.
-    Event(Arc<str>),
-    /// Close the connection with this code and reason after the frames before it.
-    Close(u16, String),
-}
-
-impl Outbound {
-    /// What the frame weighs against the connection's outbound byte budget: its text, plus
-    /// the envelope the writer adds to an event.
-    pub(crate) fn weight(&self) -> usize {
-        match self {
-            Self::Text(text) => text.len(),
-            Self::Event(data) => data.len() + 64,
-            Self::Close(_, reason) => reason.len() + 2,
-        }
-    }
-}
-
-/// How a killed connection ends.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Ending {
-    /// Without a close frame: the socket is gone or failed.
-    Abort,
-    /// With a close frame of this code and reason.
-    Close(u16, String),
-    /// With the close frame answering the client's (RFC 6455 §5.5.1).
-    AnswerPeerClose,
-}
+use crate::outbound::{CLOSE_POLICY, Ending, Outbound, OutboundQueue, Refused};
 
 /// The answer of a session to a server request.
 #[derive(Debug, Clone, PartialEq)]

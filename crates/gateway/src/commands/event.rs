@@ -11,9 +11,9 @@ use switchboard_protocol::{ApiError, ErrorCode};
 
 use super::publish_request;
 use crate::connection::ConnState;
-use crate::dispatch::{CommandResult, Failure};
 use crate::gateway::Gateway;
 use crate::hub::{Subscription, empty_body};
+use crate::reply::{CommandResult, Failure};
 use crate::session::Identity;
 use switchboard_proto::v1::PublishRequest;
 

@@ -14,9 +14,9 @@ use switchboard_protocol::fields::Fields;
 use switchboard_protocol::{ApiError, ByteLimits, ErrorCode, limits};
 
 use crate::connection::ConnState;
-use crate::dispatch::{Failure, encode};
 use crate::gateway::Gateway;
 use crate::publisher::PublishJob;
+use crate::reply::{Failure, encode};
 
 /// Tells whether `subclass`/`cmd` is a core command.
 pub(crate) fn is_known(subclass: &str, cmd: &str) -> bool {

@@ -16,11 +16,12 @@ use tonic::Code;
 
 use crate::clients::status_to_api_error;
 use crate::connection::ConnState;
-use crate::dispatch::{CommandResult, Failure, encode};
 use crate::gateway::Gateway;
 use crate::gelf::LogRecord;
 use crate::hub::{CmdRequest, CmdTiming};
-use crate::session::{CmdAnswer, Identity, Outbound};
+use crate::outbound::Outbound;
+use crate::reply::{CommandResult, Failure, encode};
+use crate::session::{CmdAnswer, Identity};
 use switchboard_proto::v1::PublishRequest;
 
 /// Where a target session lives.

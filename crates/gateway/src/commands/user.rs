@@ -15,9 +15,9 @@ use tonic::Code;
 
 use crate::clients::status_to_api_error;
 use crate::connection::ConnState;
-use crate::dispatch::{CommandResult, Failure};
 use crate::gateway::Gateway;
 use crate::hub::{Subscription, empty_body};
+use crate::reply::{CommandResult, Failure};
 use crate::session::{Identity, SessionHandle};
 use crate::token::TokenExpiry;
 use switchboard_proto::v1::PublishRequest;

@@ -37,8 +37,9 @@ use tokio_util::sync::CancellationToken;
 use crate::gateway::Gateway;
 use crate::hub::Subscription;
 use crate::metrics::METRICS;
+use crate::outbound::CLOSE_GOING_AWAY;
 use crate::prelogin::{FrameGuard, PreloginSlot};
-use crate::session::{CLOSE_GOING_AWAY, SessionHandle};
+use crate::session::SessionHandle;
 use crate::token::TokenExpiry;
 
 pub(crate) use reader::FrameBudget;

@@ -17,8 +17,9 @@ use super::ConnState;
 use crate::dispatch;
 use crate::gateway::Gateway;
 use crate::metrics::METRICS;
+use crate::outbound::{CLOSE_NORMAL, CLOSE_POLICY, CLOSE_TOO_BIG, Outbound};
 use crate::prelogin;
-use crate::session::{CLOSE_POLICY, CLOSE_TOO_BIG, CmdAnswer, Outbound};
+use crate::session::CmdAnswer;
 use crate::token;
 
 /// A token bucket of requests: `rate` per second, bursts of up to `rate`.
@@ -136,9 +137,7 @@ pub(super) async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         if state.stop_after_reply {
-            state
-                .session
-                .close(crate::session::CLOSE_NORMAL, "session stopped");
+            state.session.close(CLOSE_NORMAL, "session stopped");
             state.stop_after_reply = false;
         }
     }

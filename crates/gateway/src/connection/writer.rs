@@ -17,7 +17,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::gateway::Gateway;
-use crate::session::{CLOSE_GOING_AWAY, Ending, Outbound, SessionHandle};
+use crate::outbound::{CLOSE_GOING_AWAY, Ending, Outbound, OutboundQueue};
+use crate::session::SessionHandle;
 
 /// Consecutive closely spaced writes after which a connection counts as busy and coalesces.
 /// Sustained traffic builds such a streak within a few frames; a quiet connection that gets
@@ -179,7 +180,7 @@ async fn write_batch<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Closes a connection's queue when its writer ends.
-struct CloseQueueOnDrop<'a>(&'a crate::outbound::OutboundQueue);
+struct CloseQueueOnDrop<'a>(&'a OutboundQueue);
 
 impl Drop for CloseQueueOnDrop<'_> {
     fn drop(&mut self) {
