@@ -7,7 +7,7 @@ use switchboard_protocol::policy::Access;
 use switchboard_protocol::{ApiError, ErrorCode};
 
 use crate::commands;
-use crate::connection::ConnState;
+use crate::conn_state::ConnState;
 use crate::gateway::Gateway;
 use crate::reply::encode;
 

@@ -11,6 +11,7 @@
 //! # Layout
 //! - [`server`]: [`build`] and [`serve`]: accept loop, SessionControl server, drain.
 //! - [`liveness`]: heartbeats of a session count and digest, and reconciling with the registry.
+//! - `conn_state`: what a connection's reader owns and its commands change.
 //! - [`connection`]: one WebSocket: reader, batching writer, cleanup.
 //! - `dispatch` and `commands`: request routing and the `core` commands; `reply`: what a
 //!   command answers and its response frame.
@@ -31,6 +32,7 @@
 pub mod clients;
 mod commands;
 pub mod config;
+mod conn_state;
 pub mod connection;
 pub mod control;
 mod dispatch;

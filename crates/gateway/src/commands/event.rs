@@ -10,7 +10,7 @@ use switchboard_protocol::policy::Direction;
 use switchboard_protocol::{ApiError, ErrorCode};
 
 use super::publish_request;
-use crate::connection::ConnState;
+use crate::conn_state::ConnState;
 use crate::gateway::Gateway;
 use crate::hub::{Subscription, empty_body};
 use crate::reply::{CommandResult, Failure};

@@ -13,7 +13,7 @@ use switchboard_protocol::event::WILDCARD;
 use switchboard_protocol::fields::Fields;
 use switchboard_protocol::{ApiError, ByteLimits, ErrorCode, limits};
 
-use crate::connection::ConnState;
+use crate::conn_state::ConnState;
 use crate::gateway::Gateway;
 use crate::publisher::PublishJob;
 use crate::reply::{Failure, encode};

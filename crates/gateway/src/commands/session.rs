@@ -15,7 +15,7 @@ use switchboard_protocol::{ApiError, ErrorCode};
 use tonic::Code;
 
 use crate::clients::status_to_api_error;
-use crate::connection::ConnState;
+use crate::conn_state::ConnState;
 use crate::gateway::Gateway;
 use crate::gelf::LogRecord;
 use crate::hub::{CmdRequest, CmdTiming};

@@ -14,7 +14,7 @@ use switchboard_protocol::{ApiError, ErrorCode, MAX_SESSION_ID_LEN, MAX_USER_LEN
 use tonic::Code;
 
 use crate::clients::status_to_api_error;
-use crate::connection::ConnState;
+use crate::conn_state::ConnState;
 use crate::gateway::Gateway;
 use crate::hub::{Subscription, empty_body};
 use crate::reply::{CommandResult, Failure};

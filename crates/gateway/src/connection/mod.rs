@@ -24,7 +24,6 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::WebSocketStream;
@@ -34,15 +33,13 @@ use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
+use crate::conn_state::{ConnState, FrameBudget, Prelogin};
 use crate::gateway::Gateway;
-use crate::hub::Subscription;
 use crate::metrics::METRICS;
 use crate::outbound::CLOSE_GOING_AWAY;
-use crate::prelogin::{FrameGuard, PreloginSlot};
+use crate::prelogin::FrameGuard;
 use crate::session::SessionHandle;
-use crate::token::TokenExpiry;
 
-pub(crate) use reader::FrameBudget;
 use reader::read_loop;
 use writer::write_loop;
 
@@ -53,39 +50,6 @@ pub const WS_PATH: &str = "/api/ws";
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Read chunk of a connection (see `upgrade`).
 const READ_BUFFER_BYTES: usize = 512;
-/// Connection state owned by the reader.
-#[derive(Debug)]
-pub(crate) struct ConnState {
-    pub(crate) session: Arc<SessionHandle>,
-    /// Subscriptions, newest first.
-    pub(crate) subscriptions: Vec<Subscription>,
-    /// `session cmd` calls in flight, from the first one on; aborted when the connection ends.
-    pub(crate) cmd_tasks: Option<JoinSet<()>>,
-    /// Set by a `session stop` of the connection's own session: close after the reply.
-    pub(crate) stop_after_reply: bool,
-    /// The connection's budget of publishes waiting for the bus, from its first publish on.
-    pub(crate) publish_permits: Option<Arc<tokio::sync::Semaphore>>,
-    /// Expiry of the token the session logged in with; `None` for a password login.
-    pub(crate) token: Option<TokenExpiry>,
-    /// The connection's inbound request rate limit.
-    pub(crate) frame_budget: FrameBudget,
-    /// Set when the session's token expired: every request is refused until the close.
-    pub(crate) expired: bool,
-    /// Until login: the limits of a connection that has not logged in.
-    pub(crate) prelogin: Option<Prelogin>,
-}
-
-/// What holds a connection to the before-login rules until it logs in.
-#[derive(Debug)]
-pub(crate) struct Prelogin {
-    /// Its place among the connections of its address waiting to log in.
-    _slot: PreloginSlot,
-    /// The frame limit its [`FrameGuard`] applies; set to 0 at login.
-    frame_limit: Arc<AtomicUsize>,
-    /// When it is closed with 1008 if it has not logged in.
-    deadline: Instant,
-}
-
 fn service_from_path(path: &str) -> Option<String> {
     let path = path.split('?').next().unwrap_or_default();
     let rest = path.strip_prefix(WS_PATH)?;

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::ConnState;
+use crate::conn_state::ConnState;
 use crate::dispatch;
 use crate::gateway::Gateway;
 use crate::metrics::METRICS;
@@ -21,42 +21,6 @@ use crate::outbound::{CLOSE_NORMAL, CLOSE_POLICY, CLOSE_TOO_BIG, Outbound};
 use crate::prelogin;
 use crate::session::CmdAnswer;
 use crate::token;
-
-/// A token bucket of requests: `rate` per second, bursts of up to `rate`.
-#[derive(Debug)]
-pub(crate) struct FrameBudget {
-    rate: f64,
-    tokens: f64,
-    refilled: Instant,
-}
-
-impl FrameBudget {
-    /// A full bucket of `rate` requests per second; 0 never runs out.
-    pub(crate) fn new(rate: u32) -> Self {
-        Self {
-            rate: f64::from(rate),
-            tokens: f64::from(rate),
-            refilled: Instant::now(),
-        }
-    }
-
-    /// Takes one request from the bucket; false when it is empty.
-    pub(crate) fn take(&mut self) -> bool {
-        if self.rate == 0.0 {
-            return true;
-        }
-        let now = Instant::now();
-        let earned = now.duration_since(self.refilled).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + earned).min(self.rate);
-        self.refilled = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
 
 /// Reads and handles the client's frames until the connection ends or is killed.
 pub(super) async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
