@@ -173,6 +173,12 @@ impl Gateway {
         unregister_batch(&self.services, &self.config.gateway_id, session_ids).await;
     }
 
+    /// What the metrics endpoint reads for its `switchboard_connections` gauge.
+    pub fn connection_count_reader(&self) -> crate::metrics::ConnectionCount {
+        let hub = Arc::clone(&self.hub);
+        Arc::new(move || hub.connection_count())
+    }
+
     /// Takes a logged-in session out of the hub and the registry, once, and waits until the
     /// registry has let it go: from then on its id is free for a new login, anywhere. Called
     /// before anything tells the client its session ended (an answer to `session stop`, a

@@ -11,8 +11,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::gateway::Gateway;
-
 /// The gateway's counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -137,9 +135,13 @@ const MAX_SCRAPES: usize = 16;
 /// Largest request head the endpoint reads.
 const MAX_REQUEST: usize = 4096;
 
-/// Serves `GET /metrics` (Prometheus text format) on `listener` until `shutdown`.
+/// Reads the open-connections gauge at scrape time.
+pub type ConnectionCount = Arc<dyn Fn() -> usize + Send + Sync>;
+
+/// Serves `GET /metrics` (Prometheus text format) on `listener` until `shutdown`; the
+/// `switchboard_connections` gauge is what `connections` reads at each scrape.
 pub async fn serve_metrics(
-    gateway: Arc<Gateway>,
+    connections: ConnectionCount,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) {
@@ -157,15 +159,19 @@ pub async fn serve_metrics(
         let Ok(permit) = Arc::clone(&scrapes).try_acquire_owned() else {
             continue;
         };
-        let gateway = Arc::clone(&gateway);
+        let connections = Arc::clone(&connections);
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(5), answer(&gateway, stream)).await;
+            let scrape = answer(connections.as_ref(), stream);
+            let _ = tokio::time::timeout(Duration::from_secs(5), scrape).await;
             drop(permit);
         });
     }
 }
 
-async fn answer(gateway: &Gateway, mut stream: tokio::net::TcpStream) -> std::io::Result<()> {
+async fn answer(
+    connections: &(dyn Fn() -> usize + Send + Sync),
+    mut stream: tokio::net::TcpStream,
+) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let mut chunk = [0u8; 512];
     while !head.windows(4).any(|window| window == b"\r\n\r\n") && head.len() < MAX_REQUEST {
@@ -176,7 +182,7 @@ async fn answer(gateway: &Gateway, mut stream: tokio::net::TcpStream) -> std::io
         head.extend_from_slice(&chunk[..read]);
     }
     let response = if head.starts_with(b"GET /metrics ") {
-        let body = METRICS.render(gateway.hub.connection_count());
+        let body = METRICS.render(connections());
         format!(
             "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
             body.len()

@@ -231,7 +231,7 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
             let (listener, metrics_addr) = bind(address(metrics_listen), "metrics").await?;
             metrics_addrs.push(metrics_addr);
             tasks.spawn(switchboard_gateway::metrics::serve_metrics(
-                std::sync::Arc::clone(&gateway),
+                gateway.connection_count_reader(),
                 listener,
                 token.clone(),
             ));

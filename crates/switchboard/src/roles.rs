@@ -188,7 +188,7 @@ pub async fn gateway(settings: Settings, shutdown: CancellationToken) -> anyhow:
     if let Some(address) = &settings.metrics_listen {
         let listener = bind(address, "gateway metrics").await?;
         tokio::spawn(switchboard_gateway::metrics::serve_metrics(
-            std::sync::Arc::clone(&gateway),
+            gateway.connection_count_reader(),
             listener,
             shutdown.clone(),
         ));
