@@ -8,9 +8,8 @@ use switchboard_proto::v1::{CmdReply, CmdRequest, StopReply, StopRequest};
 use switchboard_protocol::{ApiError, ErrorCode};
 use tonic::{Request, Response, Status};
 
-use crate::commands::session::cmd_timing;
 use crate::gateway::Gateway;
-use crate::hub;
+use crate::server_request;
 
 /// The tonic service over the gateway's local sessions.
 #[derive(Debug, Clone)]
@@ -60,16 +59,14 @@ impl SessionControl for GrpcSessionControl {
         };
         let answer = self
             .gateway
-            .hub
             .session_cmd(
                 &request.session_id,
-                hub::CmdRequest {
+                server_request::CmdRequest {
                     class: &request.class,
                     subclass,
                     cmd: &request.cmd,
                     data: &data,
                 },
-                cmd_timing(&self.gateway),
             )
             .await
             .map_err(to_status)?;

@@ -14,7 +14,8 @@ use crate::hub::Hub;
 use crate::outbound::CLOSE_NORMAL;
 use crate::prelogin::PreloginCounts;
 use crate::publisher::Publisher;
-use crate::session::SessionHandle;
+use crate::server_request::{self, CmdRequest, CmdTiming};
+use crate::session::{CmdAnswer, SessionHandle};
 use switchboard_protocol::{ApiError, ErrorCode};
 
 /// Attempts to unregister a batch of closed sessions before giving up.
@@ -197,6 +198,23 @@ impl Gateway {
         if self.unregistrations.send(entry).await.is_ok() {
             let _ = done_rx.await;
         }
+    }
+
+    /// Sends `session cmd` to a local session and waits for its answer.
+    ///
+    /// # Errors
+    /// `session_not_found` (not here, or still logging in), `session_stopped` or `timeout`.
+    pub async fn session_cmd(
+        &self,
+        session_id: &str,
+        request: CmdRequest<'_>,
+    ) -> Result<CmdAnswer, ApiError> {
+        let session = self
+            .hub
+            .session(session_id)
+            .filter(|session| session.identity().is_some())
+            .ok_or_else(|| ApiError::new(ErrorCode::SessionNotFound, "session not found"))?;
+        server_request::send(&session, request, CmdTiming::of(&self.config)).await
     }
 
     /// Stops a local session: releases it, then closes it with 1000; returns its user.

@@ -18,6 +18,7 @@
 //! - [`hub`]: local sessions, the subscription index and event fan-out.
 //! - [`publisher`]: `send_event`s batched into the broker (or the bus), in order, with
 //!   backpressure.
+//! - [`server_request`]: `session cmd` on a local session: pending entry, acks, answer.
 //! - [`session`]: the per-connection handle other tasks use.
 //! - [`outbound`]: frames for a connection's writer, close codes, how a connection ends, and
 //!   its bounded queue.
@@ -46,6 +47,7 @@ pub mod prelogin;
 pub mod publisher;
 mod reply;
 pub mod server;
+pub mod server_request;
 pub mod session;
 pub mod tls;
 pub mod token;

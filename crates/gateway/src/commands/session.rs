@@ -18,9 +18,9 @@ use crate::clients::status_to_api_error;
 use crate::conn_state::ConnState;
 use crate::gateway::Gateway;
 use crate::gelf::LogRecord;
-use crate::hub::{CmdRequest, CmdTiming};
 use crate::outbound::Outbound;
 use crate::reply::{CommandResult, Failure, encode};
+use crate::server_request::CmdRequest;
 use crate::session::{CmdAnswer, Identity};
 use switchboard_proto::v1::PublishRequest;
 
@@ -222,10 +222,7 @@ async fn run_cmd(
                 cmd: &fields.cmd,
                 data: &fields.data,
             };
-            let answer = gateway
-                .hub
-                .session_cmd(&fields.session_id, request, cmd_timing(gateway))
-                .await?;
+            let answer = gateway.session_cmd(&fields.session_id, request).await?;
             answer_to_result(answer)
         }
         Location::Remote(info) => {
@@ -256,14 +253,6 @@ async fn run_cmd(
             let data = serde_json::from_str(&reply.data_json).unwrap_or(Value::Null);
             answer_to_result(CmdAnswer { ok: reply.ok, data })
         }
-    }
-}
-
-/// The `session cmd` wait of this gateway.
-pub(crate) fn cmd_timing(gateway: &Gateway) -> CmdTiming {
-    CmdTiming {
-        first: gateway.config.cmd_timeout,
-        max: gateway.config.cmd_max_timeout,
     }
 }
 
