@@ -11,6 +11,7 @@ command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
 # jemalloc (the binary's allocator) is built from C sources with make.
 command -v make >/dev/null 2>&1 || need_apt+=(make)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 if ((${#need_apt[@]})); then
     sudo_cmd=""
     [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
@@ -21,6 +22,8 @@ fi
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
 
 jobs="${CARGO_BUILD_JOBS:-$(nproc)}"
+echo "== module cycles"
+scripts/module-cycles.py
 echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
