@@ -11,11 +11,11 @@ use std::time::Duration;
 use switchboard_test_support::{RedisServer, free_port, wait_for_port};
 
 /// The internal credential every process of a test cluster shares.
-pub const CLUSTER_SECRET: &str = "cluster-test-secret-0123456789";
+pub(crate) const CLUSTER_SECRET: &str = "cluster-test-secret-0123456789";
 /// Admin password of the cluster's auth service.
-pub const CLUSTER_ADMIN_PASSWORD: &str = "cluster-admin-password";
+pub(crate) const CLUSTER_ADMIN_PASSWORD: &str = "cluster-admin-password";
 /// Registry reap timeout used by the cluster tests.
-pub const GATEWAY_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const GATEWAY_TIMEOUT: Duration = Duration::from_secs(2);
 
 struct Service {
     args: Vec<String>,
@@ -24,16 +24,16 @@ struct Service {
 }
 
 /// The running processes.
-pub struct Cluster {
-    pub redis: RedisServer,
+pub(crate) struct Cluster {
+    pub(crate) redis: RedisServer,
     services: BTreeMap<String, Service>,
     log_dir: PathBuf,
-    pub gateway_ports: Vec<u16>,
+    pub(crate) gateway_ports: Vec<u16>,
 }
 
 impl Cluster {
     /// Starts Redis, the three services and `gateways` gateways.
-    pub fn start(gateways: usize) -> Cluster {
+    pub(crate) fn start(gateways: usize) -> Cluster {
         let redis = RedisServer::start();
         let log_dir = std::env::temp_dir().join(format!(
             "switchboard-cluster-{}-{}",
@@ -133,12 +133,12 @@ impl Cluster {
     }
 
     /// Returns the WebSocket URL of gateway `index`.
-    pub fn ws_url(&self, index: usize) -> String {
+    pub(crate) fn ws_url(&self, index: usize) -> String {
         format!("ws://127.0.0.1:{}/api/ws", self.gateway_ports[index])
     }
 
     /// Starts (again) the service `name` with its original arguments and waits for its ports.
-    pub fn restart(&mut self, name: &str) {
+    pub(crate) fn restart(&mut self, name: &str) {
         let log = File::create(self.log_dir.join(format!("{name}.log"))).expect("log file");
         let service = self.services.get_mut(name).expect("known service");
         let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
@@ -161,7 +161,7 @@ impl Cluster {
     }
 
     /// Kills `name` with SIGKILL, as a crash would.
-    pub fn kill(&mut self, name: &str) {
+    pub(crate) fn kill(&mut self, name: &str) {
         if let Some(mut child) = self.services.get_mut(name).and_then(|s| s.child.take()) {
             let _ = child.kill();
             let _ = child.wait();
@@ -169,7 +169,7 @@ impl Cluster {
     }
 
     /// Sends SIGTERM to `name` and waits for it to exit.
-    pub fn terminate(&mut self, name: &str) {
+    pub(crate) fn terminate(&mut self, name: &str) {
         if let Some(mut child) = self.services.get_mut(name).and_then(|s| s.child.take()) {
             let _ = Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])
@@ -179,7 +179,7 @@ impl Cluster {
     }
 
     /// Sends SIGTERM to `name`; true when it exits within `limit` (else it is killed).
-    pub fn terminate_within(&mut self, name: &str, limit: Duration) -> bool {
+    pub(crate) fn terminate_within(&mut self, name: &str, limit: Duration) -> bool {
         let Some(mut child) = self.services.get_mut(name).and_then(|s| s.child.take()) else {
             return true;
         };
@@ -199,7 +199,7 @@ impl Cluster {
     }
 
     /// Returns the log of `name` so far.
-    pub fn log(&self, name: &str) -> String {
+    pub(crate) fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.log_dir.join(format!("{name}.log"))).unwrap_or_default()
     }
 }

@@ -1,7 +1,7 @@
 //! Test harness: starts the services in-process on loopback ports and drives them with a real
 //! WebSocket client.
 
-pub mod cluster;
+pub(crate) mod cluster;
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -14,19 +14,19 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
 /// Admin password used by the tests.
-pub const ADMIN_PASSWORD: &str = "test-admin-password";
+pub(crate) const ADMIN_PASSWORD: &str = "test-admin-password";
 /// How long a test waits for one frame.
-pub const WAIT: Duration = Duration::from_secs(10);
+pub(crate) const WAIT: Duration = Duration::from_secs(10);
 /// How long a test waits to be sure nothing arrives.
-pub const QUIET: Duration = Duration::from_millis(300);
+pub(crate) const QUIET: Duration = Duration::from_millis(300);
 
 /// Starts the services with one gateway and test defaults.
-pub async fn start() -> Running {
+pub(crate) async fn start() -> Running {
     start_with(|_| {}).await
 }
 
 /// Starts the services after `tune` adjusts the configuration.
-pub async fn start_with(tune: impl FnOnce(&mut DevConfig)) -> Running {
+pub(crate) async fn start_with(tune: impl FnOnce(&mut DevConfig)) -> Running {
     let mut config = DevConfig::new("127.0.0.1:0", ADMIN_PASSWORD);
     config
         .auth
@@ -39,7 +39,11 @@ pub async fn start_with(tune: impl FnOnce(&mut DevConfig)) -> Running {
 
 /// A users-file entry for `name` with a cheaply hashed `password` (the real parameters cost
 /// tens of milliseconds per login).
-pub fn user_record(name: &str, password: &str, roles: &[&str]) -> switchboard_auth::UserRecord {
+pub(crate) fn user_record(
+    name: &str,
+    password: &str,
+    roles: &[&str],
+) -> switchboard_auth::UserRecord {
     switchboard_auth::UserRecord {
         name: name.to_owned(),
         password_hash: cheap_hash(password),
@@ -48,29 +52,29 @@ pub fn user_record(name: &str, password: &str, roles: &[&str]) -> switchboard_au
 }
 
 /// An argon2id hash of `password` with the smallest parameters.
-pub fn cheap_hash(password: &str) -> String {
+pub(crate) fn cheap_hash(password: &str) -> String {
     let params = switchboard_auth::password::Params::new(64, 1, 1, None).expect("params");
     switchboard_auth::password::hash_with(password, params).expect("hash")
 }
 
 /// A WebSocket client that keeps unsolicited frames aside while it waits for a response.
-pub struct Client {
+pub(crate) struct Client {
     socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
     next_tid: u64,
     /// Frames received while waiting for something else (events, server requests).
     backlog: VecDeque<Value>,
-    pub session_id: String,
+    pub(crate) session_id: String,
 }
 
 impl Client {
     /// Connects to `url`.
-    pub async fn connect(url: &str) -> Client {
+    pub(crate) async fn connect(url: &str) -> Client {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         Client::connect_request(url.into_client_request().expect("url")).await
     }
 
     /// Connects with a prepared handshake request (extra headers).
-    pub async fn connect_request(
+    pub(crate) async fn connect_request(
         request: tokio_tungstenite::tungstenite::handshake::client::Request,
     ) -> Client {
         let (socket, _) = tokio::time::timeout(WAIT, connect_async(request))
@@ -86,12 +90,17 @@ impl Client {
     }
 
     /// Connects to gateway `index` and logs in as `user`.
-    pub async fn login_to(running: &Running, index: usize, user: &str, password: &str) -> Client {
+    pub(crate) async fn login_to(
+        running: &Running,
+        index: usize,
+        user: &str,
+        password: &str,
+    ) -> Client {
         Client::login_at(&running.ws_url(index), user, password).await
     }
 
     /// Connects to `url` and logs in as `user`.
-    pub async fn login_at(url: &str, user: &str, password: &str) -> Client {
+    pub(crate) async fn login_at(url: &str, user: &str, password: &str) -> Client {
         let mut client = Client::connect(url).await;
         let reply = client
             .request("user", "login", json!({"user": user, "password": password}))
@@ -105,12 +114,12 @@ impl Client {
     }
 
     /// Connects to the first gateway and logs in as admin.
-    pub async fn admin(running: &Running) -> Client {
+    pub(crate) async fn admin(running: &Running) -> Client {
         Client::login_to(running, 0, "admin", ADMIN_PASSWORD).await
     }
 
     /// Sends a text frame as is.
-    pub async fn send_text(&mut self, text: &str) {
+    pub(crate) async fn send_text(&mut self, text: &str) {
         self.socket
             .send(Message::Text(text.to_owned().into()))
             .await
@@ -118,12 +127,12 @@ impl Client {
     }
 
     /// Sends a JSON value as a text frame.
-    pub async fn send_json(&mut self, value: &Value) {
+    pub(crate) async fn send_json(&mut self, value: &Value) {
         self.send_text(&value.to_string()).await;
     }
 
     /// Sends a core request and waits for the response with its tid.
-    pub async fn request(&mut self, subclass: &str, cmd: &str, data: Value) -> Value {
+    pub(crate) async fn request(&mut self, subclass: &str, cmd: &str, data: Value) -> Value {
         let tid = self.next_tid;
         self.next_tid += 1;
         self.send_json(
@@ -134,21 +143,21 @@ impl Client {
     }
 
     /// Sends a request and returns the error code of its error response.
-    pub async fn error_code(&mut self, subclass: &str, cmd: &str, data: Value) -> String {
+    pub(crate) async fn error_code(&mut self, subclass: &str, cmd: &str, data: Value) -> String {
         let reply = self.request(subclass, cmd, data).await;
         assert_eq!(reply["result"], "error", "expected an error: {reply}");
         reply["data"]["code"].as_str().expect("code").to_owned()
     }
 
     /// Sends a request and asserts it succeeds; returns its data.
-    pub async fn ok(&mut self, subclass: &str, cmd: &str, data: Value) -> Value {
+    pub(crate) async fn ok(&mut self, subclass: &str, cmd: &str, data: Value) -> Value {
         let reply = self.request(subclass, cmd, data).await;
         assert_eq!(reply["result"], "ok", "{subclass} {cmd}: {reply}");
         reply["data"].clone()
     }
 
     /// Waits for the response carrying `tid`, keeping other frames in the backlog.
-    pub async fn response_for(&mut self, tid: Value) -> Value {
+    pub(crate) async fn response_for(&mut self, tid: Value) -> Value {
         loop {
             let frame = self.next_from_socket().await;
             if frame.get("result").is_some() && frame.get("tid") == Some(&tid) {
@@ -159,7 +168,7 @@ impl Client {
     }
 
     /// Returns the next frame (backlog first).
-    pub async fn next(&mut self) -> Value {
+    pub(crate) async fn next(&mut self) -> Value {
         if let Some(frame) = self.backlog.pop_front() {
             return frame;
         }
@@ -184,7 +193,7 @@ impl Client {
     }
 
     /// Waits for the next event frame; returns its `data`.
-    pub async fn event(&mut self) -> Value {
+    pub(crate) async fn event(&mut self) -> Value {
         let frame = self.next().await;
         assert_eq!(frame["cmd"], "event", "expected an event: {frame}");
         assert!(frame["tid"].is_u64(), "events carry a server tid: {frame}");
@@ -192,7 +201,7 @@ impl Client {
     }
 
     /// Asserts no frame arrives for a short while.
-    pub async fn assert_quiet(&mut self) {
+    pub(crate) async fn assert_quiet(&mut self) {
         if let Some(frame) = self.backlog.pop_front() {
             panic!("unexpected frame {frame}");
         }
@@ -204,7 +213,7 @@ impl Client {
     }
 
     /// Waits for the server to close the connection; returns the close code.
-    pub async fn closed(&mut self) -> u16 {
+    pub(crate) async fn closed(&mut self) -> u16 {
         loop {
             match tokio::time::timeout(WAIT, self.socket.next())
                 .await
@@ -219,7 +228,7 @@ impl Client {
     }
 
     /// Sends a raw WebSocket message.
-    pub async fn send_message(&mut self, message: Message) {
+    pub(crate) async fn send_message(&mut self, message: Message) {
         self.socket.send(message).await.expect("send");
     }
 }
