@@ -174,15 +174,12 @@ pub(crate) fn send_event(
 ) -> Result<PublishRequest, Failure> {
     let key = event_key(gateway, state, data)?;
     check_event_policy(gateway, identity, state, &key, Direction::Send)?;
-    let body = Fields(data).optional_value("body");
-    if let Some(body) = body {
-        limits::check_json("body", body, gateway.config.limits.event_body)?;
-    }
     Ok(publish_request(
         key,
-        body,
+        Fields(data).optional_value("body"),
+        gateway.config.limits.event_body,
         &identity.roles,
         &state.session.service,
         false,
-    ))
+    )?)
 }

@@ -52,17 +52,14 @@ pub(crate) fn core_event_request(
         obj_id: target.to_owned(),
     };
     check_key(&key, &gateway.config.limits)?;
-    let body = fields.optional_value("body");
-    if let Some(body) = body {
-        limits::check_json("body", body, gateway.config.limits.event_body)?;
-    }
     Ok(publish_request(
         key,
-        body,
+        fields.optional_value("body"),
+        gateway.config.limits.event_body,
         &[],
         &state.session.service,
         true,
-    ))
+    )?)
 }
 
 /// `limit_exceeded` naming the first key field longer than the limit.
@@ -79,20 +76,26 @@ pub(crate) fn check_key(key: &EventKey, byte_limits: &ByteLimits) -> Result<(), 
     Ok(())
 }
 
-/// Builds the bus request for an event.
+/// Builds the bus request for an event whose body may be `max_body` bytes of compact JSON.
+/// The body is encoded once: its length is checked on the text that is sent.
+///
+/// # Errors
+/// `limit_exceeded` naming `body` past `max_body`.
 pub(crate) fn publish_request(
     key: EventKey,
     body: Option<&Value>,
+    max_body: usize,
     roles: &[String],
     publisher_service: &str,
     trusted: bool,
-) -> PublishRequest {
+) -> Result<PublishRequest, ApiError> {
     let body_json = match body {
         // `to_string` starts from a buffer of 128 bytes; `Display` grows one from nothing.
         Some(body) if !body.is_null() => serde_json::to_string(body).unwrap_or_default(),
         _ => String::new(),
     };
-    PublishRequest {
+    limits::check("body", body_json.len(), max_body)?;
+    Ok(PublishRequest {
         event: Some(Event {
             service: key.service,
             class: key.class,
@@ -104,7 +107,7 @@ pub(crate) fn publish_request(
         roles: roles.to_vec(),
         publisher_service: publisher_service.to_owned(),
         trusted,
-    }
+    })
 }
 
 /// Queues a publish for the connection of `state`; its reply is sent when the bus has it.
