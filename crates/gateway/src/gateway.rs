@@ -14,9 +14,10 @@ use crate::hub::Hub;
 use crate::outbound::CLOSE_NORMAL;
 use crate::prelogin::PreloginCounts;
 use crate::publisher::Publisher;
+use crate::reply::session_not_found;
 use crate::server_request::{self, CmdRequest, CmdTiming};
 use crate::session::{CmdAnswer, SessionHandle};
-use switchboard_protocol::{ApiError, ErrorCode};
+use switchboard_protocol::ApiError;
 
 /// Attempts to unregister a batch of closed sessions before giving up.
 const UNREGISTER_ATTEMPTS: u32 = 3;
@@ -200,6 +201,14 @@ impl Gateway {
         }
     }
 
+    /// A logged-in session of this gateway (one still logging in is not visible yet).
+    fn logged_in_session(&self, session_id: &str) -> Result<Arc<SessionHandle>, ApiError> {
+        self.hub
+            .session(session_id)
+            .filter(|session| session.identity().is_some())
+            .ok_or_else(session_not_found)
+    }
+
     /// Sends `session cmd` to a local session and waits for its answer.
     ///
     /// # Errors
@@ -209,11 +218,7 @@ impl Gateway {
         session_id: &str,
         request: CmdRequest<'_>,
     ) -> Result<CmdAnswer, ApiError> {
-        let session = self
-            .hub
-            .session(session_id)
-            .filter(|session| session.identity().is_some())
-            .ok_or_else(|| ApiError::new(ErrorCode::SessionNotFound, "session not found"))?;
+        let session = self.logged_in_session(session_id)?;
         server_request::send(&session, request, CmdTiming::of(&self.config)).await
     }
 
@@ -222,12 +227,11 @@ impl Gateway {
     /// # Errors
     /// `session_not_found` when this gateway does not hold it (or it is still logging in).
     pub async fn stop(&self, session_id: &str) -> Result<String, ApiError> {
-        let not_found = || ApiError::new(ErrorCode::SessionNotFound, "session not found");
-        let session = self.hub.session(session_id).ok_or_else(not_found)?;
+        let session = self.logged_in_session(session_id)?;
         let user = session
             .identity()
             .map(|identity| identity.user.clone())
-            .ok_or_else(not_found)?;
+            .unwrap_or_default();
         self.release(&session).await;
         session.close(CLOSE_NORMAL, "session stopped");
         Ok(user)

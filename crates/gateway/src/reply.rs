@@ -2,8 +2,8 @@
 //! response frame, counted on the metrics when it is an error.
 
 use serde_json::Value;
-use switchboard_protocol::ApiError;
 use switchboard_protocol::frame;
+use switchboard_protocol::{ApiError, ErrorCode};
 
 use crate::metrics::METRICS;
 
@@ -20,6 +20,11 @@ impl From<ApiError> for Failure {
     fn from(error: ApiError) -> Self {
         Self::Api(error)
     }
+}
+
+/// `session_not_found`, for a session that does not exist (or is not logged in yet).
+pub(crate) fn session_not_found() -> ApiError {
+    ApiError::new(ErrorCode::SessionNotFound, "session not found")
 }
 
 /// The result of a command.

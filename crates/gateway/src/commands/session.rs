@@ -19,7 +19,7 @@ use crate::conn_state::ConnState;
 use crate::gateway::Gateway;
 use crate::gelf::LogRecord;
 use crate::outbound::Outbound;
-use crate::reply::{CommandResult, Failure, encode};
+use crate::reply::{CommandResult, Failure, encode, session_not_found};
 use crate::server_request::CmdRequest;
 use crate::session::{CmdAnswer, Identity};
 use switchboard_proto::v1::PublishRequest;
@@ -39,10 +39,6 @@ impl Location {
             Self::Remote(info) => &info.user,
         }
     }
-}
-
-fn session_not_found() -> ApiError {
-    ApiError::new(ErrorCode::SessionNotFound, "session not found")
 }
 
 /// Finds a session: locally first, then through the registry.
