@@ -29,12 +29,22 @@ struct Queue {
 }
 
 /// The reader's end: [`Handoff::push`] never waits.
-#[derive(Debug)]
 pub(crate) struct Handoff {
     queue: Mutex<Queue>,
     ready: Notify,
     max_messages: usize,
     max_bytes: usize,
+    /// Where messages go, and drops are told.
+    sink: Arc<dyn Deliver>,
+}
+
+impl std::fmt::Debug for Handoff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handoff")
+            .field("max_messages", &self.max_messages)
+            .field("max_bytes", &self.max_bytes)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Handoff {
@@ -53,8 +63,9 @@ impl Handoff {
             ready: Notify::new(),
             max_messages,
             max_bytes,
+            sink,
         });
-        tokio::spawn(deliver_loop(Arc::clone(&handoff), sink));
+        tokio::spawn(deliver_loop(Arc::clone(&handoff)));
         handoff
     }
 
@@ -64,7 +75,7 @@ impl Handoff {
 
     /// Queues a message for delivery; drops it (counted) when the queue is full. Returns
     /// false when it was dropped.
-    pub(crate) fn push(&self, channel: &str, payload: Bytes, sink: &dyn Deliver) -> bool {
+    pub(crate) fn push(&self, channel: &str, payload: Bytes) -> bool {
         let weight = channel.len() + payload.len();
         let mut queue = self.queue();
         if queue.messages.len() >= self.max_messages || queue.bytes + weight > self.max_bytes {
@@ -77,7 +88,7 @@ impl Handoff {
             }
             queue.dropping += 1;
             drop(queue);
-            sink.dropped(1);
+            self.sink.dropped(1);
             return false;
         }
         queue.bytes += weight;
@@ -97,7 +108,7 @@ impl Handoff {
     }
 }
 
-async fn deliver_loop(handoff: Arc<Handoff>, sink: Arc<dyn Deliver>) {
+async fn deliver_loop(handoff: Arc<Handoff>) {
     loop {
         let batch = {
             let mut queue = handoff.queue();
@@ -122,7 +133,7 @@ async fn deliver_loop(handoff: Arc<Handoff>, sink: Arc<dyn Deliver>) {
             None => handoff.ready.notified().await,
             Some(batch) => {
                 for (channel, payload) in &batch {
-                    sink.deliver(channel, payload);
+                    handoff.sink.deliver(channel, payload);
                 }
                 // Other tasks (the reader among them) run between batches.
                 tokio::task::yield_now().await;
@@ -163,9 +174,9 @@ mod tests {
         let handoff = Handoff::start_with(Arc::clone(&sink) as Arc<dyn Deliver>, 3, 1000);
         // The delivery task cannot run until this task yields: the queue fills.
         for n in 0..5 {
-            handoff.push(&format!("c{n}"), Bytes::from_static(b"x"), sink.as_ref());
+            handoff.push(&format!("c{n}"), Bytes::from_static(b"x"));
         }
-        assert!(!handoff.push("big", Bytes::from(vec![0; 2000]), sink.as_ref()));
+        assert!(!handoff.push("big", Bytes::from(vec![0; 2000])));
         assert_eq!(sink.dropped.load(Ordering::Relaxed), 3);
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(
@@ -176,7 +187,7 @@ mod tests {
             ["c0", "c1", "c2"]
         );
         // Caught up: room again, in order.
-        assert!(handoff.push("c5", Bytes::from_static(b"x"), sink.as_ref()));
+        assert!(handoff.push("c5", Bytes::from_static(b"x")));
         handoff.close();
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(

@@ -406,7 +406,7 @@ async fn subscriber_actor(
                     let channel = message.get_channel_name();
                     if wanted.delivers(channel) {
                         let payload = Bytes::copy_from_slice(message.get_payload_bytes());
-                        handoff.push(channel, payload, sink.as_ref());
+                        handoff.push(channel, payload);
                     }
                 }
             }
