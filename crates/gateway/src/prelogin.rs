@@ -134,9 +134,9 @@ fn header(bytes: &[u8]) -> Option<(u8, u64)> {
     }
     let opcode = bytes[0] & 0x0f;
     let masked = bytes[1] & 0x80 != 0;
-    let (extended, length_bytes) = match bytes[1] & 0x7f {
-        126 => (2, 2),
-        127 => (8, 8),
+    let extended = match bytes[1] & 0x7f {
+        126 => 2,
+        127 => 8,
         short => {
             let needed = 2 + if masked { 4 } else { 0 };
             return (bytes.len() == needed).then_some((opcode, u64::from(short)));
@@ -146,7 +146,7 @@ fn header(bytes: &[u8]) -> Option<(u8, u64)> {
     if bytes.len() < needed {
         return None;
     }
-    let length = bytes[2..2 + length_bytes]
+    let length = bytes[2..2 + extended]
         .iter()
         .fold(0u64, |length, byte| (length << 8) | u64::from(*byte));
     Some((opcode, length))
