@@ -10,6 +10,10 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
 
+/// Clock skew a deployment tolerates on a token's `exp` and `nbf` unless configured
+/// otherwise ([`JwtConfig::default`] tolerates none, for tests that expire tokens exactly).
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+
 /// Where the token keys come from.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct JwtConfig {

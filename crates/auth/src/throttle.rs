@@ -17,6 +17,13 @@ const SWEEP_ABOVE: usize = 4096;
 /// a spread-out attack; the keys already counted stay throttled).
 const MAX_TRACKED: usize = 100_000;
 
+/// Default failed logins per client address and window.
+pub const DEFAULT_MAX_FAILURES: u32 = 10;
+/// Default failed logins per account and window, from any address.
+pub const DEFAULT_MAX_ACCOUNT_FAILURES: u32 = 50;
+/// Default length of a throttling window.
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
+
 /// Failed logins allowed per window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ThrottleConfig {
@@ -33,9 +40,9 @@ pub struct ThrottleConfig {
 impl Default for ThrottleConfig {
     fn default() -> Self {
         Self {
-            max_failures: 10,
-            max_account_failures: 50,
-            window: Duration::from_secs(60),
+            max_failures: DEFAULT_MAX_FAILURES,
+            max_account_failures: DEFAULT_MAX_ACCOUNT_FAILURES,
+            window: DEFAULT_WINDOW,
         }
     }
 }

@@ -43,6 +43,15 @@ pub const DEFAULT_MAX_PRELOGIN_PER_ADDRESS: usize = 64;
 /// Default window over which a draining gateway closes its connections.
 pub const DEFAULT_DRAIN_WINDOW: Duration = Duration::from_secs(5);
 
+/// Default auth service of a gateway.
+pub const DEFAULT_AUTH_URL: &str = "http://127.0.0.1:9101";
+/// Default session registry of a gateway.
+pub const DEFAULT_REGISTRY_URL: &str = "http://127.0.0.1:9102";
+/// Default event bus of a gateway.
+pub const DEFAULT_BUS_URL: &str = "http://127.0.0.1:9103";
+/// Default shortest time between two socket writes of one connection: none.
+pub const DEFAULT_WRITE_COALESCE: Duration = Duration::ZERO;
+
 /// Default interval of heartbeats to the registry.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// Default number of `session cmd` a connection may have waiting at once.
@@ -151,20 +160,16 @@ pub struct Config {
     pub publish_via_bus: bool,
 }
 
-impl Config {
-    /// Creates a configuration with every default and the given service addresses.
-    pub fn new(
-        control_addr: String,
-        auth_url: String,
-        registry_url: String,
-        bus_url: String,
-    ) -> Self {
+/// Every default, a fresh gateway id, no SessionControl address yet (the embedder fills it
+/// in once its listener is bound) and the services on their default loopback ports.
+impl Default for Config {
+    fn default() -> Self {
         Self {
             gateway_id: uuid::Uuid::new_v4().to_string(),
-            control_addr,
-            auth_url,
-            registry_url,
-            bus_url,
+            control_addr: String::new(),
+            auth_url: DEFAULT_AUTH_URL.to_owned(),
+            registry_url: DEFAULT_REGISTRY_URL.to_owned(),
+            bus_url: DEFAULT_BUS_URL.to_owned(),
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             max_json_depth: DEFAULT_MAX_JSON_DEPTH,
             max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
@@ -184,7 +189,7 @@ impl Config {
             max_pending_cmds: DEFAULT_MAX_PENDING_CMDS,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             gelf: None,
-            write_coalesce: Duration::ZERO,
+            write_coalesce: DEFAULT_WRITE_COALESCE,
             policy: Arc::new(Policy::default()),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_frames_per_second: DEFAULT_MAX_FRAMES_PER_SECOND,

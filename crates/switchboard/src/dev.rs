@@ -47,12 +47,7 @@ impl DevConfig {
                 ..switchboard_auth::Config::default()
             },
             registry: switchboard_session_registry::Config::default(),
-            gateway: switchboard_gateway::Config::new(
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-            ),
+            gateway: switchboard_gateway::Config::default(),
             gateways: 1,
             secret: InternalSecret::random(),
             metrics_listen: None,

@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use switchboard::dev::{self, DevConfig};
 use switchboard::roles;
+use switchboard::settings::command_line::{self, ParseFailure};
 use switchboard::settings::{DEFAULT_LISTEN, DEV_ADMIN_PASSWORD, Settings};
 use tokio_util::sync::CancellationToken;
 
@@ -123,7 +124,7 @@ async fn shutdown_signal() {
 }
 
 async fn run_dev(settings: Settings) -> anyhow::Result<()> {
-    let admin_password = match &settings.admin_password {
+    let admin_password = match &settings.auth.admin_password {
         Some(password) => password.clone(),
         None => {
             tracing::warn!(
@@ -133,16 +134,17 @@ async fn run_dev(settings: Settings) -> anyhow::Result<()> {
         }
     };
     let listen = settings
+        .addresses
         .listen
-        .clone()
-        .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
-    let mut config = DevConfig::new(&listen, &admin_password);
-    config.auth = settings.auth_config(Some(admin_password))?;
-    settings.apply_to_gateway(&mut config.gateway)?;
+        .as_deref()
+        .unwrap_or(DEFAULT_LISTEN);
+    let mut config = DevConfig::new(listen, &admin_password);
+    config.auth = settings.auth_config(Some(admin_password));
+    config.gateway = settings.gateway_config()?;
     config.secret = settings.secret_or_random()?;
-    config.registry = settings.registry_config()?;
-    config.metrics_listen = settings.metrics_listen.clone();
-    if let Some(address) = &settings.tls_listen {
+    config.registry = settings.registry_config();
+    config.metrics_listen = settings.addresses.metrics_listen.clone();
+    if let Some(address) = &settings.addresses.tls_listen {
         config.tls_listen = address.clone();
     }
     let mut running = dev::start(config).await?;
@@ -164,8 +166,34 @@ async fn run_dev(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Parses the command line and the settings file. Usage errors exit with EX_USAGE (64)
+/// before anything listens; `--help` and `--version` print and exit 0.
+fn parse_command_line() -> Result<Cli, ExitCode> {
+    let command = command_line::with_environment(Cli::command());
+    let parsed = command_line::parse(&command, std::env::args_os().collect())
+        .and_then(|matches| Cli::from_arg_matches(&matches).map_err(ParseFailure::Clap));
+    match parsed {
+        Ok(cli) => Ok(cli),
+        Err(ParseFailure::Clap(error)) if !error.use_stderr() => {
+            let _ = error.print();
+            Err(ExitCode::SUCCESS)
+        }
+        Err(ParseFailure::Clap(error)) => {
+            let _ = error.print();
+            Err(ExitCode::from(64))
+        }
+        Err(ParseFailure::File(error)) => {
+            eprintln!("error: {error:#}");
+            Err(ExitCode::from(64))
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_command_line() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
     if let Some(threads) = cli.worker_threads {
@@ -218,16 +246,10 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Gateway(settings) => (Role::Gateway, settings),
     };
     // Invalid settings stop the process before anything listens, with EX_USAGE.
-    let settings = match settings
-        .resolve(cli.config.as_ref())
-        .and_then(|settings| settings.validate().map(|()| settings))
-    {
-        Ok(settings) => settings,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            return ExitCode::from(64);
-        }
-    };
+    if let Err(error) = settings.validate() {
+        eprintln!("error: {error:#}");
+        return ExitCode::from(64);
+    }
     exit_code(match role {
         Role::Dev => run_dev(settings).await,
         Role::Auth => run_role(|token| roles::auth(settings, token)).await,

@@ -21,8 +21,6 @@ pub const DEFAULT_BUS_LISTEN: &str = "0.0.0.0:9103";
 pub const DEFAULT_GATEWAY_LISTEN: &str = "0.0.0.0:9010";
 /// Default `wss://` listener of a gateway with a certificate.
 pub const DEFAULT_GATEWAY_TLS_LISTEN: &str = "0.0.0.0:9011";
-/// Default SessionControl listener of a gateway.
-pub const DEFAULT_CONTROL_LISTEN: &str = "0.0.0.0:9104";
 
 async fn bind(address: &str, what: &str) -> anyhow::Result<TcpListener> {
     let listener = TcpListener::bind(address)
@@ -38,12 +36,13 @@ async fn bind(address: &str, what: &str) -> anyhow::Result<TcpListener> {
 /// On a missing password, a bind failure or a transport error.
 pub async fn auth(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let secret = settings.required_secret()?;
-    let admin_password = settings.admin_password.clone().context(
+    let admin_password = settings.auth.admin_password.clone().context(
         "the auth service needs an admin password (--admin-password or SWITCHBOARD_ADMIN_PASSWORD)",
     )?;
     let authenticator =
-        switchboard_auth::Authenticator::new(settings.auth_config(Some(admin_password))?)?;
+        switchboard_auth::Authenticator::new(settings.auth_config(Some(admin_password)))?;
     let listen = settings
+        .addresses
         .grpc_listen
         .as_deref()
         .unwrap_or(DEFAULT_AUTH_LISTEN);
@@ -57,11 +56,12 @@ pub async fn auth(settings: Settings, shutdown: CancellationToken) -> anyhow::Re
 /// # Errors
 /// On an invalid setting, a bind failure or a transport error.
 pub async fn registry(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let config = settings.registry_config()?;
+    let config = settings.registry_config();
     let secret = settings.required_secret()?;
-    let store = RedisStore::connect(&settings.redis_url())
+    let store = RedisStore::connect(&settings.addresses.redis_url)
         .map_err(|error| anyhow::anyhow!("invalid redis_url: {error:?}"))?;
     let listen = settings
+        .addresses
         .grpc_listen
         .as_deref()
         .unwrap_or(DEFAULT_REGISTRY_LISTEN);
@@ -83,10 +83,11 @@ pub async fn registry(settings: Settings, shutdown: CancellationToken) -> anyhow
 /// On an invalid setting, a bind failure or a transport error.
 pub async fn bus(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let secret = settings.required_secret()?;
-    let broker = RedisBroker::connect(&settings.redis_url())
+    let broker = RedisBroker::connect(&settings.addresses.redis_url)
         .await
         .context("invalid redis_url")?;
     let listen = settings
+        .addresses
         .grpc_listen
         .as_deref()
         .unwrap_or(DEFAULT_BUS_LISTEN);
@@ -121,7 +122,7 @@ fn local_address_towards(peer_url: &str) -> Option<IpAddr> {
 }
 
 fn advertised_control(settings: &Settings, bound: SocketAddr, registry_url: &str) -> String {
-    if let Some(advertise) = &settings.control_advertise {
+    if let Some(advertise) = &settings.addresses.control_advertise {
         return advertise.clone();
     }
     if !bound.ip().is_unspecified() {
@@ -137,34 +138,22 @@ fn advertised_control(settings: &Settings, bound: SocketAddr, registry_url: &str
 /// On an invalid setting, a bind failure or a transport error.
 pub async fn gateway(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let secret = settings.required_secret()?;
-    let auth_url = settings
-        .auth_url
-        .clone()
-        .unwrap_or_else(|| "http://127.0.0.1:9101".into());
-    let registry_url = settings
-        .registry_url
-        .clone()
-        .unwrap_or_else(|| "http://127.0.0.1:9102".into());
-    let bus_url = settings
-        .bus_url
-        .clone()
-        .unwrap_or_else(|| "http://127.0.0.1:9103".into());
-    let mut config =
-        switchboard_gateway::Config::new(String::new(), auth_url, registry_url.clone(), bus_url);
-    settings.apply_to_gateway(&mut config)?;
-    let broker = RedisBroker::connect(&settings.redis_url())
+    let mut config = settings.gateway_config()?;
+    let broker = RedisBroker::connect(&settings.addresses.redis_url)
         .await
         .context("invalid redis_url")?;
-    let ws_listen = settings.listen.as_deref().unwrap_or(DEFAULT_GATEWAY_LISTEN);
-    let control_listen = settings
-        .control_listen
+    let ws_listen = settings
+        .addresses
+        .listen
         .as_deref()
-        .unwrap_or(DEFAULT_CONTROL_LISTEN);
+        .unwrap_or(DEFAULT_GATEWAY_LISTEN);
+    let control_listen = &settings.addresses.control_listen;
     let ws_listener = bind(ws_listen, "gateway WebSocket").await?;
     let control_listener = bind(control_listen, "gateway SessionControl").await?;
     let wss_listener = match &config.tls {
         Some(_) => {
             let address = settings
+                .addresses
                 .tls_listen
                 .as_deref()
                 .unwrap_or(DEFAULT_GATEWAY_TLS_LISTEN);
@@ -177,15 +166,18 @@ pub async fn gateway(settings: Settings, shutdown: CancellationToken) -> anyhow:
         }
         None => None,
     };
-    config.control_addr =
-        advertised_control(&settings, control_listener.local_addr()?, &registry_url);
+    config.control_addr = advertised_control(
+        &settings,
+        control_listener.local_addr()?,
+        &config.registry_url,
+    );
     tracing::info!(gateway.id = %config.gateway_id, control = %config.control_addr, "gateway starting");
     println!(
         "switchboard gateway listening on ws://{}/api/ws",
         ws_listener.local_addr()?
     );
     let gateway = switchboard_gateway::build(config, &Broker::Redis(Box::new(broker)), secret)?;
-    if let Some(address) = &settings.metrics_listen {
+    if let Some(address) = &settings.addresses.metrics_listen {
         let listener = bind(address, "gateway metrics").await?;
         tokio::spawn(switchboard_gateway::metrics::serve_metrics(
             gateway.connection_count_reader(),

@@ -82,7 +82,7 @@ async fn dev_binary_rejects_bad_settings() {
         .await
         .expect("runs");
     assert_eq!(output.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("cmd_timeout"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cmd-timeout"));
 }
 
 #[tokio::test]
@@ -234,4 +234,84 @@ async fn client_that_never_reads_is_disconnected() {
     let frames = drained.expect("the server ended the connection");
     assert!(frames < 4000, "not every reply was written: {frames}");
     running.stop().await;
+}
+
+/// One option of `--help`: its flag, variable and clap default (when it has one).
+#[derive(Debug, PartialEq, Eq)]
+struct Documented {
+    flag: String,
+    variable: String,
+    default: Option<String>,
+}
+
+fn options_of_help(help: &str) -> Vec<Documented> {
+    let lines: Vec<&str> = help.lines().collect();
+    let mut options = Vec::new();
+    for (index, line) in lines.iter().enumerate() {
+        let Some(rest) = line.trim_start().strip_prefix("--") else {
+            continue;
+        };
+        let flag = rest.split(' ').next().unwrap_or_default();
+        if flag == "help" || flag == "version" {
+            continue;
+        }
+        // clap appends `[env: …]` and then `[default: …]` to the option's own text, which
+        // may carry a `[default: …]` of its own in prose (then clap has none).
+        let text = lines.get(index + 1).copied().unwrap_or_default();
+        let clap_part = &text[text.find("[env: ").unwrap_or(text.len())..];
+        let bracket = |name: &str| {
+            let start = clap_part.find(&format!("[{name}: "))? + name.len() + 3;
+            let end = clap_part[start..].find(']')? + start;
+            Some(clap_part[start..end].trim_end_matches('=').to_owned())
+        };
+        options.push(Documented {
+            flag: format!("--{flag}"),
+            variable: bracket("env").unwrap_or_default(),
+            default: bracket("default"),
+        });
+    }
+    options
+}
+
+fn options_of_operations_md() -> Vec<Documented> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/OPERATIONS.md");
+    let text = std::fs::read_to_string(path).expect("docs/OPERATIONS.md");
+    let section = text
+        .split("\n## Configuration\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("a Configuration section");
+    section
+        .lines()
+        .filter(|line| line.starts_with("| `--"))
+        .map(|line| {
+            let cells: Vec<&str> = line.split(" | ").collect();
+            let code = |cell: &str| {
+                let cell = cell.trim_start_matches("| ");
+                (cell.starts_with('`') && cell.ends_with('`') && cell.len() > 1)
+                    .then(|| cell.trim_matches('`').to_owned())
+            };
+            Documented {
+                flag: code(cells[0]).unwrap_or_default(),
+                variable: code(cells[1]).unwrap_or_default(),
+                default: code(cells[2]),
+            }
+        })
+        .collect()
+}
+
+/// The configuration tables of docs/OPERATIONS.md list exactly the options of `--help`,
+/// with the same variables and defaults, in the same order.
+#[tokio::test]
+async fn documented_settings_match_help() {
+    let output = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["dev", "--help"])
+        .env_remove("SWITCHBOARD_CONFIG")
+        .output()
+        .await
+        .expect("runs");
+    assert!(output.status.success());
+    let help = options_of_help(&String::from_utf8_lossy(&output.stdout));
+    assert!(help.len() > 40, "{help:?}");
+    assert_eq!(options_of_operations_md(), help);
 }
