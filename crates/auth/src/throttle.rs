@@ -8,8 +8,10 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use switchboard_sync::Lock;
 
 /// Keys tracked before old windows are swept (at most once a second).
 const SWEEP_ABOVE: usize = 4096;
@@ -143,7 +145,7 @@ impl Throttle {
         if self.config.max_account_failures > 0 {
             keys.push(Key::Account(account.to_owned()));
         }
-        let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut windows = self.windows.locked();
         let now = Instant::now();
         self.sweep(&mut windows, now);
         for key in &keys {
@@ -178,7 +180,7 @@ impl Throttle {
     }
 
     fn release(&self, keys: &[Key], failed: bool) {
-        let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut windows = self.windows.locked();
         for key in keys {
             if let Some(window) = windows.by_key.get_mut(key) {
                 window.in_flight = window.in_flight.saturating_sub(1);

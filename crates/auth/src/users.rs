@@ -10,10 +10,11 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use serde::Deserialize;
+use switchboard_sync::Lock;
 
 use crate::password::check_hash;
 
@@ -142,7 +143,7 @@ impl UsersFile {
     /// Returns the users, re-reading the file first when it changed (one `stat` otherwise).
     pub fn users(&self) -> Arc<UserTable> {
         let now = stamp(&self.path);
-        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut current = self.current.locked();
         if now != current.0 {
             current.0 = now;
             match load(&self.path) {

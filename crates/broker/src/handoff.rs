@@ -7,9 +7,10 @@
 //! episode of drops is logged once (when it starts, and with its total when it ends).
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use switchboard_sync::Lock;
 use tokio::sync::Notify;
 
 use crate::Deliver;
@@ -70,7 +71,7 @@ impl Handoff {
     }
 
     fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+        self.queue.locked()
     }
 
     /// Queues a message for delivery; drops it (counted) when the queue is full. Returns
@@ -157,10 +158,7 @@ mod tests {
 
     impl Deliver for Slow {
         fn deliver(&self, channel: &str, _payload: &Bytes) {
-            self.delivered
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(channel.to_owned());
+            self.delivered.locked().push(channel.to_owned());
         }
 
         fn dropped(&self, count: u64) {
@@ -179,23 +177,11 @@ mod tests {
         assert!(!handoff.push("big", Bytes::from(vec![0; 2000])));
         assert_eq!(sink.dropped.load(Ordering::Relaxed), 3);
         tokio::time::sleep(Duration::from_millis(10)).await;
-        assert_eq!(
-            *sink
-                .delivered
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-            ["c0", "c1", "c2"]
-        );
+        assert_eq!(*sink.delivered.locked(), ["c0", "c1", "c2"]);
         // Caught up: room again, in order.
         assert!(handoff.push("c5", Bytes::from_static(b"x")));
         handoff.close();
         tokio::time::sleep(Duration::from_millis(10)).await;
-        assert_eq!(
-            sink.delivered
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .len(),
-            4
-        );
+        assert_eq!(sink.delivered.locked().len(), 4);
     }
 }

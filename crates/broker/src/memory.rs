@@ -3,9 +3,10 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use switchboard_sync::Lock;
 
 use crate::Deliver;
 
@@ -36,7 +37,7 @@ impl MemoryBroker {
     pub(crate) fn publish(&self, channels: &[String], payload: &Bytes) {
         for channel in channels {
             let sinks: SinkList = {
-                let map = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+                let map = self.channels.locked();
                 match map.get(channel) {
                     Some(sinks) => sinks.clone(),
                     None => continue,
@@ -86,11 +87,7 @@ impl MemorySubscriber {
     }
 
     fn subscribe_one(&self, channel: &str) {
-        let mut map = self
-            .broker
-            .channels
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut map = self.broker.channels.locked();
         let sinks = map.entry(channel.to_owned()).or_default();
         if !sinks.iter().any(|(id, _)| *id == self.id) {
             sinks.push((self.id, Arc::clone(&self.sink)));
@@ -98,11 +95,7 @@ impl MemorySubscriber {
     }
 
     fn unsubscribe_one(&self, channel: &str) {
-        let mut map = self
-            .broker
-            .channels
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut map = self.broker.channels.locked();
         if let Some(sinks) = map.get_mut(channel) {
             sinks.retain(|(id, _)| *id != self.id);
             if sinks.is_empty() {
@@ -114,11 +107,7 @@ impl MemorySubscriber {
 
 impl Drop for MemorySubscriber {
     fn drop(&mut self) {
-        let mut map = self
-            .broker
-            .channels
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut map = self.broker.channels.locked();
         map.retain(|_, sinks| {
             sinks.retain(|(id, _)| *id != self.id);
             !sinks.is_empty()

@@ -1,7 +1,7 @@
 //! gRPC clients of the internal services, each call with a deadline.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use switchboard_proto::MAX_MESSAGE_BYTES;
@@ -13,6 +13,7 @@ use switchboard_proto::v1::session_control_client::SessionControlClient;
 use switchboard_proto::v1::session_registry_client::SessionRegistryClient;
 use switchboard_proto::v1::{LoginAnswer, LoginCall, RegisterAnswer, RegisterCall};
 use switchboard_protocol::{ApiError, ErrorCode};
+use switchboard_sync::Lock;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -127,7 +128,7 @@ impl Services {
     /// # Errors
     /// `internal_error` when the registry holds an invalid address.
     pub fn control(&self, address: &str) -> Result<SessionControlClient<SecuredChannel>, ApiError> {
-        let mut controls = self.controls.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut controls = self.controls.locked();
         if let Some(client) = controls.get(address) {
             return Ok(client.clone());
         }

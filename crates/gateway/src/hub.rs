@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,6 +15,7 @@ use switchboard_broker::{Broker, BrokerError, Deliver, Subscriber, Subscribing};
 #[cfg(doc)]
 use switchboard_protocol::event::EventKey;
 use switchboard_protocol::event::EventMessage;
+use switchboard_sync::Lock;
 use tokio::time::Instant;
 
 use crate::session::SessionHandle;
@@ -158,17 +159,15 @@ impl Hub {
     }
 
     fn sessions(&self) -> MutexGuard<'_, HashMap<String, Arc<SessionHandle>>> {
-        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+        self.sessions.locked()
     }
 
     fn routes(&self) -> MutexGuard<'_, RouteIndex> {
-        self.routes.lock().unwrap_or_else(PoisonError::into_inner)
+        self.routes.locked()
     }
 
     fn unconfirmed(&self) -> MutexGuard<'_, HashMap<Arc<str>, u64>> {
-        self.unconfirmed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.unconfirmed.locked()
     }
 
     /// Returns milliseconds since the hub started (never 0).
@@ -179,25 +178,18 @@ impl Hub {
     /// Tracks an open connection.
     pub fn add_connection(&self, session: &Arc<SessionHandle>) {
         self.connections
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+            .locked()
             .insert(session.conn_id, Arc::clone(session));
     }
 
     /// Returns the number of open connections.
     pub fn connection_count(&self) -> usize {
-        self.connections
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.connections.locked().len()
     }
 
     /// Forgets a closed connection.
     pub fn remove_connection(&self, conn_id: u64) {
-        self.connections
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&conn_id);
+        self.connections.locked().remove(&conn_id);
     }
 
     /// Kills every connection whose socket write has stalled for longer than `limit`; returns
@@ -206,8 +198,7 @@ impl Hub {
         let now = self.now_ms();
         let stalled: Vec<Arc<SessionHandle>> = self
             .connections
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+            .locked()
             .values()
             .filter(|session| session.write_stalled(now, limit.as_millis() as u64))
             .cloned()
@@ -259,12 +250,7 @@ impl Hub {
 
     /// Returns every open connection.
     pub fn all_connections(&self) -> Vec<Arc<SessionHandle>> {
-        self.connections
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect()
+        self.connections.locked().values().cloned().collect()
     }
 
     /// Returns a local session.

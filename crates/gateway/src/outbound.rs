@@ -9,9 +9,10 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 
+use switchboard_sync::Lock;
 use tokio::sync::Notify;
 
 /// Close code of a normal close (`session stop`).
@@ -104,7 +105,7 @@ impl OutboundQueue {
     }
 
     fn slots(&self) -> MutexGuard<'_, Slots> {
-        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+        self.slots.locked()
     }
 
     /// Queues `frame` if there is room, waking the writer if it waits.

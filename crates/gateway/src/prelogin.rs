@@ -7,9 +7,10 @@ use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use switchboard_sync::Lock;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The error a [`FrameGuard`] fails a read with when a frame is over its limit.
@@ -222,7 +223,7 @@ pub struct PreloginCounts {
 
 impl PreloginCounts {
     fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
-        self.counts.lock().unwrap_or_else(PoisonError::into_inner)
+        self.counts.locked()
     }
 
     /// Counts one more connection from `ip` waiting to log in, unless `max` already are

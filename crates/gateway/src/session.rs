@@ -2,9 +2,10 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::Value;
+use switchboard_sync::Lock;
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -210,7 +211,7 @@ impl SessionHandle {
 
     fn end(&self, ending: Ending) {
         self.closing.store(true, Ordering::Relaxed);
-        let mut slot = self.ending.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut slot = self.ending.locked();
         if slot.is_none() {
             *slot = Some(ending);
         }
@@ -255,14 +256,11 @@ impl SessionHandle {
 
     /// How the connection was told to end, once.
     pub(crate) fn take_ending(&self) -> Option<Ending> {
-        self.ending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
+        self.ending.locked().take()
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, PendingRequest>> {
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+        self.pending.locked()
     }
 
     pub(crate) fn add_pending(&self, tid: u64, request: PendingRequest) {

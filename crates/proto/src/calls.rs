@@ -14,10 +14,11 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::FutureExt;
+use switchboard_sync::Lock;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -217,7 +218,7 @@ struct Link<C, A: Answer> {
 
 impl<C, A: Answer> Link<C, A> {
     fn pending(&self) -> std::sync::MutexGuard<'_, Pending<A>> {
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+        self.pending.locked()
     }
 
     fn is_closed(&self) -> bool {
@@ -358,7 +359,7 @@ impl<C: Call, A: Answer> CallStream<C, A> {
 /// Hands each answer to its caller. Once the stream ends, whoever still waits was not read by
 /// the server (a clean end: it answers every call it reads first) or may have been (a failure).
 async fn route_answers<A: Answer>(mut answers: Streaming<A>, pending: Arc<Mutex<Pending<A>>>) {
-    let lock = || pending.lock().unwrap_or_else(PoisonError::into_inner);
+    let lock = || pending.locked();
     let clean = loop {
         match answers.message().await {
             Ok(Some(answer)) => {

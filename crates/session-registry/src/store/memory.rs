@@ -2,11 +2,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use switchboard_proto::digest;
 use switchboard_proto::v1::SessionInfo;
+use switchboard_sync::Lock;
 use tokio::time::Instant;
 
 use super::{GatewayDigest, Page, RegistryError};
@@ -103,7 +104,7 @@ impl MemoryStore {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.locked()
     }
 
     /// Registers a session.
