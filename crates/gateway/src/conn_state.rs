@@ -7,8 +7,8 @@ use std::sync::atomic::AtomicUsize;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::hub::Subscription;
 use crate::prelogin::PreloginSlot;
+use crate::routes::Subscription;
 use crate::session::SessionHandle;
 use crate::token::TokenExpiry;
 

@@ -1,135 +1,43 @@
-//! The gateway-wide state: local sessions by id and the local subscription index.
+//! The gateway-wide state: open connections (for the write watchdog), logged-in sessions by
+//! id, and the local subscription index ([`RouteTable`], in `routes.rs`).
 //!
-//! The broker delivers each event once per channel to [`Hub::deliver`]; the hub parses it
-//! once, serialises its frame data once per distinct subscription body and queues it to
-//! every local subscriber of that channel.
+//! The broker delivers each event once per channel to the hub, which hands it to its route
+//! table for fan-out.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde_json::{Map, Value};
-use switchboard_broker::{Broker, BrokerError, Deliver, Subscriber, Subscribing};
-#[cfg(doc)]
-use switchboard_protocol::event::EventKey;
-use switchboard_protocol::event::EventMessage;
+use switchboard_broker::{Broker, Deliver};
 use switchboard_sync::Lock;
 use tokio::time::Instant;
 
+use crate::routes::RouteTable;
 use crate::session::SessionHandle;
 
-/// One subscription of a connection: its broker channel, which encodes its key
-/// ([`EventKey::from_channel`] reads it back), and its body. The channel text is shared with
-/// the route index.
-#[derive(Debug, Clone)]
-pub(crate) struct Subscription {
-    pub(crate) channel: Arc<str>,
-    pub(crate) body: Arc<Map<String, Value>>,
-}
-
-/// The body of every subscription without one, shared.
-pub(crate) fn empty_body() -> Arc<Map<String, Value>> {
-    static EMPTY: LazyLock<Arc<Map<String, Value>>> = LazyLock::new(|| Arc::new(Map::new()));
-    Arc::clone(&EMPTY)
-}
-
-/// One local subscription in the index.
-#[derive(Debug, Clone)]
-struct Route {
-    session: Arc<SessionHandle>,
-    body: Arc<Map<String, Value>>,
-}
-
-/// The local subscribers of one channel, by connection id. Most channels have exactly one (a
-/// session's own `user_event` and `session_event` channels), which then needs no map.
-#[derive(Debug)]
-enum Routes {
-    One(u64, Route),
-    Many(HashMap<u64, Route>),
-}
-
-impl Routes {
-    /// Adds or replaces the route of `conn_id`.
-    fn insert(&mut self, conn_id: u64, route: Route) {
-        match self {
-            Self::One(known, existing) if *known == conn_id => *existing = route,
-            Self::One(known, existing) => {
-                let mut many = HashMap::with_capacity(2);
-                many.insert(*known, existing.clone());
-                many.insert(conn_id, route);
-                *self = Self::Many(many);
-            }
-            Self::Many(many) => {
-                many.insert(conn_id, route);
-            }
-        }
-    }
-
-    /// Removes the route of `conn_id`; true when that was the channel's last route. A map
-    /// left with one route goes back to [`Routes::One`], so `Many` always holds two or more.
-    fn remove(&mut self, conn_id: u64) -> bool {
-        match self {
-            Self::One(known, _) => *known == conn_id,
-            Self::Many(many) => {
-                many.remove(&conn_id);
-                let last = if many.len() == 1 {
-                    many.drain().next()
-                } else {
-                    None
-                };
-                if let Some((last_id, last)) = last {
-                    *self = Self::One(last_id, last);
-                }
-                false
-            }
-        }
-    }
-
-    fn for_each(&self, mut visit: impl FnMut(&Route)) {
-        match self {
-            Self::One(_, route) => visit(route),
-            Self::Many(many) => many.values().for_each(visit),
-        }
-    }
-}
-
-/// channel → its local routes.
-type RouteIndex = HashMap<Arc<str>, Routes>;
-
-/// Shared gateway state.
-///
-/// Both maps sit behind std mutexes held only for map edits or to copy a channel's routes,
-/// never across `.await`. `channel_ops` is an async mutex that orders the queueing of broker
-/// (un)subscribes with the route changes that call for them, so a channel's first subscribe
-/// and last unsubscribe cannot overtake each other; the wait for a subscribe's confirmation
-/// happens after it is released, so concurrent subscribes share a broker round trip.
+/// Shared gateway state. Its maps sit behind std mutexes held only for map edits, never
+/// across `.await`.
 #[derive(Debug)]
 pub struct Hub {
     /// Every open connection, logged in or not, for the write watchdog.
     connections: Mutex<HashMap<u64, Arc<SessionHandle>>>,
     sessions: Mutex<HashMap<String, Arc<SessionHandle>>>,
-    routes: Mutex<RouteIndex>,
-    /// Channels whose first subscribe is queued but not yet confirmed, with the number of the
-    /// `add_routes` call that queued it. A connection joining such a channel queues a subscribe
-    /// too and waits for it, so no `subscribe` answers before its channel is in effect. Locked
-    /// after `routes` when both are.
-    unconfirmed: Mutex<HashMap<Arc<str>, u64>>,
-    next_subscribe: AtomicU64,
-    channel_ops: tokio::sync::Mutex<Option<Subscriber>>,
+    /// Who subscribed which channel, and the broker subscriber that follows it.
+    pub routes: RouteTable,
     next_conn_id: AtomicU64,
     /// Origin of [`Hub::now_ms`].
     epoch: Instant,
 }
 
 /// The broker's view of the hub: a weak reference, so the subscriber does not keep it alive.
-struct HubSink(std::sync::Weak<Hub>);
+struct HubSink(Weak<Hub>);
 
 impl Deliver for HubSink {
     fn deliver(&self, channel: &str, payload: &Bytes) {
         if let Some(hub) = self.0.upgrade() {
-            hub.deliver(channel, payload);
+            hub.routes.deliver(channel, payload);
         }
     }
 
@@ -139,35 +47,20 @@ impl Deliver for HubSink {
 }
 
 impl Hub {
-    /// Creates a hub subscribed to `broker`.
+    /// Creates a hub subscribed to `broker`. The broker's sink holds the hub weakly, so it is
+    /// made while the hub is: nothing is delivered to a hub half built.
     pub fn new(broker: &Broker) -> Arc<Self> {
-        let hub = Arc::new(Self {
+        Arc::new_cyclic(|hub: &Weak<Hub>| Self {
             connections: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
-            routes: Mutex::new(HashMap::new()),
-            unconfirmed: Mutex::new(HashMap::new()),
-            next_subscribe: AtomicU64::new(1),
-            channel_ops: tokio::sync::Mutex::new(None),
+            routes: RouteTable::new(broker.subscriber(Arc::new(HubSink(hub.clone())))),
             next_conn_id: AtomicU64::new(1),
             epoch: Instant::now(),
-        });
-        let subscriber = broker.subscriber(Arc::new(HubSink(Arc::downgrade(&hub))));
-        if let Ok(mut slot) = hub.channel_ops.try_lock() {
-            *slot = Some(subscriber);
-        }
-        hub
+        })
     }
 
     fn sessions(&self) -> MutexGuard<'_, HashMap<String, Arc<SessionHandle>>> {
         self.sessions.locked()
-    }
-
-    fn routes(&self) -> MutexGuard<'_, RouteIndex> {
-        self.routes.locked()
-    }
-
-    fn unconfirmed(&self) -> MutexGuard<'_, HashMap<Arc<str>, u64>> {
-        self.unconfirmed.locked()
     }
 
     /// Returns milliseconds since the hub started (never 0).
@@ -267,205 +160,16 @@ impl Hub {
     pub fn all_sessions(&self) -> Vec<Arc<SessionHandle>> {
         self.sessions().values().cloned().collect()
     }
-
-    /// Adds or replaces routes of `session`, subscribing every channel that had none in one
-    /// broker round trip; all of them are in effect when this returns.
-    ///
-    /// # Errors
-    /// [`BrokerError`] when the broker failed; none of the routes is then added.
-    pub(crate) async fn add_routes(
-        &self,
-        subscriptions: &[Subscription],
-        session: &Arc<SessionHandle>,
-    ) -> Result<(), BrokerError> {
-        let this_call = self.next_subscribe.fetch_add(1, Ordering::Relaxed);
-        // Channels to subscribe, each with the number of the call whose first subscribe it
-        // waits for (this one's, or an earlier one's still unconfirmed).
-        let mut waiting: Vec<(Arc<str>, u64)> = Vec::new();
-        let queued = {
-            let subscriber = self.channel_ops.lock().await;
-            {
-                let mut index = self.routes();
-                let mut unconfirmed = self.unconfirmed();
-                for subscription in subscriptions {
-                    let channel = &subscription.channel;
-                    let route = Route {
-                        session: Arc::clone(session),
-                        body: Arc::clone(&subscription.body),
-                    };
-                    match index.get_mut(channel) {
-                        Some(routes) => {
-                            routes.insert(session.conn_id, route);
-                            if let Some(&first) = unconfirmed.get(channel) {
-                                waiting.push((Arc::clone(channel), first));
-                            }
-                        }
-                        None => {
-                            index.insert(Arc::clone(channel), Routes::One(session.conn_id, route));
-                            unconfirmed.insert(Arc::clone(channel), this_call);
-                            waiting.push((Arc::clone(channel), this_call));
-                        }
-                    }
-                }
-            }
-            let channels: Vec<String> = waiting
-                .iter()
-                .map(|(channel, _)| channel.to_string())
-                .collect();
-            match subscriber.as_ref() {
-                Some(subscriber) => subscriber.queue_subscribe(&channels).await,
-                None => Ok(Subscribing::default()),
-            }
-        };
-        let confirmed = match queued {
-            Ok(subscribing) => subscribing.done().await,
-            Err(error) => Err(error),
-        };
-        if let Err(error) = confirmed {
-            // Under the lock, and unsubscribing what it empties: another connection's
-            // subscribe of the same channel may have succeeded and left since.
-            self.remove_routes(subscriptions, session.conn_id).await;
-            return Err(error);
-        }
-        // In effect now: later joiners need not wait, unless the channel has been emptied and
-        // subscribed anew since (then it is another call's entry).
-        let mut unconfirmed = self.unconfirmed();
-        for (channel, first) in &waiting {
-            if unconfirmed.get(channel) == Some(first) {
-                unconfirmed.remove(channel);
-            }
-        }
-        Ok(())
-    }
-
-    /// Removes routes of connection `conn_id`, unsubscribing in one broker round trip every
-    /// channel left without a route.
-    pub(crate) async fn remove_routes(&self, subscriptions: &[Subscription], conn_id: u64) {
-        let subscriber = self.channel_ops.lock().await;
-        let emptied: Vec<String> = subscriptions
-            .iter()
-            .filter(|subscription| self.remove_route_entry(&subscription.channel, conn_id))
-            .map(|subscription| subscription.channel.to_string())
-            .collect();
-        if let Some(subscriber) = subscriber.as_ref()
-            && let Err(error) = subscriber.unsubscribe_many(&emptied).await
-        {
-            tracing::warn!(%error, "broker unsubscribe failed");
-        }
-    }
-
-    /// Removes one entry; true when the channel has no route left.
-    fn remove_route_entry(&self, channel: &str, conn_id: u64) -> bool {
-        let mut index = self.routes();
-        let Some(routes) = index.get_mut(channel) else {
-            return false;
-        };
-        let emptied = routes.remove(conn_id);
-        if emptied {
-            index.remove(channel);
-            self.unconfirmed().remove(channel);
-        }
-        emptied
-    }
-
-    /// Routes one broker message to the local subscribers of `channel`.
-    ///
-    /// The event is parsed once; its frame data is serialised once per distinct subscription
-    /// body (once in all for the common empty body) and shared by every subscriber's frame.
-    /// Queuing never blocks, so the routes lock is held across the loop instead of copying
-    /// the routes out.
-    pub fn deliver(&self, channel: &str, payload: &Bytes) {
-        if !self.routes().contains_key(channel) {
-            return;
-        }
-        let event: EventMessage = match serde_json::from_slice(payload) {
-            Ok(event) => event,
-            Err(error) => {
-                tracing::error!(%error, channel, "undecodable event from the broker");
-                return;
-            }
-        };
-        let empty = Map::new();
-        // Frames for an empty subscription body only differ by the subscriber's service.
-        let mut shared_same_service: Option<Arc<str>> = None;
-        let mut shared_other_service: Option<Arc<str>> = None;
-        let routes = self.routes();
-        let Some(entry) = routes.get(channel) else {
-            return;
-        };
-        entry.for_each(|route| {
-            let session = &route.session;
-            let data = if route.body.is_empty() {
-                let slot = if session.service == event.key.service {
-                    &mut shared_same_service
-                } else {
-                    &mut shared_other_service
-                };
-                Arc::clone(slot.get_or_insert_with(|| {
-                    Arc::from(event.frame_data(&empty, &session.service).to_string())
-                }))
-            } else {
-                Arc::from(event.frame_data(&route.body, &session.service).to_string())
-            };
-            session.push_event(data);
-        });
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::outbound::Outbound;
+    use crate::routes::{Subscription, empty_body};
     use switchboard_protocol::event::EventKey;
 
-    fn route(conn_id: u64) -> Route {
-        Route {
-            session: Arc::new(SessionHandle::new(
-                conn_id,
-                String::new(),
-                String::new(),
-                4,
-                1 << 20,
-            )),
-            body: empty_body(),
-        }
-    }
-
-    fn conn_ids(routes: &Routes) -> Vec<u64> {
-        let mut ids = Vec::new();
-        routes.for_each(|route| ids.push(route.session.conn_id));
-        ids.sort_unstable();
-        ids
-    }
-
-    #[test]
-    fn routes_grow_into_a_map_and_shrink_back() {
-        let mut routes = Routes::One(1, route(1));
-        routes.insert(1, route(1));
-        assert_eq!(
-            conn_ids(&routes),
-            [1],
-            "the same connection replaces its route"
-        );
-        routes.insert(2, route(2));
-        routes.insert(3, route(3));
-        assert!(matches!(routes, Routes::Many(_)));
-        assert_eq!(conn_ids(&routes), [1, 2, 3]);
-        assert!(
-            !routes.remove(9),
-            "an unknown connection leaves the routes as they are"
-        );
-        assert!(!routes.remove(1));
-        assert!(!routes.remove(3));
-        assert!(
-            matches!(routes, Routes::One(2, _)),
-            "one route left needs no map"
-        );
-        assert!(!routes.remove(1));
-        assert!(routes.remove(2), "the last route empties the channel");
-    }
-
-    /// Connections subscribing the same new channel at once: each `add_routes` answers only
+    /// Connections subscribing the same new channel at once: each `RouteTable::add` answers only
     /// once the channel is in effect in Redis, whether it queued the channel's first subscribe
     /// or joined one still on its way, so an event published right after reaches it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -506,7 +210,8 @@ mod tests {
                         channel: Arc::clone(&channel),
                         body: empty_body(),
                     };
-                    hub.add_routes(&[subscription], session)
+                    hub.routes
+                        .add(&[subscription], session)
                         .await
                         .expect("subscribed");
                     broker
@@ -535,7 +240,7 @@ mod tests {
                 );
             }
             assert!(
-                hub.unconfirmed().is_empty(),
+                hub.routes.all_confirmed(),
                 "round {round}: every confirmed channel is forgotten"
             );
         }

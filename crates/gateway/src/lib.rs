@@ -46,6 +46,7 @@ pub mod outbound;
 pub mod prelogin;
 pub mod publisher;
 mod reply;
+pub mod routes;
 pub mod server;
 pub mod server_request;
 pub mod session;

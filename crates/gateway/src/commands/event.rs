@@ -12,8 +12,8 @@ use switchboard_protocol::{ApiError, ErrorCode};
 use super::publish_request;
 use crate::conn_state::ConnState;
 use crate::gateway::Gateway;
-use crate::hub::{Subscription, empty_body};
 use crate::reply::{CommandResult, Failure};
+use crate::routes::{Subscription, empty_body};
 use crate::session::Identity;
 use switchboard_proto::v1::PublishRequest;
 
@@ -96,7 +96,8 @@ pub(crate) async fn add_subscription(
     };
     gateway
         .hub
-        .add_routes(std::slice::from_ref(&subscription), &state.session)
+        .routes
+        .add(std::slice::from_ref(&subscription), &state.session)
         .await
         .map_err(|error| {
             tracing::warn!(%error, "subscribe failed");
@@ -145,7 +146,8 @@ pub(crate) async fn unsubscribe(
         let subscription = state.subscriptions.remove(index);
         gateway
             .hub
-            .remove_routes(&[subscription], state.session.conn_id)
+            .routes
+            .remove(&[subscription], state.session.conn_id)
             .await;
     }
     Ok(json!({}))

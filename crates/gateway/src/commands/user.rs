@@ -16,8 +16,8 @@ use tonic::Code;
 use crate::clients::status_to_api_error;
 use crate::conn_state::ConnState;
 use crate::gateway::Gateway;
-use crate::hub::{Subscription, empty_body};
 use crate::reply::{CommandResult, Failure};
+use crate::routes::{Subscription, empty_body};
 use crate::session::{Identity, SessionHandle};
 use crate::token::TokenExpiry;
 use switchboard_proto::v1::PublishRequest;
@@ -195,7 +195,7 @@ pub(crate) async fn login(
         }
     })
     .collect();
-    if let Err(error) = gateway.hub.add_routes(&automatic, &session).await {
+    if let Err(error) = gateway.hub.routes.add(&automatic, &session).await {
         tracing::warn!(%error, "automatic subscriptions failed");
         gateway.hub.remove_session(&reply.session_id);
         gateway.unregister_now(&reply.session_id).await;

@@ -284,7 +284,8 @@ async fn cleanup(gateway: &Arc<Gateway>, state: &mut ConnState) {
     let subscriptions = std::mem::take(&mut state.subscriptions);
     gateway
         .hub
-        .remove_routes(&subscriptions, state.session.conn_id)
+        .routes
+        .remove(&subscriptions, state.session.conn_id)
         .await;
     // Unless released already (stop, or before a close frame), the session leaves the hub
     // and goes out with the next batch of unregistrations.
