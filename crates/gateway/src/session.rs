@@ -192,15 +192,15 @@ impl SessionHandle {
         }
     }
 
-    /// Ends the connection at once: with a close frame of `code` and `reason`, or without
-    /// one when `reason` is empty (the socket is gone or failed).
+    /// Ends the connection at once, with a close frame of `code` and `reason` (frames still
+    /// queued are dropped).
     pub(crate) fn kill(&self, code: u16, reason: &str) {
-        let ending = if reason.is_empty() {
-            Ending::Abort
-        } else {
-            Ending::Close(code, reason.to_owned())
-        };
-        self.end(ending);
+        self.end(Ending::Close(code, reason.to_owned()));
+    }
+
+    /// Ends the connection at once without a close frame: the socket is gone or failed.
+    pub(crate) fn abort(&self) {
+        self.end(Ending::Abort);
     }
 
     /// The client sent a close frame: the writer sends the answering one, then the

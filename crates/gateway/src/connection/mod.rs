@@ -262,7 +262,7 @@ async fn run<S>(
     }
     read_loop(&gateway, &mut state, stream).await;
     // The writer ends after a queued close or on kill; make sure it does either way.
-    session.kill(CLOSE_GOING_AWAY, "");
+    session.abort();
     let abort_writer = writer.abort_handle();
     if tokio::time::timeout(gateway.config.write_timeout * 2, writer)
         .await

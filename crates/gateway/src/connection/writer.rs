@@ -103,7 +103,7 @@ pub(super) async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
                 match outcome {
                     Some(Ok(BatchEnd::More)) => {}
                     Some(Ok(BatchEnd::Closed) | Err(_)) => {
-                        session.kill(CLOSE_GOING_AWAY, "");
+                        session.abort();
                         return;
                     }
                     // Killed mid-write: the branch above sends the close frame.
@@ -115,11 +115,11 @@ pub(super) async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
                 if Duration::from_millis(idle_ms) > config.idle_timeout {
                     gateway.release(&session).await;
                     send_within(config.write_timeout, &mut sink, close_message(CLOSE_GOING_AWAY, "idle timeout")).await;
-                    session.kill(CLOSE_GOING_AWAY, "");
+                    session.abort();
                     return;
                 }
                 if !send_within(config.write_timeout, &mut sink, Message::Ping(Vec::new().into())).await {
-                    session.kill(CLOSE_GOING_AWAY, "");
+                    session.abort();
                     return;
                 }
             }
