@@ -40,12 +40,7 @@ pub(super) async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
     let mut ping =
         tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
     let kill = session.kill_token().clone();
-    let started = Instant::now();
-    // As if the last write were long ago, so the first frame goes out at once.
-    let mut last_write = started
-        .checked_sub(config.write_coalesce)
-        .unwrap_or(started);
-    let mut busy_streak = 0u32;
+    let mut coalescer = Coalescer::new(config.write_coalesce, Instant::now());
     loop {
         tokio::select! {
             () = kill.cancelled() => {
@@ -67,17 +62,7 @@ pub(super) async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
                 return;
             }
             () = queue.ready() => {
-                // A connection under sustained traffic (several writes in a row, each within
-                // `write_coalesce` of the last) writes at most once per `write_coalesce`, so
-                // its frames share writes; a frame for a quiet connection goes out at once.
-                let now = Instant::now();
-                let next_write = last_write + config.write_coalesce;
-                if now < next_write {
-                    busy_streak = busy_streak.saturating_add(1);
-                } else {
-                    busy_streak = 0;
-                }
-                if busy_streak >= COALESCE_AFTER_STREAK && now < next_write {
+                if let Some(next_write) = coalescer.hold_until(Instant::now()) {
                     let killed = Box::pin(async {
                         tokio::select! {
                             () = tokio::time::sleep_until(next_write) => false,
@@ -88,7 +73,7 @@ pub(super) async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
                         continue;
                     }
                 }
-                last_write = Instant::now();
+                coalescer.wrote(Instant::now());
                 // No timer per batch: the gateway's watchdog kills a write that stalls.
                 session.set_write_started(gateway.hub.now_ms());
                 let batch = queue.take(WRITE_BATCH);
@@ -193,4 +178,49 @@ fn close_message(code: u16, reason: &str) -> Message {
         code: CloseCode::from(code),
         reason: reason.to_owned().into(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quiet_connections_write_at_once_and_busy_ones_coalesce() {
+        let interval = Duration::from_millis(20);
+        let start = Instant::now();
+        let mut coalescer = Coalescer::new(interval, start);
+        assert_eq!(
+            coalescer.hold_until(start),
+            None,
+            "the first write goes out"
+        );
+        coalescer.wrote(start);
+        // A few frames close together by chance: still written at once.
+        let mut now = start;
+        for _ in 1..COALESCE_AFTER_STREAK {
+            now += Duration::from_millis(1);
+            assert_eq!(coalescer.hold_until(now), None);
+            coalescer.wrote(now);
+        }
+        // A sustained streak: held until `interval` after the last write.
+        now += Duration::from_millis(1);
+        assert_eq!(
+            coalescer.hold_until(now),
+            Some(now - Duration::from_millis(1) + interval)
+        );
+        coalescer.wrote(now + interval);
+        // Quiet again: at once, and the streak starts over.
+        now += interval * 3;
+        assert_eq!(coalescer.hold_until(now), None);
+    }
+
+    #[test]
+    fn no_interval_never_holds() {
+        let start = Instant::now();
+        let mut coalescer = Coalescer::new(Duration::ZERO, start);
+        for step in 0..10 {
+            assert_eq!(coalescer.hold_until(start), None, "write {step}");
+            coalescer.wrote(start);
+        }
+    }
 }
