@@ -108,7 +108,8 @@ pub(crate) async fn next_step(expiry: Option<TokenExpiry>) -> Option<Step> {
     match expiry {
         Some(expiry) => {
             let (at, step) = expiry.next();
-            // Boxed: the connection's task holds this future even without a token.
+            // Boxed: the connection's task holds this future even without a token
+            // (`connection_tasks_stay_small`).
             Box::pin(tokio::time::sleep_until(at)).await;
             step
         }

@@ -83,9 +83,8 @@ pub(crate) async fn handle(
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
-    // The connection's task is allocated at the size of its largest state, for its whole
-    // life: the TLS path and the handshakes live in boxes of their own, so an idle `ws://`
-    // connection does not carry room for a TLS session or a handshake it finished long ago.
+    // The TLS path and the handshakes live in boxes of their own, so an idle `ws://`
+    // connection's task has no room for them (`tests::connection_tasks_stay_small`).
     let Some(tls) = tls else {
         let upgrade = Box::pin(upgrade(Arc::clone(&gateway), stream, "ws", peer));
         return run(gateway, upgrade, shutdown).await;
@@ -316,4 +315,61 @@ mod tests {
         assert_eq!(service_from_path("/other"), None);
         assert_eq!(service_from_path("/api/ws/a/b"), None);
     }
+
+    /// A connection lives in two tasks, each allocated at the size of its future's largest
+    /// state for the connection's whole life, so what an idle connection costs is mostly
+    /// these two sizes. States a connection passes through once or now and then (the TLS and
+    /// WebSocket handshakes, a command, a close frame) are boxed so as not to count; these
+    /// bounds, about 1.25 times today's sizes, catch a change that inlines one again.
+    #[tokio::test]
+    async fn connection_tasks_stay_small() {
+        use switchboard_broker::{Broker, MemoryBroker};
+        use switchboard_proto::internal::InternalSecret;
+        use tokio_tungstenite::tungstenite::protocol::Role;
+
+        let broker = Broker::Memory(MemoryBroker::new());
+        let gateway =
+            crate::server::build(crate::Config::default(), &broker, InternalSecret::random())
+                .expect("gateway");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("address"))
+            .await
+            .expect("connect");
+        let (server, peer) = listener.accept().await.expect("accept");
+
+        let connection = handle(
+            Arc::clone(&gateway),
+            server,
+            peer,
+            None,
+            CancellationToken::new(),
+        );
+        let connection_bytes = std::mem::size_of_val(&connection);
+        drop(connection);
+
+        let guarded = FrameGuard::new(client, Arc::new(AtomicUsize::new(usize::MAX)));
+        let socket = WebSocketStream::from_raw_socket(guarded, Role::Server, None).await;
+        let (sink, _stream) = socket.split();
+        let session = Arc::new(SessionHandle::new(
+            1,
+            String::new(),
+            String::new(),
+            4,
+            1 << 20,
+        ));
+        let writer = write_loop(sink, session, Arc::clone(&gateway));
+        let writer_bytes = std::mem::size_of_val(&writer);
+
+        println!("connection task: {connection_bytes} bytes, writer task: {writer_bytes} bytes");
+        assert!(
+            connection_bytes <= CONNECTION_BOUND,
+            "{connection_bytes} bytes"
+        );
+        assert!(writer_bytes <= WRITER_BOUND, "{writer_bytes} bytes");
+    }
+
+    const CONNECTION_BOUND: usize = 1_100;
+    const WRITER_BOUND: usize = 740;
 }

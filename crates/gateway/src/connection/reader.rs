@@ -75,8 +75,7 @@ pub(super) async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
             }
         };
         match message {
-            // Boxed, like every state of the loop other than waiting: a future is as large as
-            // its largest state, and this one would double an idle connection's task.
+            // Boxed, like every state but waiting (`connection_tasks_stay_small`).
             Message::Text(text) => Box::pin(handle_text(gateway, state, text.as_str())).await,
             Message::Binary(_) => {
                 if state.frame_budget.take() {
@@ -144,8 +143,7 @@ async fn handle_text(gateway: &Arc<Gateway>, state: &mut ConnState, text: &str) 
             reply(state, frame::error_response(Some(&request.tid), &error)).await;
         }
         Ok(Inbound::Request(request)) => {
-            // Boxed: a command's state lives only while it runs, so an idle connection's task
-            // stays small (this is most of the per-connection memory otherwise).
+            // Boxed: a command's state lives only while it runs.
             if let Some(text) = Box::pin(dispatch::dispatch(gateway, state, request)).await {
                 reply(state, text).await;
             }

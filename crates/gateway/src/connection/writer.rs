@@ -112,8 +112,47 @@ pub(super) async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Sends one message unless `limit` passes first; true when it was sent. Boxed, so the
-/// writer's task is not sized for a send it makes once in a while.
+/// When a connection's next write may go out. A connection under sustained traffic (several
+/// writes in a row, each within `interval` of the last) writes at most once per `interval`,
+/// so its frames share writes; a frame for a quiet connection goes out at once.
+#[derive(Debug)]
+struct Coalescer {
+    interval: Duration,
+    last_write: Instant,
+    busy_streak: u32,
+}
+
+impl Coalescer {
+    /// A coalescer whose first write goes out at once.
+    fn new(interval: Duration, now: Instant) -> Self {
+        Self {
+            interval,
+            // As if the last write were long ago.
+            last_write: now.checked_sub(interval).unwrap_or(now),
+            busy_streak: 0,
+        }
+    }
+
+    /// Called when frames are ready at `now`: the instant to wait for before writing them,
+    /// or `None` to write at once.
+    fn hold_until(&mut self, now: Instant) -> Option<Instant> {
+        let next_write = self.last_write + self.interval;
+        if now < next_write {
+            self.busy_streak = self.busy_streak.saturating_add(1);
+        } else {
+            self.busy_streak = 0;
+        }
+        (self.busy_streak >= COALESCE_AFTER_STREAK && now < next_write).then_some(next_write)
+    }
+
+    /// Records a write that starts at `now`.
+    fn wrote(&mut self, now: Instant) {
+        self.last_write = now;
+    }
+}
+
+/// Sends one message unless `limit` passes first; true when it was sent. Boxed: a send made
+/// once in a while (`connection_tasks_stay_small`).
 async fn send_within<S: AsyncRead + AsyncWrite + Unpin>(
     limit: Duration,
     sink: &mut futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
