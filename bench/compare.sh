@@ -7,6 +7,7 @@
 #   bench/compare.sh                     # w1 w2 w3 w4 for every system (~10 min)
 #   bench/compare.sh w1 sweep            # selected workloads
 #   SYSTEMS="switchboard nats" bench/compare.sh w2
+#   SWITCHBOARD_BIN=/path/to/other/switchboard SYSTEMS=switchboard bench/compare.sh w1 w2
 #
 # Results: target/bench/<stamp>/results.jsonl (loadgen JSON lines), *.log, summary.md.
 set -euo pipefail
@@ -34,7 +35,8 @@ if [ ! -d "$PEERS/node_modules" ]; then
 fi
 LG="$PEERS/loadgen-target/release/loadgen"
 [ -x "$LG" ] || (cd "$PEERS_SRC/loadgen" && CARGO_TARGET_DIR="$PEERS/loadgen-target" cargo build --release --locked)
-(cd "$ROOT" && cargo build --release -p switchboard)
+[ -n "${SWITCHBOARD_BIN:-}" ] || (cd "$ROOT" && cargo build --release -p switchboard)
+SWITCHBOARD="${SWITCHBOARD_BIN:-$ROOT/target/release/switchboard}"
 ulimit -n "$(ulimit -Hn)"
 
 stop_all() { "$ROOT/bench/switchboard.sh" stop >/dev/null 2>&1 || true; "$PEERS/scripts/stop.sh" >/dev/null 2>&1 || true; }
@@ -90,7 +92,7 @@ for w in "${WORKLOADS[@]}"; do
         if [ "$system" = switchboard ]; then
           stop_all; start_system switchboard
           echo "== w4-churn (switchboard, pids $PIDS)"
-          "$ROOT/target/release/switchboard" bench --workload churn --duration 10 --churn-workers 16 \
+          "$SWITCHBOARD" bench --workload churn --duration 10 --churn-workers 16 \
             --url "$URLS" --password "${SWITCHBOARD_BENCH_PASSWORD:-bench}" --server-pids "$PIDS" \
             --json-out "$OUT/churn.jsonl" | tee "$OUT/w4-churn-switchboard.log" | sed 's/^/   /'
           stop_all

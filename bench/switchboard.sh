@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts or stops a Switchboard cluster on loopback for benchmarks: a private redis-server
 # (:6391), auth (:9101), registry (:9102), bus (:9103) and two gateways (ws :9010 and :9012,
-# SessionControl :9104 and :9105), all from target/release/switchboard.
+# SessionControl :9104 and :9105), all from target/release/switchboard (or $SWITCHBOARD_BIN, for
+# an A/B of two builds).
 #
 #   bench/switchboard.sh start      # prints nothing; PIDs in bench/run/*.pid, logs in bench/run/*.log
 #   bench/switchboard.sh pids       # comma-separated PIDs: gateways, auth, registry, bus, redis
@@ -9,7 +10,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 RUN="$ROOT/bench/run"
-BIN="$ROOT/target/release/switchboard"
+BIN="${SWITCHBOARD_BIN:-$ROOT/target/release/switchboard}"
 PASSWORD="${SWITCHBOARD_BENCH_PASSWORD:-bench}"
 REDIS_PORT=6391
 mkdir -p "$RUN"
