@@ -5,12 +5,16 @@
 //! subscription with that key appears, unsubscribing after the last one goes. Each message is
 //! handed to the gateway's [`Deliver`] sink, which routes it to local connections.
 //!
+//! A channel can also have a positioned stream ([`streams`]): its events then carry an epoch
+//! and a gap-free offset, and its last events can be read back.
+//!
 //! [`MemoryBroker`] serves single-process mode (`switchboard dev`); [`RedisBroker`] serves the
 //! scaled deployment, one Redis channel per subscription key.
 
 mod handoff;
 mod memory;
 mod redis_engine;
+pub mod streams;
 
 use std::sync::Arc;
 
@@ -19,6 +23,7 @@ use bytes::Bytes;
 pub use handoff::{HANDOFF_BYTES, HANDOFF_MESSAGES};
 pub use memory::MemoryBroker;
 pub use redis_engine::{RedisBroker, RedisSubscriber};
+pub use streams::{HISTORY_PAGE, History, StreamConfig, StreamTop};
 
 /// Why a broker operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +85,37 @@ impl Broker {
                 Ok(())
             }
             Self::Redis(redis) => redis.publish_batch(batch).await,
+        }
+    }
+
+    /// Opens the stream of `channel` (a new epoch when it has none, or had one that expired),
+    /// or keeps it alive for another `history_ttl`.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the engine cannot be reached.
+    pub async fn open_stream(&self, channel: &str) -> Result<StreamTop, BrokerError> {
+        match self {
+            Self::Memory(memory) => Ok(memory.open_stream(channel)),
+            Self::Redis(redis) => redis.open_stream(channel).await,
+        }
+    }
+
+    /// A page of at most `page` events of `channel`'s stream after offset `after` of
+    /// `epoch`, if the history holds every event after it and there are at most `max`.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the engine cannot be reached.
+    pub async fn read_history(
+        &self,
+        channel: &str,
+        epoch: &str,
+        after: u64,
+        max: u64,
+        page: usize,
+    ) -> Result<History, BrokerError> {
+        match self {
+            Self::Memory(memory) => Ok(memory.read_history(channel, epoch, after, max, page)),
+            Self::Redis(redis) => redis.read_history(channel, epoch, after, max, page).await,
         }
     }
 

@@ -1,25 +1,42 @@
 //! The in-process engine.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use switchboard_sync::Lock;
+use tokio::time::Instant;
 
 use crate::Deliver;
+use crate::streams::{History, StreamConfig, StreamTop, positioned_payload, stream_name};
 
 type SinkList = Vec<(u64, Arc<dyn Deliver>)>;
 
-/// An in-process broker: channel → subscribed sinks.
+/// One positioned stream of the in-process engine.
+#[derive(Debug)]
+struct MemoryStream {
+    name: String,
+    epoch: String,
+    top: u64,
+    /// The last events: `(offset, payload without position)`.
+    history: VecDeque<(u64, Bytes)>,
+    expires: Instant,
+}
+
+/// An in-process broker: channel → subscribed sinks, and channel → positioned stream.
 ///
-/// The map sits behind a std mutex: it is held only to copy a channel's sinks or to edit the
-/// map, never across `.await` or while delivering.
+/// The sink map sits behind a std mutex held only to copy a channel's sinks or to edit the
+/// map, never across `.await` or while delivering. The stream map is held across the delivery
+/// of a positioned event, so offsets reach every sink in order.
 #[derive(Clone, Default)]
 pub struct MemoryBroker {
     channels: Arc<Mutex<HashMap<String, SinkList>>>,
+    streams: Arc<Mutex<HashMap<String, MemoryStream>>>,
+    config: StreamConfig,
     next_subscriber_id: Arc<AtomicU64>,
+    next_epoch: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for MemoryBroker {
@@ -34,18 +51,111 @@ impl MemoryBroker {
         Self::default()
     }
 
+    /// Sets how long streams live and how much they keep.
+    pub fn with_streams(mut self, config: StreamConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    fn sinks(&self, channel: &str) -> Option<SinkList> {
+        self.channels.locked().get(channel).cloned()
+    }
+
     pub(crate) fn publish(&self, channels: &[String], payload: &Bytes) {
         for channel in channels {
-            let sinks: SinkList = {
-                let map = self.channels.locked();
-                match map.get(channel) {
-                    Some(sinks) => sinks.clone(),
-                    None => continue,
+            let mut streams = self.streams.locked();
+            let now = Instant::now();
+            if let Some(stream) = streams
+                .get_mut(channel.as_str())
+                .filter(|stream| stream.expires > now)
+            {
+                stream.top += 1;
+                stream.history.push_back((stream.top, payload.clone()));
+                while stream.history.len() > self.config.history_size {
+                    stream.history.pop_front();
                 }
-            };
-            for (_, sink) in sinks {
+                stream.expires = now + self.config.history_ttl;
+                let positioned =
+                    positioned_payload(payload, &stream.name, &stream.epoch, stream.top);
+                for (_, sink) in self.sinks(channel).unwrap_or_default() {
+                    sink.deliver(channel, &positioned);
+                }
+                continue;
+            }
+            drop(streams);
+            for (_, sink) in self.sinks(channel).unwrap_or_default() {
                 sink.deliver(channel, payload);
             }
+        }
+    }
+
+    /// Opens (or keeps alive) the stream of `channel`; a new epoch when it had none.
+    pub(crate) fn open_stream(&self, channel: &str) -> StreamTop {
+        let mut streams = self.streams.locked();
+        let now = Instant::now();
+        let expires = now + self.config.history_ttl;
+        let fresh = || MemoryStream {
+            name: stream_name(channel),
+            epoch: format!(
+                "m{:x}-{}",
+                std::process::id(),
+                self.next_epoch.fetch_add(1, Ordering::Relaxed) + 1
+            ),
+            top: 0,
+            history: VecDeque::new(),
+            expires,
+        };
+        let stream = streams.entry(channel.to_owned()).or_insert_with(fresh);
+        if stream.expires <= now {
+            *stream = fresh();
+        }
+        stream.expires = expires;
+        StreamTop {
+            stream: stream.name.clone(),
+            epoch: stream.epoch.clone(),
+            offset: stream.top,
+        }
+    }
+
+    /// A page of the events of `channel`'s stream after `after` in `epoch`.
+    pub(crate) fn read_history(
+        &self,
+        channel: &str,
+        epoch: &str,
+        after: u64,
+        max: u64,
+        page: usize,
+    ) -> History {
+        let streams = self.streams.locked();
+        let Some(stream) = streams
+            .get(channel)
+            .filter(|stream| stream.expires > Instant::now() && stream.epoch == epoch)
+        else {
+            return History::Unrecoverable;
+        };
+        if after > stream.top || stream.top - after > max {
+            return History::Unrecoverable;
+        }
+        let want = page
+            .max(1)
+            .min(usize::try_from(stream.top - after).unwrap_or(usize::MAX));
+        let events: Vec<(u64, Bytes)> = stream
+            .history
+            .iter()
+            .filter(|(offset, _)| *offset > after)
+            .take(want)
+            .cloned()
+            .collect();
+        if events.len() != want
+            || events
+                .first()
+                .is_some_and(|(offset, _)| *offset != after + 1)
+        {
+            return History::Unrecoverable;
+        }
+        History::Complete {
+            top: stream.top,
+            events,
         }
     }
 

@@ -15,6 +15,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::handoff::Handoff;
+use crate::streams::{History, StreamConfig, StreamTop};
 use crate::{BrokerError, Deliver};
 
 /// How long one Redis operation may take before it counts as unavailable.
@@ -22,22 +23,75 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(2);
 /// First and longest wait between reconnection attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// Publishes a batch laid out in ARGV as, per event: channel count, payload, channels.
-/// Channels are arguments rather than keys: pub/sub channels are not keys, and a sharded
-/// deployment would use SPUBLISH per shard instead.
-const PUBLISH_BATCH: &str = r"
-local i = 1
+/// Publishes a batch laid out in ARGV as history size, history TTL in ms, then per event:
+/// channel count, payload, channels. A channel with a stream (its meta hash exists) takes the
+/// next offset, keeps the event in its history and is published with its position; any other
+/// channel gets a plain PUBLISH. One script call, so offsets have no gaps and a stream's events
+/// are published in offset order. Channels are arguments rather than keys: pub/sub channels
+/// are not keys, and a sharded deployment would publish per shard instead.
+const PUBLISH_BATCH: &str = r#"
+local size = ARGV[1]
+local ttl = ARGV[2]
+local i = 3
 while i <= #ARGV do
   local count = tonumber(ARGV[i])
   local payload = ARGV[i + 1]
-  for c = 1, count do redis.call('PUBLISH', ARGV[i + 1 + c], payload) end
+  for c = 1, count do
+    local channel = ARGV[i + 1 + c]
+    local meta = 'sb:pos:' .. channel
+    local found = redis.call('HMGET', meta, 'epoch', 'name')
+    if found[1] then
+      local offset = redis.call('HINCRBY', meta, 'top', 1)
+      local history = 'sb:hist:' .. channel
+      redis.call('XADD', history, 'MAXLEN', size, offset .. '-1', 'p', payload)
+      redis.call('PEXPIRE', meta, ttl)
+      redis.call('PEXPIRE', history, ttl)
+      redis.call('PUBLISH', channel, '{"pos":{"stream":"' .. found[2] .. '","epoch":"' ..
+        found[1] .. '","offset":' .. offset .. '},' .. string.sub(payload, 2))
+    else
+      redis.call('PUBLISH', channel, payload)
+    end
+  end
   i = i + 2 + count
 end
 return 0
+"#;
+/// Opens (or keeps alive) the stream of ARGV[1] with TTL ARGV[2] ms; a stream without meta
+/// gets a new epoch (time and a counter, so one never repeats) and an empty history. Returns
+/// name, epoch, top.
+const OPEN_STREAM: &str = r"
+local meta = 'sb:pos:' .. ARGV[1]
+local history = 'sb:hist:' .. ARGV[1]
+local found = redis.call('HMGET', meta, 'epoch', 'name', 'top')
+if not found[1] then
+  local now = redis.call('TIME')
+  local n = redis.call('INCR', 'sb:epochs')
+  found = {now[1] .. string.format('%06d', tonumber(now[2])) .. '-' .. n, redis.sha1hex(ARGV[1]), '0'}
+  redis.call('DEL', history)
+  redis.call('HSET', meta, 'epoch', found[1], 'name', found[2], 'top', 0)
+end
+redis.call('PEXPIRE', meta, ARGV[2])
+redis.call('PEXPIRE', history, ARGV[2])
+return {found[2], found[1], found[3]}
 ";
-/// Batches of at least this many events are published by one script call, smaller ones by
-/// a pipeline of PUBLISH commands.
-const SCRIPT_MIN_BATCH: usize = 8;
+/// Reads the history of ARGV[1] after offset ARGV[3] in epoch ARGV[2] (unrecoverable past
+/// ARGV[4] events), a page of at most ARGV[5]. Returns {0} when unrecoverable, else
+/// {1, top, payload...} with the page's events after the offset, in order.
+const READ_HISTORY: &str = r"
+local meta = 'sb:pos:' .. ARGV[1]
+local found = redis.call('HMGET', meta, 'epoch', 'top')
+if not found[1] or found[1] ~= ARGV[2] then return {0} end
+local top = tonumber(found[2])
+local after = tonumber(ARGV[3])
+if after > top or top - after > tonumber(ARGV[4]) then return {0} end
+local reply = {1, top}
+if after == top then return reply end
+local want = math.min(top - after, tonumber(ARGV[5]))
+local entries = redis.call('XRANGE', 'sb:hist:' .. ARGV[1], (after + 1) .. '-1', '+', 'COUNT', want)
+if #entries ~= want or entries[1][1] ~= (after + 1) .. '-1' then return {0} end
+for _, entry in ipairs(entries) do reply[#reply + 1] = entry[2][2] end
+return reply
+";
 /// How often an idle pub/sub connection is checked with a PING.
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// Channels per SUBSCRIBE when re-subscribing after a reconnection.
@@ -55,6 +109,9 @@ pub struct RedisBroker {
     health_check_interval: Duration,
     reconnections: Arc<AtomicU64>,
     publish_script: redis::Script,
+    open_script: redis::Script,
+    history_script: redis::Script,
+    streams: StreamConfig,
 }
 
 impl fmt::Debug for RedisBroker {
@@ -85,7 +142,80 @@ impl RedisBroker {
             health_check_interval: HEALTH_CHECK_INTERVAL,
             reconnections: Arc::new(AtomicU64::new(0)),
             publish_script: redis::Script::new(PUBLISH_BATCH),
+            open_script: redis::Script::new(OPEN_STREAM),
+            history_script: redis::Script::new(READ_HISTORY),
+            streams: StreamConfig::default(),
         })
+    }
+
+    /// Sets how long streams live and how much they keep.
+    pub fn with_streams(mut self, config: StreamConfig) -> Self {
+        self.streams = config;
+        self
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        u64::try_from(self.streams.history_ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    /// Opens (or keeps alive) the stream of `channel`.
+    pub(crate) async fn open_stream(&self, channel: &str) -> Result<StreamTop, BrokerError> {
+        let mut connection = self.publisher.clone();
+        let mut invocation = self.open_script.prepare_invoke();
+        invocation.arg(channel).arg(self.ttl_ms());
+        let (stream, epoch, offset): (String, String, u64) =
+            tokio::time::timeout(OPERATION_TIMEOUT, invocation.invoke_async(&mut connection))
+                .await
+                .map_err(|_| unavailable("redis open stream timed out"))?
+                .map_err(unavailable)?;
+        Ok(StreamTop {
+            stream,
+            epoch,
+            offset,
+        })
+    }
+
+    /// Reads a page of the history of `channel` after `after` in `epoch`.
+    pub(crate) async fn read_history(
+        &self,
+        channel: &str,
+        epoch: &str,
+        after: u64,
+        max: u64,
+        page: usize,
+    ) -> Result<History, BrokerError> {
+        let mut connection = self.publisher.clone();
+        let mut invocation = self.history_script.prepare_invoke();
+        invocation
+            .arg(channel)
+            .arg(epoch)
+            .arg(after)
+            .arg(max)
+            .arg(page.max(1));
+        let reply: Vec<redis::Value> =
+            tokio::time::timeout(OPERATION_TIMEOUT, invocation.invoke_async(&mut connection))
+                .await
+                .map_err(|_| unavailable("redis history read timed out"))?
+                .map_err(unavailable)?;
+        let mut values = reply.into_iter();
+        let recoverable = matches!(values.next(), Some(redis::Value::Int(1)));
+        let top = match values.next() {
+            Some(redis::Value::Int(top)) => u64::try_from(top).unwrap_or(0),
+            _ => return Ok(History::Unrecoverable),
+        };
+        if !recoverable {
+            return Ok(History::Unrecoverable);
+        }
+        let mut events = Vec::with_capacity(page.min(usize::try_from(top - after).unwrap_or(0)));
+        for (offset, value) in (after + 1..).zip(values) {
+            match value {
+                redis::Value::BulkString(payload) => events.push((offset, Bytes::from(payload))),
+                _ => return Err(unavailable("unexpected history entry")),
+            }
+        }
+        Ok(History::Complete { top, events })
     }
 
     /// Sets how often an idle subscriber connection is checked with a PING.
@@ -108,32 +238,15 @@ impl RedisBroker {
             .await
     }
 
-    /// Publishes every event of `batch` in one pipeline: one round trip, order kept.
-    ///
-    /// One script call publishes the whole batch: Redis parses one command instead of one
-    /// PUBLISH per channel, which is most of its cost per event.
+    /// Publishes every event of `batch` in one script call: one round trip, order kept, and
+    /// the positions of streams' events assigned in the same step.
     pub(crate) async fn publish_batch(
         &self,
         batch: &[(Vec<String>, Bytes)],
     ) -> Result<(), BrokerError> {
         let mut connection = self.publisher.clone();
-        if batch.len() < SCRIPT_MIN_BATCH {
-            // A script call costs more than it saves for a handful of events.
-            let mut pipe = redis::pipe();
-            for (channels, payload) in batch {
-                for channel in channels {
-                    pipe.publish(channel, payload.as_ref()).ignore();
-                }
-            }
-            return tokio::time::timeout(
-                OPERATION_TIMEOUT,
-                pipe.query_async::<()>(&mut connection),
-            )
-            .await
-            .map_err(|_| unavailable("redis publish timed out"))?
-            .map_err(unavailable);
-        }
         let mut invocation = self.publish_script.prepare_invoke();
+        invocation.arg(self.streams.history_size).arg(self.ttl_ms());
         for (channels, payload) in batch {
             invocation.arg(channels.len()).arg(payload.as_ref());
             for channel in channels {

@@ -6,7 +6,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use switchboard_broker::{Broker, BrokerError, Deliver, MemoryBroker, RedisBroker};
+use switchboard_broker::{
+    Broker, BrokerError, Deliver, History, MemoryBroker, RedisBroker, StreamConfig,
+};
 use switchboard_test_support::RedisServer;
 
 #[derive(Default)]
@@ -324,4 +326,139 @@ async fn redis_left_channels_are_unsubscribed_together() {
         unsubscribes < 20,
         "99 channels left one by one went out in {unsubscribes} UNSUBSCRIBE commands"
     );
+}
+
+/// Positioned streams: plain before opening; gap-free offsets after; history read in pages;
+/// trimmed, beyond-the-top, too-many and other-epoch reads are unrecoverable.
+async fn streams_suite(broker: Broker) {
+    let recorder = Arc::new(Recorder::default());
+    let sub = broker.subscriber(recorder.clone());
+    sub.subscribe("s").await.expect("subscribe");
+    let event = |n: u64| Bytes::from(format!("{{\"class\":\"c\",\"body\":{{\"n\":{n}}}}}"));
+    broker
+        .publish(&["s".into()], event(0))
+        .await
+        .expect("publish");
+    assert_eq!(
+        recorder.wait_for(1).await[0].1,
+        event(0),
+        "no stream: plain"
+    );
+
+    let top = broker.open_stream("s").await.expect("open");
+    assert_eq!(top.offset, 0);
+    assert_eq!(top.stream.len(), 40);
+    assert_eq!(
+        broker.open_stream("s").await.expect("open").epoch,
+        top.epoch
+    );
+    for n in 1..=5 {
+        broker
+            .publish(&["s".into()], event(n))
+            .await
+            .expect("publish");
+    }
+    let got = recorder.wait_for(5).await;
+    for (n, (_, payload)) in (1..=5_u64).zip(&got) {
+        let value: serde_json::Value = serde_json::from_slice(payload).expect("JSON");
+        assert_eq!(value["pos"]["offset"], n, "{value}");
+        assert_eq!(value["pos"]["epoch"], top.epoch.as_str());
+        assert_eq!(value["pos"]["stream"], top.stream.as_str());
+        assert_eq!(value["body"]["n"], n);
+    }
+    let read =
+        |after: u64, max: u64, page: usize| broker.read_history("s", &top.epoch, after, max, page);
+    let offsets = |history: History| match history {
+        History::Complete { top, events } => Some((
+            top,
+            events
+                .into_iter()
+                .map(|(offset, _)| offset)
+                .collect::<Vec<_>>(),
+        )),
+        History::Unrecoverable => None,
+    };
+    // history_size 3 keeps offsets 3, 4, 5.
+    assert_eq!(
+        offsets(read(2, 100, 100).await.expect("read")),
+        Some((5, vec![3, 4, 5]))
+    );
+    assert_eq!(
+        offsets(read(2, 100, 2).await.expect("read")),
+        Some((5, vec![3, 4])),
+        "a page"
+    );
+    assert_eq!(
+        offsets(read(5, 100, 100).await.expect("read")),
+        Some((5, vec![]))
+    );
+    assert_eq!(
+        offsets(read(1, 100, 100).await.expect("read")),
+        None,
+        "trimmed"
+    );
+    assert_eq!(
+        offsets(read(6, 100, 100).await.expect("read")),
+        None,
+        "beyond the top"
+    );
+    assert_eq!(
+        offsets(read(3, 1, 100).await.expect("read")),
+        None,
+        "more than max"
+    );
+    let other = broker.read_history("s", "another-epoch", 3, 100, 100).await;
+    assert_eq!(offsets(other.expect("read")), None, "another epoch");
+    if let History::Complete { events, .. } = read(4, 100, 100).await.expect("read") {
+        assert_eq!(
+            events[0].1,
+            event(5),
+            "the history keeps the payload without position"
+        );
+    }
+}
+
+fn small_streams() -> StreamConfig {
+    StreamConfig {
+        history_size: 3,
+        history_ttl: Duration::from_secs(60),
+    }
+}
+
+#[tokio::test]
+async fn memory_streams() {
+    streams_suite(Broker::Memory(
+        MemoryBroker::new().with_streams(small_streams()),
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn redis_streams_and_a_lost_stream_gets_a_new_epoch() {
+    let redis = RedisServer::start();
+    let broker = Broker::Redis(Box::new(
+        RedisBroker::connect(&redis.url())
+            .await
+            .expect("url")
+            .with_streams(small_streams()),
+    ));
+    streams_suite(broker.clone()).await;
+    let before = broker.open_stream("s").await.expect("open");
+    let mut connection = redis_connection(&redis).await;
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg("sb:pos:s")
+        .query_async(&mut connection)
+        .await
+        .expect("pttl");
+    assert!(ttl > 0 && ttl <= 60_000, "the stream expires: {ttl}");
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut connection)
+        .await
+        .expect("flush");
+    let after = broker.open_stream("s").await.expect("open");
+    assert_ne!(
+        after.epoch, before.epoch,
+        "a lost stream starts a new epoch"
+    );
+    assert_eq!(after.offset, 0);
 }
