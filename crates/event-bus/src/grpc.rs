@@ -1,14 +1,18 @@
 //! The tonic adapter of the bus: `Publish`, `PublishBatch` and `PublishStream` over the
-//! publish path, and the server.
+//! publish path, `OpenStreams` and `ReadHistory` over the broker's positioned streams, and the
+//! server.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use switchboard_broker::{Broker, BrokerError};
+use switchboard_broker::{Broker, BrokerError, HISTORY_PAGE, History};
 use switchboard_proto::internal::InternalSecret;
 use switchboard_proto::v1::event_bus_server::{EventBus, EventBusServer};
-use switchboard_proto::v1::{PublishBatchReply, PublishBatchRequest, PublishReply, PublishRequest};
+use switchboard_proto::v1::{
+    OpenStreamsReply, OpenStreamsRequest, PublishBatchReply, PublishBatchRequest, PublishReply,
+    PublishRequest, ReadHistoryReply, ReadHistoryRequest, StreamPosition,
+};
 use switchboard_protocol::policy::Policy;
 use switchboard_publish::{Refusal, published};
 use tokio::net::TcpListener;
@@ -20,6 +24,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 /// Replies buffered towards a publishing stream's client.
 const STREAM_REPLIES: usize = 16;
+/// Most channels one `OpenStreams` call may name.
+pub const MAX_OPEN_STREAMS: usize = 1000;
 
 /// The tonic service publishing into a broker.
 #[derive(Debug, Clone)]
@@ -96,6 +102,65 @@ impl EventBus for GrpcEventBus {
     ) -> Result<Response<PublishBatchReply>, Status> {
         let reply = publish_batch(&self.broker, &self.policy, request.into_inner()).await?;
         Ok(Response::new(reply))
+    }
+
+    async fn open_streams(
+        &self,
+        request: Request<OpenStreamsRequest>,
+    ) -> Result<Response<OpenStreamsReply>, Status> {
+        let channels = request.into_inner().channels;
+        if channels.len() > MAX_OPEN_STREAMS {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_OPEN_STREAMS} channels per call"
+            )));
+        }
+        let mut streams = Vec::with_capacity(channels.len());
+        for channel in &channels {
+            let top = self
+                .broker
+                .open_stream(channel)
+                .await
+                .map_err(|error| broker_unavailable(&error))?;
+            streams.push(StreamPosition {
+                stream: top.stream,
+                epoch: top.epoch,
+                offset: top.offset,
+            });
+        }
+        Ok(Response::new(OpenStreamsReply { streams }))
+    }
+
+    async fn read_history(
+        &self,
+        request: Request<ReadHistoryRequest>,
+    ) -> Result<Response<ReadHistoryReply>, Status> {
+        let request = request.into_inner();
+        let page = match usize::try_from(request.page) {
+            Ok(0) | Err(_) => HISTORY_PAGE,
+            Ok(page) => page.min(HISTORY_PAGE),
+        };
+        let history = self
+            .broker
+            .read_history(
+                &request.channel,
+                &request.epoch,
+                request.after,
+                request.max,
+                page,
+            )
+            .await
+            .map_err(|error| broker_unavailable(&error))?;
+        Ok(Response::new(match history {
+            History::Unrecoverable => ReadHistoryReply::default(),
+            History::Complete { top, events } => ReadHistoryReply {
+                recoverable: true,
+                top,
+                payloads: events
+                    .into_iter()
+                    .map(|(_, payload)| payload.to_vec())
+                    .collect(),
+            },
+        }))
     }
 
     type PublishStreamStream =
