@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use switchboard_proto::MAX_MESSAGE_BYTES;
 use switchboard_proto::calls::CallStream;
 use switchboard_proto::internal::{InternalSecret, SecuredChannel};
@@ -11,11 +12,16 @@ use switchboard_proto::v1::auth_client::AuthClient;
 use switchboard_proto::v1::event_bus_client::EventBusClient;
 use switchboard_proto::v1::session_control_client::SessionControlClient;
 use switchboard_proto::v1::session_registry_client::SessionRegistryClient;
-use switchboard_proto::v1::{LoginAnswer, LoginCall, RegisterAnswer, RegisterCall};
+use switchboard_proto::v1::{
+    LoginAnswer, LoginCall, OpenStreamsRequest, ReadHistoryRequest, RegisterAnswer, RegisterCall,
+    StreamPosition,
+};
 use switchboard_protocol::{ApiError, ErrorCode};
 use switchboard_sync::Lock;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
+
+use crate::positioned::{HistoryPage, HistorySource};
 
 /// Most SessionControl clients (one per other gateway) kept for reuse.
 pub const MAX_CONTROL_CLIENTS: usize = 256;
@@ -168,5 +174,54 @@ pub fn status_to_api_error(status: &Status, service: &str) -> ApiError {
                 format!("internal error, reference {reference}"),
             )
         }
+    }
+}
+
+impl Services {
+    /// Opens (or keeps alive) the positioned streams of `channels`, one position each.
+    ///
+    /// # Errors
+    /// `unavailable` when the bus cannot be reached.
+    pub async fn open_streams(
+        &self,
+        channels: Vec<String>,
+    ) -> Result<Vec<StreamPosition>, ApiError> {
+        let mut bus = self.bus.clone();
+        let reply = bus
+            .open_streams(self.request(OpenStreamsRequest { channels }))
+            .await
+            .map_err(|status| status_to_api_error(&status, "event bus"))?;
+        Ok(reply.into_inner().streams)
+    }
+}
+
+impl HistorySource for Services {
+    fn read(
+        &self,
+        channel: String,
+        epoch: String,
+        after: u64,
+        max: u64,
+    ) -> BoxFuture<'static, Result<HistoryPage, ApiError>> {
+        let mut bus = self.bus.clone();
+        let request = self.request(ReadHistoryRequest {
+            channel,
+            epoch,
+            after,
+            max,
+            page: 0,
+        });
+        Box::pin(async move {
+            let reply = bus
+                .read_history(request)
+                .await
+                .map_err(|status| status_to_api_error(&status, "event bus"))?
+                .into_inner();
+            Ok(HistoryPage {
+                recoverable: reply.recoverable,
+                top: reply.top,
+                payloads: reply.payloads,
+            })
+        })
     }
 }

@@ -52,6 +52,9 @@ pub const DEFAULT_BUS_URL: &str = "http://127.0.0.1:9103";
 /// Default shortest time between two socket writes of one connection: none.
 pub const DEFAULT_WRITE_COALESCE: Duration = Duration::ZERO;
 
+/// Default most events a positioned subscribe recovers (PROTOCOL.md §10).
+pub const DEFAULT_MAX_RECOVER: u64 = 300;
+
 /// Default interval of heartbeats to the registry.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// Default number of `session cmd` a connection may have waiting at once.
@@ -155,9 +158,14 @@ pub struct Config {
     /// Take the client's address (session `remote`, login throttling) from the last
     /// `X-Forwarded-For` entry of the handshake; only behind a proxy that sets it.
     pub trust_forwarded_for: bool,
-    /// Send `send_event`s to the event bus over gRPC instead of publishing them into the
-    /// broker directly (with the same validation and policy as the bus).
+    /// Send `send_event`s to the event bus over gRPC (the default) rather than publish them
+    /// into the broker directly (with the same validation, policy and positions as the bus).
     pub publish_via_bus: bool,
+    /// Most events a positioned subscribe recovers; more missed is `recovered: false`.
+    pub max_recover: u64,
+    /// How long a positioned stream outlives its last use: the gateway keeps the streams of
+    /// its positioned subscriptions alive at a third of it.
+    pub history_ttl: Duration,
 }
 
 /// Every default, a fresh gateway id, no SessionControl address yet (the embedder fills it
@@ -195,7 +203,9 @@ impl Default for Config {
             max_frames_per_second: DEFAULT_MAX_FRAMES_PER_SECOND,
             tls: None,
             trust_forwarded_for: false,
-            publish_via_bus: false,
+            publish_via_bus: true,
+            max_recover: DEFAULT_MAX_RECOVER,
+            history_ttl: switchboard_broker::streams::DEFAULT_HISTORY_TTL,
         }
     }
 }

@@ -80,7 +80,8 @@ pub(crate) async fn dispatch(
         ("session", "log") => commands::session::log(gateway, state, &identity, &request.data),
         ("session" | "core", "ping") => Ok(commands::session::ping()),
         ("event", "subscribe") => {
-            commands::event::subscribe(gateway, state, &identity, &request.data).await
+            return commands::event::subscribe(gateway, state, &identity, &tid, &request.data)
+                .await;
         }
         ("event", "unsubscribe") => {
             commands::event::unsubscribe(gateway, state, &request.data).await

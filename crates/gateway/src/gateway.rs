@@ -33,6 +33,18 @@ const UNREGISTER_LINGER: Duration = Duration::from_millis(5);
 /// Session `type` of WebSocket clients (PROTOCOL.md §4).
 pub const SESSION_TYPE: &str = "api_server";
 
+impl Gateway {
+    /// Where positioned subscriptions read streams' history: the bus.
+    pub(crate) fn history(&self) -> &dyn crate::positioned::HistorySource {
+        &self.services
+    }
+
+    /// [`Gateway::history`], shared with a task.
+    pub(crate) fn history_source(&self) -> Arc<dyn crate::positioned::HistorySource> {
+        Arc::new(self.services.clone())
+    }
+}
+
 /// Everything a connection task or the SessionControl service needs.
 #[derive(Debug)]
 pub struct Gateway {

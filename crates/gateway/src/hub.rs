@@ -209,6 +209,7 @@ mod tests {
                     let subscription = Subscription {
                         channel: Arc::clone(&channel),
                         body: empty_body(),
+                        positioned: None,
                     };
                     hub.routes
                         .add(&[subscription], session)

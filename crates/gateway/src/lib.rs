@@ -4,9 +4,10 @@
 //!
 //! Calls `Auth` (login) and `SessionRegistry` (register, list, get, lookup, heartbeat,
 //! reconcile) over
-//! gRPC; publishes events into the broker through the event bus's code (or to `EventBus` over
-//! gRPC with `publish_via_bus`); subscribes broker channels for its local subscriptions;
-//! serves `SessionControl` (stop, cmd) to other replicas and backends.
+//! gRPC; sends events to `EventBus` over gRPC (or, without `publish_via_bus`, publishes them
+//! into the broker through the bus's code) and opens positioned streams and reads their
+//! history there; subscribes broker channels for its local subscriptions; serves
+//! `SessionControl` (stop, cmd) to other replicas and backends.
 //!
 //! # Layout
 //! - [`server`]: [`build`] and [`serve`]: accept loop, SessionControl server, drain.
@@ -43,6 +44,7 @@ pub mod hub;
 pub mod liveness;
 pub mod metrics;
 pub mod outbound;
+pub mod positioned;
 pub mod prelogin;
 pub mod publisher;
 mod reply;

@@ -31,6 +31,9 @@ pub enum Outbound {
     Text(String),
     /// An event's `data` object, shared between subscribers; the writer adds the tid.
     Event(Arc<str>),
+    /// An event of a positioned subscription: its `data` and its `pos` object (PROTOCOL.md
+    /// §10), each shared between subscribers.
+    Positioned(Arc<str>, Arc<str>),
     /// Close the connection with this code and reason after the frames before it.
     Close(u16, String),
 }
@@ -42,6 +45,7 @@ impl Outbound {
         match self {
             Self::Text(text) => text.len(),
             Self::Event(data) => data.len() + 64,
+            Self::Positioned(data, pos) => data.len() + pos.len() + 72,
             Self::Close(_, reason) => reason.len() + 2,
         }
     }

@@ -2,10 +2,9 @@
 //! which publishes everything queued so far as one batch (one Redis round trip) and answers
 //! each request when its batch is done.
 //!
-//! A batch goes straight into the broker the gateway already holds, through the publish path
-//! the bus service runs too (`switchboard_publish::publish_batch`: the same validation and
-//! policy): one hop and one process fewer per event than a round trip through the bus service. With `publish_via_bus` it goes to
-//! the bus over a long-lived `PublishStream` instead.
+//! A batch goes to the event bus over a long-lived `PublishStream` (`publish_via_bus`, the
+//! default), or straight into the broker the gateway holds, through the publish path the bus
+//! runs (`switchboard_publish::publish_batch`: the same validation, policy and positions).
 //!
 //! A connection does not wait for its publish to complete before reading its next request,
 //! yet its events keep their order: one batch is in flight at a time and a batch keeps the

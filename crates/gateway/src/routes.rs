@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
@@ -14,15 +14,17 @@ use switchboard_protocol::event::EventKey;
 use switchboard_protocol::event::EventMessage;
 use switchboard_sync::Lock;
 
+use crate::positioned::{HistorySource, Positioned, repair};
 use crate::session::SessionHandle;
 
 /// One subscription of a connection: its broker channel, which encodes its key
-/// ([`EventKey::from_channel`] reads it back), and its body. The channel text is shared with
-/// the route index.
+/// ([`EventKey::from_channel`] reads it back), its body, and for a positioned subscription
+/// its delivery flow. The channel text is shared with the route index.
 #[derive(Debug, Clone)]
 pub(crate) struct Subscription {
     pub(crate) channel: Arc<str>,
     pub(crate) body: Arc<Map<String, Value>>,
+    pub(crate) positioned: Option<Arc<Positioned>>,
 }
 
 /// The body of every subscription without one, shared.
@@ -36,6 +38,7 @@ pub(crate) fn empty_body() -> Arc<Map<String, Value>> {
 struct Route {
     session: Arc<SessionHandle>,
     body: Arc<Map<String, Value>>,
+    positioned: Option<Arc<Positioned>>,
 }
 
 /// The local subscribers of one channel, by connection id. Most channels have exactly one (a
@@ -112,6 +115,9 @@ pub struct RouteTable {
     unconfirmed: Mutex<HashMap<Arc<str>, u64>>,
     next_subscribe: AtomicU64,
     subscriber: tokio::sync::Mutex<Subscriber>,
+    /// Where positioned subscriptions' gaps are read back from; set once the gateway's
+    /// services exist.
+    history: OnceLock<Arc<dyn HistorySource>>,
 }
 
 impl RouteTable {
@@ -122,7 +128,28 @@ impl RouteTable {
             unconfirmed: Mutex::new(HashMap::new()),
             next_subscribe: AtomicU64::new(1),
             subscriber: tokio::sync::Mutex::new(subscriber),
+            history: OnceLock::new(),
         }
+    }
+
+    /// Sets where gaps of positioned subscriptions are read back from.
+    pub(crate) fn set_history(&self, source: Arc<dyn HistorySource>) {
+        let _ = self.history.set(source);
+    }
+
+    /// The channels with at least one positioned subscription here: their streams must be
+    /// kept alive.
+    pub(crate) fn positioned_channels(&self) -> Vec<String> {
+        let index = self.index();
+        index
+            .iter()
+            .filter(|(_, routes)| {
+                let mut positioned = false;
+                routes.for_each(|route| positioned |= route.positioned.is_some());
+                positioned
+            })
+            .map(|(channel, _)| channel.to_string())
+            .collect()
     }
 
     fn index(&self) -> MutexGuard<'_, RouteIndex> {
@@ -157,6 +184,7 @@ impl RouteTable {
                     let route = Route {
                         session: Arc::clone(session),
                         body: Arc::clone(&subscription.body),
+                        positioned: subscription.positioned.clone(),
                     };
                     match index.get_mut(channel) {
                         Some(routes) => {
@@ -249,6 +277,7 @@ impl RouteTable {
         // Frames for an empty subscription body only differ by the subscriber's service.
         let mut shared_same_service: Option<Arc<str>> = None;
         let mut shared_other_service: Option<Arc<str>> = None;
+        let pos_json: Option<Arc<str>> = event.pos.as_ref().map(|pos| Arc::from(pos.to_json()));
         let routes = self.index();
         let Some(entry) = routes.get(channel) else {
             return;
@@ -267,7 +296,19 @@ impl RouteTable {
             } else {
                 Arc::from(event.frame_data(&route.body, &session.service).to_string())
             };
-            session.push_event(data);
+            let Some(positioned) = &route.positioned else {
+                session.push_event(data);
+                return;
+            };
+            let pos = event.pos.as_ref().zip(pos_json.as_ref());
+            if let Some(gap) = positioned.offer(data, pos) {
+                match self.history.get() {
+                    Some(source) => {
+                        tokio::spawn(repair(Arc::clone(positioned), Arc::clone(source), gap));
+                    }
+                    None => tracing::error!("no history source for a positioned subscription"),
+                }
+            }
         });
     }
 
@@ -284,6 +325,7 @@ mod tests {
 
     fn route(conn_id: u64) -> Route {
         Route {
+            positioned: None,
             session: Arc::new(SessionHandle::new(
                 conn_id,
                 String::new(),

@@ -47,8 +47,10 @@ pub fn build(
         config.rpc_timeout,
         &secret,
     )?;
+    let hub = Hub::new(broker);
+    hub.routes.set_history(Arc::new(services.clone()));
     Ok(Arc::new(Gateway {
-        hub: Hub::new(broker),
+        hub,
         unregistrations: start_unregistrations(services.clone(), config.gateway_id.clone()),
         prelogin: Arc::default(),
         publisher: Publisher::start(if config.publish_via_bus {
@@ -125,6 +127,7 @@ pub async fn serve(
     // the loop is aborted once the drain is over.
     let heartbeat = tokio::spawn(crate::liveness::heartbeat_loop(Arc::clone(&gateway)));
     let watchdog = tokio::spawn(write_watchdog(Arc::clone(&gateway), shutdown.clone()));
+    let streams = tokio::spawn(keep_streams_alive(Arc::clone(&gateway)));
     let tracker = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(gateway.config.max_connections));
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
@@ -183,6 +186,7 @@ pub async fn serve(
     }
     heartbeat.abort();
     watchdog.abort();
+    streams.abort();
     match control.await {
         Ok(result) => result,
         Err(_) => Ok(()),
@@ -209,6 +213,26 @@ async fn close_paced(gateway: &Gateway) {
 
 /// Kills connections whose socket write has stalled past `write_timeout` (a client that
 /// stopped reading), so no writer waits forever and no per-write timer is needed.
+/// Keeps the streams of this gateway's positioned subscriptions alive: they expire
+/// `history_ttl` after their last use, so each is opened again every third of it.
+async fn keep_streams_alive(gateway: Arc<Gateway>) {
+    let period = (gateway.config.history_ttl / 3).max(Duration::from_secs(1));
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    loop {
+        interval.tick().await;
+        let channels = gateway.hub.routes.positioned_channels();
+        for chunk in channels.chunks(KEEP_ALIVE_BATCH) {
+            if let Err(error) = gateway.services.open_streams(chunk.to_vec()).await {
+                tracing::warn!(%error, "keeping positioned streams alive failed");
+                break;
+            }
+        }
+    }
+}
+
+/// Channels per `OpenStreams` call of [`keep_streams_alive`] (the bus takes at most 1000).
+const KEEP_ALIVE_BATCH: usize = 500;
+
 async fn write_watchdog(gateway: Arc<Gateway>, shutdown: CancellationToken) {
     let limit = gateway.config.write_timeout;
     let period = (limit / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));

@@ -137,10 +137,16 @@ impl SessionHandle {
 
     /// Queues an event without waiting; a full queue closes the connection with 1008.
     pub(crate) fn push_event(&self, data: Arc<str>) {
+        self.push_now(Outbound::Event(data));
+    }
+
+    /// Queues a frame at once, without waiting: a connection whose queue is full is closed
+    /// as a slow consumer (1008).
+    pub(crate) fn push_now(&self, frame: Outbound) {
         if self.closing.load(Ordering::Relaxed) {
             return;
         }
-        match self.outbound.try_push(Outbound::Event(data)) {
+        match self.outbound.try_push(frame) {
             Ok(()) | Err(Refused::Closed) => {}
             Err(Refused::Full(_)) => {
                 tracing::warn!(conn.id = self.conn_id, "slow consumer disconnected");

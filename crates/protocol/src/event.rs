@@ -132,9 +132,31 @@ impl EventKey {
     }
 }
 
+/// Where an event sits in its positioned stream (PROTOCOL.md §10).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventPosition {
+    /// The stream's name.
+    pub stream: String,
+    /// The stream's epoch.
+    pub epoch: String,
+    /// The event's offset in the epoch, from 1, gap-free.
+    pub offset: u64,
+}
+
+impl EventPosition {
+    /// The position as the JSON text of an event frame's `pos`.
+    pub fn to_json(&self) -> String {
+        serde_json::json!({"stream": self.stream, "epoch": self.epoch, "offset": self.offset})
+            .to_string()
+    }
+}
+
 /// An event as it travels from the bus to the gateways.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventMessage {
+    /// Its position, when it was published into a channel with a positioned stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pos: Option<EventPosition>,
     /// What the event is about.
     #[serde(flatten)]
     pub key: EventKey,
@@ -300,6 +322,7 @@ mod tests {
     #[test]
     fn frame_data_omits_wildcards_and_own_service() {
         let event = EventMessage {
+            pos: None,
             key: key("s", "*", "*"),
             body: None,
         };

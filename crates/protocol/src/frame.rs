@@ -228,12 +228,21 @@ pub fn server_request(class: &str, subclass: &str, cmd: &str, data: &Value, tid:
 ///
 /// The data is serialised once per event and subscription body; only the tid differs per frame.
 pub fn event_frame(tid: u64, data_json: &str) -> String {
+    positioned_event_frame(tid, data_json, None)
+}
+
+/// An event frame whose `data` is `data_json`, with `pos` (PROTOCOL.md §10) when given.
+pub fn positioned_event_frame(tid: u64, data_json: &str, pos_json: Option<&str>) -> String {
     let mut frame = String::with_capacity(data_json.len() + 48);
     frame.push_str("{\"class\":\"core\",\"cmd\":\"event\",\"tid\":");
     // Written in place: no temporary string per delivery.
     let _ = write!(frame, "{tid}");
     frame.push_str(",\"data\":");
     frame.push_str(data_json);
+    if let Some(pos) = pos_json {
+        frame.push_str(",\"pos\":");
+        frame.push_str(pos);
+    }
     frame.push('}');
     frame
 }

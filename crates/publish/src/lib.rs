@@ -1,7 +1,7 @@
 //! The path an event takes into the broker: validate, authorise, prepare, publish.
 //!
-//! The event bus service runs it for backends (and for gateways with `publish_via_bus`);
-//! gateways run it in-process for their clients' events, one hop fewer. Neither is a
+//! The event bus service runs it for backends and for gateways' clients; gateways run with
+//! `publish_via_bus = false` run it in-process, one hop fewer. Neither is a
 //! dependency of the other: both depend on this crate. Refusals are typed ([`Refusal`]); the
 //! gRPC adapters turn them into statuses or [`PublishResult`]s.
 

@@ -35,6 +35,8 @@ pub struct DevConfig {
     pub metrics_listen: Option<String>,
     /// `wss://` address of the first gateway when `gateway.tls` is set.
     pub tls_listen: String,
+    /// How long positioned streams live and how much they keep.
+    pub streams: switchboard_broker::StreamConfig,
 }
 
 impl DevConfig {
@@ -52,6 +54,7 @@ impl DevConfig {
             secret: InternalSecret::random(),
             metrics_listen: None,
             tls_listen: DEFAULT_DEV_TLS_LISTEN.to_owned(),
+            streams: switchboard_broker::StreamConfig::default(),
         }
     }
 }
@@ -139,7 +142,7 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
     let authenticator = switchboard_auth::Authenticator::new(config.auth.clone())?;
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
-    let broker = Broker::Memory(MemoryBroker::new());
+    let broker = Broker::Memory(MemoryBroker::new().with_streams(config.streams));
 
     let (auth_listener, auth_addr) = bind("127.0.0.1:0", "auth").await?;
     let (registry_listener, registry_addr) = bind("127.0.0.1:0", "registry").await?;

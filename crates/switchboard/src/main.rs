@@ -143,6 +143,7 @@ async fn run_dev(settings: Settings) -> anyhow::Result<()> {
     config.gateway = settings.gateway_config()?;
     config.secret = settings.secret_or_random()?;
     config.registry = settings.registry_config();
+    config.streams = settings.stream_config();
     config.metrics_listen = settings.addresses.metrics_listen.clone();
     if let Some(address) = &settings.addresses.tls_listen {
         config.tls_listen = address.clone();

@@ -85,7 +85,8 @@ pub async fn bus(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let secret = settings.required_secret()?;
     let broker = RedisBroker::connect(&settings.addresses.redis_url)
         .await
-        .context("invalid redis_url")?;
+        .context("invalid redis_url")?
+        .with_streams(settings.stream_config());
     let listen = settings
         .addresses
         .grpc_listen
@@ -141,7 +142,8 @@ pub async fn gateway(settings: Settings, shutdown: CancellationToken) -> anyhow:
     let mut config = settings.gateway_config()?;
     let broker = RedisBroker::connect(&settings.addresses.redis_url)
         .await
-        .context("invalid redis_url")?;
+        .context("invalid redis_url")?
+        .with_streams(settings.stream_config());
     let ws_listen = settings
         .addresses
         .listen

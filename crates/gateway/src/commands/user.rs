@@ -192,6 +192,7 @@ pub(crate) async fn login(
         Subscription {
             channel: Arc::from(key.channel()),
             body: empty_body(),
+            positioned: None,
         }
     })
     .collect();

@@ -185,6 +185,9 @@ async fn write_batch<S: AsyncRead + AsyncWrite + Unpin>(
             Outbound::Event(data) => {
                 Message::Text(frame::event_frame(session.next_tid(), &data).into())
             }
+            Outbound::Positioned(data, pos) => Message::Text(
+                frame::positioned_event_frame(session.next_tid(), &data, Some(&pos)).into(),
+            ),
             Outbound::Close(code, reason) => {
                 // What came before goes out; the session is released before the client can
                 // see its close.

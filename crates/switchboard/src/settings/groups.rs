@@ -121,9 +121,9 @@ pub struct GatewaySettings {
     /// behind a proxy that sets it (clients could forge it otherwise).
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     pub trust_forwarded_for: bool,
-    /// Gateways send `send_event`s to the bus over gRPC instead of publishing them into
-    /// Redis themselves (same validation and policy either way).
-    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    /// Gateways send `send_event`s to the bus over gRPC; `false` publishes them into Redis
+    /// from the gateway (same validation, policy and positions either way).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub publish_via_bus: bool,
     /// GELF server for `session log`: udp://host:port or tcp://host:port [default: none].
     #[arg(long)]
@@ -200,6 +200,22 @@ pub struct GatewaySettings {
     /// Interval of gateway heartbeats to the registry.
     #[arg(long, default_value_t = gateway::DEFAULT_HEARTBEAT_INTERVAL.into(), value_parser = above_zero)]
     pub heartbeat_interval: Duration,
+}
+
+/// Positioned streams (PROTOCOL.md §10): read by the bus (and gateways, which publish
+/// directly without `publish_via_bus` and keep their subscriptions' streams alive).
+#[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "Streams")]
+pub struct StreamSettings {
+    /// Events a positioned stream keeps for recovery.
+    #[arg(long, default_value_t = switchboard_broker::streams::DEFAULT_HISTORY_SIZE, value_parser = at_least_one)]
+    pub history_size: usize,
+    /// How long a stream outlives its last positioned subscription or event.
+    #[arg(long, default_value_t = switchboard_broker::streams::DEFAULT_HISTORY_TTL.into(), value_parser = above_zero)]
+    pub history_ttl: Duration,
+    /// Most events a positioned subscribe recovers; more missed answers `recovered: false`.
+    #[arg(long, default_value_t = gateway::DEFAULT_MAX_RECOVER)]
+    pub max_recover: u64,
 }
 
 /// How the registry decides a gateway is gone, and how many sessions a user may hold.

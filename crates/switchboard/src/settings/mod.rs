@@ -15,7 +15,7 @@ use switchboard_proto::internal::InternalSecret;
 use switchboard_protocol::ByteLimits;
 use switchboard_protocol::policy::Policy;
 
-pub use groups::{Addresses, AuthSettings, GatewaySettings, RegistrySettings};
+pub use groups::{Addresses, AuthSettings, GatewaySettings, RegistrySettings, StreamSettings};
 
 /// Default WebSocket listener of `switchboard dev`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9010";
@@ -38,6 +38,9 @@ pub struct Settings {
     /// Sessions and gateway liveness.
     #[command(flatten)]
     pub registry: RegistrySettings,
+    /// Positioned streams and recovery.
+    #[command(flatten)]
+    pub streams: StreamSettings,
 }
 
 /// Every default (the environment is not read).
@@ -99,6 +102,8 @@ impl Settings {
             },
             trust_forwarded_for: gateway.trust_forwarded_for,
             publish_via_bus: gateway.publish_via_bus,
+            max_recover: self.streams.max_recover,
+            history_ttl: *self.streams.history_ttl,
             ..switchboard_gateway::Config::default()
         };
         if let Some(gateway_id) = &addresses.gateway_id {
@@ -179,6 +184,14 @@ impl Settings {
                 window: *auth.login_failure_window,
             },
             ..switchboard_auth::Config::default()
+        }
+    }
+
+    /// Returns the positioned streams' settings.
+    pub fn stream_config(&self) -> switchboard_broker::StreamConfig {
+        switchboard_broker::StreamConfig {
+            history_size: self.streams.history_size,
+            history_ttl: *self.streams.history_ttl,
         }
     }
 

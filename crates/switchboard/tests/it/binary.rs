@@ -257,7 +257,11 @@ fn options_of_help(help: &str) -> Vec<Documented> {
         }
         // clap appends `[env: …]` and then `[default: …]` to the option's own text, which
         // may carry a `[default: …]` of its own in prose (then clap has none).
-        let text = lines.get(index + 1).copied().unwrap_or_default();
+        let text = if line.contains("[env: ") {
+            line
+        } else {
+            lines.get(index + 1).copied().unwrap_or_default()
+        };
         let clap_part = &text[text.find("[env: ").unwrap_or(text.len())..];
         let bracket = |name: &str| {
             let start = clap_part.find(&format!("[{name}: "))? + name.len() + 3;

@@ -18,6 +18,7 @@ mod login;
 mod login_backends;
 mod orderly_ends;
 mod policy_limits;
+mod positioned;
 mod prelogin;
 mod sessions;
 mod tls;
