@@ -296,6 +296,12 @@ pub(crate) async fn repair(positioned: Arc<Positioned>, source: Arc<dyn HistoryS
         .await;
         let last = match read {
             Ok(Some(events)) => {
+                tracing::info!(
+                    channel = &*positioned.channel,
+                    after = gap.after,
+                    events = events.len(),
+                    "positioned subscription: gap repaired from history"
+                );
                 let mut last = gap.after;
                 for (offset, event) in events {
                     if !positioned.send_replayed(&event, &gap.epoch, offset).await {

@@ -20,5 +20,6 @@ mod orderly_ends;
 mod policy_limits;
 mod positioned;
 mod prelogin;
+mod recovery;
 mod sessions;
 mod tls;

@@ -113,6 +113,8 @@ impl Cluster {
                     "1s",
                     "--publish-via-bus",
                     via_bus,
+                    "--max-recover",
+                    "5000",
                 ],
             );
             cluster.gateway_ports.push(ws);
@@ -165,6 +167,15 @@ impl Cluster {
         if let Some(mut child) = self.services.get_mut(name).and_then(|s| s.child.take()) {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Sends `signal` (e.g. "STOP", "CONT") to `name`.
+    pub(crate) fn signal(&self, name: &str, signal: &str) {
+        if let Some(child) = self.services.get(name).and_then(|s| s.child.as_ref()) {
+            let _ = Command::new("kill")
+                .args([&format!("-{signal}"), &child.id().to_string()])
+                .status();
         }
     }
 

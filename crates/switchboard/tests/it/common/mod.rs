@@ -192,6 +192,22 @@ impl Client {
         }
     }
 
+    /// The next frame within `limit`; `None` when nothing comes or the connection ends.
+    pub(crate) async fn next_within(&mut self, limit: Duration) -> Option<Value> {
+        if let Some(frame) = self.backlog.pop_front() {
+            return Some(frame);
+        }
+        loop {
+            match tokio::time::timeout(limit, self.socket.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    return serde_json::from_str(text.as_str()).ok();
+                }
+                Ok(Some(Ok(_))) => {}
+                _ => return None,
+            }
+        }
+    }
+
     /// Waits for the next event frame; returns its `data`.
     pub(crate) async fn event(&mut self) -> Value {
         let frame = self.next().await;
