@@ -5,7 +5,7 @@
 # restarted between runs. Then `switchboard bench` measures churn (W4) on Switchboard.
 #
 #   bench/compare.sh                     # w1 w2 w3 w4 for every system (~10 min)
-#   bench/compare.sh w1 sweep            # selected workloads
+#   bench/compare.sh w1 sweep            # selected workloads (w1 w2 w3 w4 w5 sweep)
 #   SYSTEMS="switchboard nats" bench/compare.sh w2
 #   SWITCHBOARD_BIN=/path/to/other/switchboard SYSTEMS=switchboard bench/compare.sh w1 w2
 #
@@ -88,6 +88,21 @@ for w in "${WORKLOADS[@]}"; do
         for rate in ${SWEEP_RATES:-400 800 1600 3200}; do
           run_case "$system" "sweep-$rate-$system-r1" --subs 1000 --topics 1 --rate "$rate" "${COMMON[@]}"
         done ;;
+      w5)
+        # W2 with every subscription positioned (PROTOCOL.md §10), beside W2 measured by the
+        # same tool, on one fresh cluster each. The load generator has no positioned
+        # subscriptions; `switchboard bench` agrees with it on W2 (BENCHMARKS.md).
+        if [ "$system" = switchboard ]; then
+          for mode in plain recover; do
+            stop_all; start_system switchboard
+            echo "== w5-$mode (switchboard, pids $PIDS)"
+            flag=(); [ "$mode" = recover ] && flag=(--recover)
+            "$SWITCHBOARD" bench --workload targeted --subs 2000 --rate 5000 --duration 10 "${flag[@]}" \
+              --url "$URLS" --password "${SWITCHBOARD_BENCH_PASSWORD:-bench}" --server-pids "$PIDS" \
+              --json-out "$OUT/w5.jsonl" | tee "$OUT/w5-$mode-switchboard.log" | sed 's/^/   /'
+            stop_all
+          done
+        fi ;;
       w4)
         if [ "$system" = switchboard ]; then
           stop_all; start_system switchboard

@@ -66,6 +66,9 @@ pub struct BenchArgs {
     /// Subscribing connections.
     #[arg(long, default_value_t = 1000)]
     pub subs: usize,
+    /// Positioned subscriptions (`"recover": true`, PROTOCOL.md §10): W5 is `targeted` with it.
+    #[arg(long)]
+    pub recover: bool,
     /// Distinct keys (event types) the subscribers spread over [fanout: 1, targeted: --subs].
     #[arg(long)]
     pub topics: Option<usize>,
@@ -113,6 +116,7 @@ impl BenchArgs {
             user: "admin".into(),
             password: password.into(),
             subs: 20,
+            recover: false,
             topics: None,
             pubs: 1,
             rate: 100,

@@ -139,17 +139,17 @@ impl BenchConn {
         bail!("connection closed during {subclass} {cmd}")
     }
 
-    /// Subscribes to topic `index`.
+    /// Subscribes to topic `index`; a positioned subscription (PROTOCOL.md §10) with
+    /// `recover`.
     ///
     /// # Errors
     /// On an error reply.
-    pub async fn subscribe(&mut self, index: usize) -> anyhow::Result<()> {
-        self.request(
-            "event",
-            "subscribe",
-            json!({"class": CLASS, "subclass": SUBCLASS, "type": topic(index)}),
-        )
-        .await?;
+    pub async fn subscribe(&mut self, index: usize, recover: bool) -> anyhow::Result<()> {
+        let mut data = json!({"class": CLASS, "subclass": SUBCLASS, "type": topic(index)});
+        if recover {
+            data["recover"] = json!(true);
+        }
+        self.request("event", "subscribe", data).await?;
         Ok(())
     }
 

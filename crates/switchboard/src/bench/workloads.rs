@@ -63,12 +63,13 @@ async fn connect_all(
         let url = args.url[index % args.url.len()].clone();
         let (user, password) = (args.user.clone(), args.password.clone());
         let topic = topic_of(index);
+        let recover = args.recover;
         let limit = Arc::clone(&limit);
         tasks.spawn(async move {
             let _permit = limit.acquire_owned().await?;
             let mut conn = BenchConn::login(&url, &user, &password).await?;
             if let Some(topic) = topic {
-                conn.subscribe(topic).await?;
+                conn.subscribe(topic, recover).await?;
             }
             anyhow::Ok((index, conn))
         });
@@ -419,7 +420,7 @@ async fn churn(args: &BenchArgs) -> anyhow::Result<Report> {
                 round += 1;
                 let attempt = async {
                     let mut conn = BenchConn::login(&url, &user, &password).await?;
-                    conn.subscribe(worker * 1_000_000 + round).await?;
+                    conn.subscribe(worker * 1_000_000 + round, false).await?;
                     conn.close().await;
                     anyhow::Ok(())
                 };
