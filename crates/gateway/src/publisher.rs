@@ -15,6 +15,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use serde_json::{Value, json};
 use switchboard_broker::Broker;
 use switchboard_protocol::policy::Policy;
@@ -76,10 +78,11 @@ pub enum PublishRoute {
 }
 
 impl Publisher {
-    /// Starts the batching task.
-    pub fn start(route: PublishRoute) -> Self {
+    /// Starts the batching task. While events keep coming, a batch goes out at most once per
+    /// `linger`; an event after a quiet spell goes at once.
+    pub fn start(route: PublishRoute, linger: Duration) -> Self {
         let (jobs_tx, jobs_rx) = mpsc::channel(QUEUE);
-        tokio::spawn(batch_loop(route, jobs_rx));
+        tokio::spawn(batch_loop(route, linger, jobs_rx));
         Self { jobs_tx }
     }
 
@@ -214,10 +217,31 @@ impl PublishRoute {
 
 /// Publishes the queued events in batches along `route` and answers every job of a batch
 /// once the batch is done.
-async fn batch_loop(route: PublishRoute, mut jobs_rx: mpsc::Receiver<PublishJob>) {
+async fn batch_loop(
+    route: PublishRoute,
+    linger: Duration,
+    mut jobs_rx: mpsc::Receiver<PublishJob>,
+) {
     let mut jobs: Vec<PublishJob> = Vec::with_capacity(MAX_BATCH);
     let mut bus_stream: Option<BusStream> = None;
+    // As if the last batch went out long ago: the first is sent at once.
+    let mut last_sent = Instant::now()
+        .checked_sub(linger)
+        .unwrap_or_else(Instant::now);
     while jobs_rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
+        // Busy (the last batch went out less than `linger` ago): gather for the rest of the
+        // interval, so a stream of events costs one batch per interval, not one per event.
+        let next = last_sent + linger;
+        if jobs.len() < MAX_BATCH && Instant::now() < next {
+            tokio::time::sleep_until(next).await;
+            while jobs.len() < MAX_BATCH {
+                match jobs_rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+        }
+        last_sent = Instant::now();
         let events = jobs
             .iter_mut()
             .map(|job| std::mem::take(&mut job.request))

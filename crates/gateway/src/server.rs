@@ -53,15 +53,18 @@ pub fn build(
         hub,
         unregistrations: start_unregistrations(services.clone(), config.gateway_id.clone()),
         prelogin: Arc::default(),
-        publisher: Publisher::start(if config.publish_via_bus {
-            PublishRoute::Bus(Box::new(services.clone()))
-        } else {
-            PublishRoute::Broker {
-                broker: broker.clone(),
-                policy: Arc::clone(&config.policy),
-                deadline: config.rpc_timeout,
-            }
-        }),
+        publisher: Publisher::start(
+            if config.publish_via_bus {
+                PublishRoute::Bus(Box::new(services.clone()))
+            } else {
+                PublishRoute::Broker {
+                    broker: broker.clone(),
+                    policy: Arc::clone(&config.policy),
+                    deadline: config.rpc_timeout,
+                }
+            },
+            config.publish_linger,
+        ),
         services,
         gelf: GelfSender::start(config.gelf.clone()),
         config,

@@ -125,6 +125,10 @@ pub struct GatewaySettings {
     /// from the gateway (same validation, policy and positions either way).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub publish_via_bus: bool,
+    /// While clients' events keep coming, send a batch of them at most once per this
+    /// interval (an event after a quiet spell goes at once); 0 sends each batch at once.
+    #[arg(long, default_value_t = gateway::DEFAULT_PUBLISH_LINGER.into())]
+    pub publish_linger: Duration,
     /// GELF server for `session log`: udp://host:port or tcp://host:port [default: none].
     #[arg(long)]
     pub gelf: Option<GelfTarget>,

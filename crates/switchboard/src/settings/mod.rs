@@ -102,6 +102,7 @@ impl Settings {
             },
             trust_forwarded_for: gateway.trust_forwarded_for,
             publish_via_bus: gateway.publish_via_bus,
+            publish_linger: *gateway.publish_linger,
             max_recover: self.streams.max_recover,
             history_ttl: *self.streams.history_ttl,
             ..switchboard_gateway::Config::default()
