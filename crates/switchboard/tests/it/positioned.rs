@@ -197,3 +197,45 @@ async fn replayed_events_are_merged_with_the_subscription_body() {
     let live = event_frame(&mut late).await;
     assert!(live.get("pos").is_none(), "{live}");
 }
+
+#[tokio::test]
+async fn positioned_subscriptions_count_against_the_limit() {
+    let running = start_with(|config| config.gateway.max_subscriptions = 3).await;
+    // The login's two automatic subscriptions count too.
+    let mut client = Client::admin(&running).await;
+    client
+        .ok("event", "subscribe", json!({"class": "a", "recover": true}))
+        .await;
+    let code = client
+        .error_code("event", "subscribe", json!({"class": "b", "recover": true}))
+        .await;
+    assert_eq!(code, "limit_exceeded");
+}
+
+/// A stream used by a positioned subscription outlives `history_ttl`: the gateway keeps it
+/// alive, so its epoch and offsets go on.
+#[tokio::test]
+async fn a_gateway_keeps_its_positioned_streams_alive() {
+    let ttl = std::time::Duration::from_secs(3);
+    let running = start_with(|config| {
+        config.streams.history_ttl = ttl;
+        config.gateway.history_ttl = ttl;
+    })
+    .await;
+    let mut subscriber = Client::admin(&running).await;
+    let opened = subscriber
+        .ok(
+            "event",
+            "subscribe",
+            json!({"class": "media", "recover": true}),
+        )
+        .await;
+    let mut publisher = Client::admin(&running).await;
+    publish(&mut publisher, 1).await;
+    assert_eq!(event_frame(&mut subscriber).await["pos"]["offset"], 1);
+    tokio::time::sleep(ttl + std::time::Duration::from_secs(2)).await;
+    publish(&mut publisher, 2).await;
+    let frame = event_frame(&mut subscriber).await;
+    assert_eq!(frame["pos"]["epoch"], opened["epoch"], "{frame}");
+    assert_eq!(frame["pos"]["offset"], 2, "{frame}");
+}

@@ -194,7 +194,9 @@ async fn a_cut_redis_subscriber_is_repaired_from_history() {
     publisher.await.expect("publisher");
     assert_exactly_once_in_order(&offsets, COUNT);
     assert!(
-        cluster.log("gateway0").contains("gap repaired from history"),
+        cluster
+            .log("gateway0")
+            .contains("gap repaired from history"),
         "events were missed and read back"
     );
 }
