@@ -36,11 +36,13 @@ fn to_status(error: ApiError) -> Status {
 #[tonic::async_trait]
 impl SessionControl for GrpcSessionControl {
     async fn stop(&self, request: Request<StopRequest>) -> Result<Response<StopReply>, Status> {
-        let user = self
-            .gateway
-            .stop(&request.into_inner().session_id)
-            .await
-            .map_err(to_status)?;
+        let request = request.into_inner();
+        let user = if request.taken_over {
+            self.gateway.end_taken_over(&request.session_id)
+        } else {
+            self.gateway.stop(&request.session_id).await
+        }
+        .map_err(to_status)?;
         Ok(Response::new(StopReply { user }))
     }
 

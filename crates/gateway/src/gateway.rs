@@ -11,7 +11,7 @@ use crate::clients::Services;
 use crate::config::Config;
 use crate::gelf::GelfSender;
 use crate::hub::Hub;
-use crate::outbound::CLOSE_NORMAL;
+use crate::outbound::{CLOSE_NORMAL, CLOSE_TAKEN_OVER};
 use crate::prelogin::PreloginCounts;
 use crate::publisher::Publisher;
 use crate::reply::session_not_found;
@@ -157,6 +157,7 @@ impl Gateway {
         service: &str,
         remote: &str,
         meta_json: String,
+        resume_hash: String,
     ) -> SessionInfo {
         SessionInfo {
             session_id: session_id.to_owned(),
@@ -167,6 +168,7 @@ impl Gateway {
             meta_json,
             gateway_id: self.config.gateway_id.clone(),
             control_addr: self.config.control_addr.clone(),
+            resume_hash,
         }
     }
 
@@ -247,6 +249,27 @@ impl Gateway {
         self.release(&session).await;
         session.close(CLOSE_NORMAL, "session stopped");
         Ok(user)
+    }
+
+    /// Ends the local connection of a session taken over by a login elsewhere: closed with
+    /// 4002 after what is queued, and neither unregistered nor taken out of the hub by this
+    /// connection (both now belong to the new one); returns its user.
+    ///
+    /// # Errors
+    /// `session_not_found` when this gateway does not hold it.
+    pub fn end_taken_over(&self, session_id: &str) -> Result<String, ApiError> {
+        let session = self.logged_in_session(session_id)?;
+        Ok(Self::close_taken_over(&session))
+    }
+
+    /// Closes `session`'s connection as taken over (see [`Gateway::end_taken_over`]).
+    pub(crate) fn close_taken_over(session: &SessionHandle) -> String {
+        session.mark_released();
+        session.close(CLOSE_TAKEN_OVER, "session taken over");
+        session
+            .identity()
+            .map(|identity| identity.user.clone())
+            .unwrap_or_default()
     }
 
     /// Waits until every session queued for unregistering so far has been sent.

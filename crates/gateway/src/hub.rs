@@ -124,6 +124,16 @@ impl Hub {
         true
     }
 
+    /// Makes `session` the one reachable by `session_id`; returns the one it replaces (a
+    /// takeover on this gateway).
+    pub fn replace_session(
+        &self,
+        session_id: &str,
+        session: Arc<SessionHandle>,
+    ) -> Option<Arc<SessionHandle>> {
+        self.sessions().insert(session_id.to_owned(), session)
+    }
+
     /// Forgets a session.
     pub fn remove_session(&self, session_id: &str) {
         self.sessions().remove(session_id);

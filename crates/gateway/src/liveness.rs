@@ -161,6 +161,7 @@ pub async fn reconcile(gateway: &Gateway) -> Result<Reconciled, Status> {
                     &session.service,
                     &session.remote,
                     identity.meta_json.clone(),
+                    identity.resume_hash.clone(),
                 )
             })
         })

@@ -23,6 +23,8 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_POLICY: u16 = 1008;
 /// Close code for a frame over the size limit.
 pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code of a connection whose session was taken over by a login elsewhere (§11).
+pub const CLOSE_TAKEN_OVER: u16 = 4002;
 
 /// A frame waiting for the connection's writer.
 #[derive(Debug)]

@@ -64,6 +64,8 @@ pub struct Identity {
     pub roles: Vec<String>,
     /// The login `meta` as JSON text ("" when absent), repeated in heartbeats.
     pub meta_json: String,
+    /// Hex SHA-256 of the session's resume key, registered with it (and again when re-learnt).
+    pub resume_hash: String,
 }
 
 /// The part of a connection other tasks may touch: fan-out, `session stop`, `session cmd`.

@@ -86,17 +86,18 @@ impl SessionRegistry for GrpcRegistryService {
         &self,
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterReply>, Status> {
+        let request = request.into_inner();
         let session = request
-            .into_inner()
             .session
             .ok_or_else(|| Status::invalid_argument("session is required"))?;
         if session.session_id.is_empty() {
             return Err(Status::invalid_argument("session_id is required"));
         }
-        self.store
-            .register_limited(session, self.max_sessions_per_user)
+        let previous = self
+            .store
+            .register_limited(session, self.max_sessions_per_user, &request.takeover_hash)
             .await?;
-        Ok(Response::new(RegisterReply {}))
+        Ok(Response::new(RegisterReply { previous }))
     }
 
     async fn register_stream(

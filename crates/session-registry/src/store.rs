@@ -70,23 +70,27 @@ impl Store {
     /// # Errors
     /// [`RegistryError::DuplicateSession`] when its id is taken.
     pub async fn register(&self, session: SessionInfo) -> Result<(), RegistryError> {
-        self.register_limited(session, 0).await
+        self.register_limited(session, 0, "").await.map(|_| ())
     }
 
     /// Registers a session unless its user already has `max_per_user` sessions in its
-    /// service (0: no limit).
+    /// service (0: no limit). When its id is registered with the resume hash
+    /// `takeover_hash`, for the same user and service, the session moves to the new one's
+    /// gateway in one step (a takeover, PROTOCOL.md §11) and its registration before is
+    /// returned.
     ///
     /// # Errors
-    /// [`RegistryError::DuplicateSession`] when its id is taken,
+    /// [`RegistryError::DuplicateSession`] when its id is taken (and not taken over),
     /// [`RegistryError::TooManySessions`] at the limit.
     pub async fn register_limited(
         &self,
         session: SessionInfo,
         max_per_user: usize,
-    ) -> Result<(), RegistryError> {
+        takeover_hash: &str,
+    ) -> Result<Option<SessionInfo>, RegistryError> {
         match self {
-            Self::Memory(store) => store.register(session, max_per_user),
-            Self::Redis(store) => store.register(&session, max_per_user).await,
+            Self::Memory(store) => store.register(session, max_per_user, takeover_hash),
+            Self::Redis(store) => store.register(&session, max_per_user, takeover_hash).await,
         }
     }
 

@@ -31,6 +31,7 @@ fn session(index: usize) -> SessionInfo {
         meta_json: r#"{"device":"test"}"#.into(),
         gateway_id: GATEWAY.into(),
         control_addr: "127.0.0.1:2".into(),
+        resume_hash: String::new(),
     }
 }
 
@@ -130,6 +131,7 @@ async fn fifty_thousand_sessions_of_one_gateway() {
                 client
                     .register(RegisterRequest {
                         session: Some(info),
+                        takeover_hash: String::new(),
                     })
                     .await
             });

@@ -18,6 +18,7 @@ fn session(id: &str, user: &str, gateway: &str) -> SessionInfo {
         meta_json: r#"{"k":1}"#.into(),
         gateway_id: gateway.into(),
         control_addr: "127.0.0.1:2".into(),
+        resume_hash: String::new(),
     }
 }
 
@@ -97,18 +98,20 @@ async fn suite(store: Store) {
     );
     // At the per-user limit: refused; other users and other services are unaffected.
     assert_eq!(
-        store.register_limited(session("s7", "u", "g1"), 2).await,
+        store
+            .register_limited(session("s7", "u", "g1"), 2, "")
+            .await,
         Err(RegistryError::TooManySessions)
     );
     store
-        .register_limited(session("s7", "v", "g1"), 2)
+        .register_limited(session("s7", "v", "g1"), 2, "")
         .await
         .expect("v has one session");
     store.unregister("s7", "").await.expect("unregister");
     let mut elsewhere = session("s8", "u", "g1");
     elsewhere.service = "other".into();
     store
-        .register_limited(elsewhere, 2)
+        .register_limited(elsewhere, 2, "")
         .await
         .expect("the limit is per service");
     store.unregister("s8", "").await.expect("unregister");
@@ -261,15 +264,20 @@ async fn concurrent_registrations(store: Store) {
         let store = store.clone();
         // c0..c19 twice each; at most 5 sessions for the user.
         let id = format!("c{}", index % 20);
-        logins.spawn(async move { store.register_limited(session(&id, "crowd", "g1"), 5).await });
+        logins.spawn(async move {
+            store
+                .register_limited(session(&id, "crowd", "g1"), 5, "")
+                .await
+        });
     }
     let mut outcomes = Vec::new();
     while let Some(outcome) = logins.join_next().await {
         outcomes.push(outcome.expect("task"));
     }
-    let count =
-        |wanted: Result<(), RegistryError>| outcomes.iter().filter(|o| **o == wanted).count();
-    assert_eq!(count(Ok(())), 5, "{outcomes:?}");
+    let count = |wanted: Result<Option<SessionInfo>, RegistryError>| {
+        outcomes.iter().filter(|o| **o == wanted).count()
+    };
+    assert_eq!(count(Ok(None)), 5, "{outcomes:?}");
     assert_eq!(
         count(Err(RegistryError::TooManySessions)) + count(Err(RegistryError::DuplicateSession)),
         35,
@@ -299,6 +307,76 @@ async fn concurrent_registrations(store: Store) {
     }
     assert_eq!(created, 20);
     assert_eq!(store.get_user("", "crowd").await.map(|s| s.len()), Ok(20));
+}
+
+/// A takeover moves a session to the new gateway when the resume hash matches, for the same
+/// user and service only; the old gateway's unregister leaves it, and the old hash is spent.
+async fn takeover(store: Store) {
+    let mut first = session("t1", "u", "g1");
+    first.resume_hash = "h1".into();
+    store.register(first).await.expect("register");
+    let mut moved = session("t1", "u", "g2");
+    moved.resume_hash = "h2".into();
+    let refused = store.register_limited(moved.clone(), 0, "wrong").await;
+    assert_eq!(refused, Err(RegistryError::DuplicateSession), "wrong hash");
+    let mut other = moved.clone();
+    other.user = "v".into();
+    let refused = store.register_limited(other, 0, "h1").await;
+    assert_eq!(
+        refused,
+        Err(RegistryError::DuplicateSession),
+        "another user"
+    );
+    let previous = store
+        .register_limited(moved, 0, "h1")
+        .await
+        .expect("taken over")
+        .expect("the registration before");
+    assert_eq!(previous.gateway_id, "g1");
+    assert_eq!(store.lookup("t1").await.expect("lookup").gateway_id, "g2");
+    assert_eq!(
+        all_gateway_sessions(&store, "g1", 10).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        all_gateway_sessions(&store, "g2", 10).await,
+        vec!["t1".to_owned()]
+    );
+    assert_eq!(
+        store.heartbeat("g1").await,
+        Ok(held(&[])),
+        "g1's digest lost it"
+    );
+    assert_eq!(
+        store.heartbeat("g2").await,
+        Ok(held(&["t1"])),
+        "g2's digest has it"
+    );
+    store.unregister("t1", "g1").await.expect("unregister");
+    assert_eq!(
+        store.lookup("t1").await.expect("still there").gateway_id,
+        "g2"
+    );
+    let mut again = session("t1", "u", "g3");
+    again.resume_hash = "h3".into();
+    let refused = store.register_limited(again, 0, "h1").await;
+    assert_eq!(
+        refused,
+        Err(RegistryError::DuplicateSession),
+        "the old hash is spent"
+    );
+}
+
+#[tokio::test]
+async fn memory_store_takeover() {
+    takeover(Store::Memory(MemoryStore::new())).await;
+}
+
+#[tokio::test]
+async fn redis_store_takeover() {
+    let redis = RedisServer::start();
+    let store = RedisStore::connect(&redis.url()).expect("url");
+    takeover(Store::Redis(Box::new(store))).await;
 }
 
 #[tokio::test]

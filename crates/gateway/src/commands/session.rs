@@ -104,6 +104,7 @@ pub(crate) async fn stop(
             control
                 .stop(gateway.services.request(StopRequest {
                     session_id: session_id.to_owned(),
+                    taken_over: false,
                 }))
                 .await
                 .map_err(|status| match status.code() {

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 use switchboard_proto::v1::{
-    GetUserRequest, ListUsersRequest, LoginReply, LoginRequest, RegisterRequest,
+    GetUserRequest, ListUsersRequest, LoginReply, LoginRequest, RegisterRequest, SessionInfo,
+    StopRequest,
 };
 use switchboard_protocol::event::{EventKey, WILDCARD};
 use switchboard_protocol::fields::Fields;
@@ -30,7 +31,12 @@ struct Credentials<'a> {
     user: &'a str,
     password: &'a str,
     session_id: &'a str,
+    /// The session's resume key, to take it over from another connection (§11).
+    resume_key: Option<&'a str>,
 }
+
+/// Longest `resume_key` accepted (the server issues 64 characters).
+const MAX_RESUME_KEY_LEN: usize = 256;
 
 fn credentials(fields: Fields<'_>) -> Result<Credentials<'_>, ApiError> {
     let user = fields.required_str("user")?;
@@ -47,10 +53,15 @@ fn credentials(fields: Fields<'_>) -> Result<Credentials<'_>, ApiError> {
     if session_id.len() > MAX_SESSION_ID_LEN {
         return Err(ApiError::syntax("session_id", "at most 128 bytes"));
     }
+    let resume_key = fields.optional_str("resume_key")?;
+    if resume_key.is_some_and(|key| key.len() > MAX_RESUME_KEY_LEN) {
+        return Err(ApiError::syntax("resume_key", "at most 256 bytes"));
+    }
     Ok(Credentials {
         user,
         password,
         session_id,
+        resume_key: resume_key.filter(|_| !session_id.is_empty()),
     })
 }
 
@@ -137,42 +148,66 @@ pub(crate) async fn login(
     let session = Arc::clone(&state.session);
     let reply = authenticate(gateway, &session, &credentials).await?;
     let duplicated = || ApiError::new(ErrorCode::DuplicatedSessionId, "session id is in use");
-    if !gateway
+    // A session id held here already can only be taken over (with its resume key).
+    let inserted = gateway
         .hub
-        .insert_session(&reply.session_id, Arc::clone(&session))
-    {
+        .insert_session(&reply.session_id, Arc::clone(&session));
+    if !inserted && credentials.resume_key.is_none() {
         return Err(duplicated().into());
     }
+    let resume_key = new_resume_key();
+    let resume_hash = resume_hash(&resume_key);
     let info = gateway.session_info(
         &reply.session_id,
         &reply.user,
         &session.service,
         &session.remote,
         meta_json.clone(),
+        resume_hash.clone(),
     );
     let registered = gateway
         .services
         .registrations
         .call(RegisterRequest {
             session: Some(info),
+            takeover_hash: credentials
+                .resume_key
+                .map(self::resume_hash)
+                .unwrap_or_default(),
         })
         .await;
-    if let Err(status) = registered {
-        gateway.hub.remove_session(&reply.session_id);
-        if !matches!(status.code(), Code::AlreadyExists | Code::ResourceExhausted) {
-            // The registry may have stored it before the call failed: take it back before
-            // answering, so a retried login cannot be undone by a late unregister.
-            gateway.unregister_now(&reply.session_id).await;
+    let previous = match registered {
+        Ok(reply) => reply.previous,
+        Err(status) => {
+            if inserted {
+                gateway
+                    .hub
+                    .remove_session_of(&reply.session_id, session.conn_id);
+                if !matches!(status.code(), Code::AlreadyExists | Code::ResourceExhausted) {
+                    // The registry may have stored it before the call failed: take it back
+                    // before answering, so a retried login cannot be undone by a late
+                    // unregister.
+                    gateway.unregister_now(&reply.session_id).await;
+                }
+            }
+            return Err(match status.code() {
+                Code::AlreadyExists => duplicated(),
+                Code::ResourceExhausted => ApiError::new(
+                    ErrorCode::LimitExceeded,
+                    "this user has the most sessions allowed",
+                ),
+                _ => status_to_api_error(&status, "session registry"),
+            }
+            .into());
         }
-        return Err(match status.code() {
-            Code::AlreadyExists => duplicated(),
-            Code::ResourceExhausted => ApiError::new(
-                ErrorCode::LimitExceeded,
-                "this user has the most sessions allowed",
-            ),
-            _ => status_to_api_error(&status, "session registry"),
-        }
-        .into());
+    };
+    if let Some(previous) = previous {
+        end_previous_connection(gateway, &session, &reply.session_id, previous);
+    } else if !inserted {
+        // Registered, not taken over, while another connection here holds the id (it is
+        // still logging in): take the registration back and refuse, as without a key.
+        gateway.unregister_now(&reply.session_id).await;
+        return Err(duplicated().into());
     }
     // The automatic subscriptions, in one broker round trip. Oldest first, so
     // `get_subscriptions` (newest first) lists the session's first.
@@ -210,13 +245,68 @@ pub(crate) async fn login(
         user: reply.user.clone(),
         roles: reply.roles,
         meta_json,
+        resume_hash,
     });
     tracing::debug!(conn.id = session.conn_id, session.id = %reply.session_id, user = %reply.user, "logged in");
-    if reply.expires_at == 0 {
-        return Ok(json!({"session_id": reply.session_id}));
+    let mut answer = json!({"session_id": reply.session_id, "resume_key": resume_key});
+    if reply.expires_at != 0 {
+        state.token = Some(TokenExpiry::new(reply.expires_at));
+        answer["expires_at"] = json!(reply.expires_at);
     }
-    state.token = Some(TokenExpiry::new(reply.expires_at));
-    Ok(json!({"session_id": reply.session_id, "expires_at": reply.expires_at}))
+    Ok(answer)
+}
+
+/// A new resume key: 244 random bits as 64 URL-safe characters.
+fn new_resume_key() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// What the registry keeps of a resume key: its hex SHA-256.
+fn resume_hash(key: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(key.as_bytes());
+    let mut hex = String::with_capacity(64);
+    for byte in digest {
+        use std::fmt::Write;
+        let _ = write!(hex, "{byte:02x}");
+    }
+    hex
+}
+
+/// Ends the connection a takeover moved `session_id` away from: here, it is replaced in the
+/// hub and closed with 4002; on another gateway (or one that crashed), that gateway is asked
+/// to close it, without waiting.
+fn end_previous_connection(
+    gateway: &Arc<Gateway>,
+    session: &Arc<SessionHandle>,
+    session_id: &str,
+    previous: SessionInfo,
+) {
+    if previous.gateway_id == gateway.config.gateway_id {
+        if let Some(old) = gateway.hub.replace_session(session_id, Arc::clone(session))
+            && old.conn_id != session.conn_id
+        {
+            Gateway::close_taken_over(&old);
+        }
+        return;
+    }
+    let Ok(mut control) = gateway.services.control(&previous.control_addr) else {
+        return;
+    };
+    let request = gateway.services.request(StopRequest {
+        session_id: session_id.to_owned(),
+        taken_over: true,
+    });
+    tokio::spawn(async move {
+        if let Err(status) = control.stop(request).await {
+            // A crashed gateway: nothing to close.
+            tracing::debug!(code = ?status.code(), "the taken-over session's gateway did not answer");
+        }
+    });
 }
 
 /// `user list`: every page of the registry's listing, merged into one answer.

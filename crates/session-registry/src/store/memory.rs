@@ -111,10 +111,24 @@ impl MemoryStore {
     ///
     /// # Errors
     /// [`RegistryError::DuplicateSession`] when its id is taken.
-    pub fn register(&self, session: SessionInfo, max_per_user: usize) -> Result<(), RegistryError> {
+    pub fn register(
+        &self,
+        session: SessionInfo,
+        max_per_user: usize,
+        takeover_hash: &str,
+    ) -> Result<Option<SessionInfo>, RegistryError> {
         let mut state = self.lock();
-        if state.sessions.contains_key(&session.session_id) {
-            return Err(RegistryError::DuplicateSession);
+        if let Some(existing) = state.sessions.get(&session.session_id) {
+            let takes_over = !takeover_hash.is_empty()
+                && existing.resume_hash == takeover_hash
+                && existing.service == session.service
+                && existing.user == session.user;
+            if !takes_over {
+                return Err(RegistryError::DuplicateSession);
+            }
+            let previous = state.remove(&session.session_id);
+            state.insert(session);
+            return Ok(previous);
         }
         let user_key = (session.service.clone(), session.user.clone());
         if max_per_user > 0 && state.by_user.get(&user_key).map_or(0, Vec::len) >= max_per_user {
@@ -122,7 +136,7 @@ impl MemoryStore {
         }
         state.tombstones.remove(&session.session_id);
         state.insert(session);
-        Ok(())
+        Ok(None)
     }
 
     /// Removes a session, if present and held by `gateway_id` ("" matches any gateway).
@@ -306,13 +320,13 @@ mod tests {
     fn register_list_get_unregister() {
         let store = MemoryStore::new();
         store
-            .register(session("s1", "u", "g"), 0)
+            .register(session("s1", "u", "g"), 0, "")
             .expect("register");
         store
-            .register(session("s2", "u", "g"), 0)
+            .register(session("s2", "u", "g"), 0, "")
             .expect("register");
         assert_eq!(
-            store.register(session("s1", "v", "g"), 0),
+            store.register(session("s1", "v", "g"), 0, ""),
             Err(RegistryError::DuplicateSession)
         );
         assert_eq!(
@@ -336,10 +350,10 @@ mod tests {
     async fn reap_silent_gateway() {
         let store = MemoryStore::new();
         store
-            .register(session("a", "u", "g1"), 0)
+            .register(session("a", "u", "g1"), 0, "")
             .expect("register");
         store
-            .register(session("b", "u", "g2"), 0)
+            .register(session("b", "u", "g2"), 0, "")
             .expect("register");
         tokio::time::advance(Duration::from_secs(10)).await;
         store.heartbeat("g2");

@@ -1,7 +1,8 @@
 //! The session index in Redis.
 //!
 //! Keys (every variable part length-prefixed, so no value can forge another key):
-//! - `sb:s:<session>`: hash `info` (the protobuf `SessionInfo`), `uk`, `usk`, `gk`, `user`, `gw`;
+//! - `sb:s:<session>`: hash `info` (the protobuf `SessionInfo`), `uk`, `usk`, `gk`, `user`, `gw`,
+//!   `rk` (the resume key's hash);
 //! - `sb:u:<service>:<user>`: set of the user's session ids;
 //! - `sb:us:<service>`: set of users with at least one session;
 //! - `sb:g:<gateway>`: set of the gateway's session ids;
@@ -43,21 +44,37 @@ end
 
 /// Registers sessions: KEYS in groups of 7 (session, user, users, gateway, gateways, tombstone,
 /// digest), ARGV[1] = "1" when re-learning (a tombstone forbids it), ARGV[2] the per-user
-/// limit (0: none), then groups of 4 (info, id, user, gateway). Returns per session: 1
-/// created, 0 taken (or tombstoned when re-learning), -1 at the limit, 2 (re-learning only)
-/// already held by that same gateway. The gateway's
-/// heartbeat time is Redis's own clock, so registry replicas with skewed clocks agree.
+/// limit (0: none), then groups of 6 (info, id, user, gateway, resume hash, takeover hash).
+/// Returns per session: 1 created, 0 taken (or tombstoned when re-learning), -1 at the limit,
+/// 2 (re-learning only) already held by that same gateway, or {3, previous info} when the
+/// takeover hash matched the resume hash of a session of the same user and service: the
+/// session moved to this gateway, in this one step. The gateway's heartbeat time is Redis's
+/// own clock, so registry replicas with skewed clocks agree.
 const REGISTER: &str = r"
 local relearn = ARGV[1] == '1'
 local max = tonumber(ARGV[2])
 local results = {}
 for n = 0, #KEYS / 7 - 1 do
   local k = n * 7
-  local a = 2 + n * 4
+  local a = 2 + n * 6
   local result = 1
   if redis.call('EXISTS', KEYS[k + 1]) == 1 then
     result = 0
     if relearn and redis.call('HGET', KEYS[k + 1], 'gw') == ARGV[a + 4] then result = 2 end
+    if not relearn and ARGV[a + 6] ~= '' then
+      local f = redis.call('HMGET', KEYS[k + 1], 'uk', 'rk', 'gk', 'info')
+      if f[1] == KEYS[k + 2] and f[2] == ARGV[a + 6] then
+        if redis.call('SREM', f[3], ARGV[a + 2]) == 1 then
+          xor_digest('sb:gd:' .. string.sub(f[3], 6), ARGV[a + 2])
+        end
+        redis.call('HSET', KEYS[k + 1], 'info', ARGV[a + 1], 'gk', KEYS[k + 4], 'gw', ARGV[a + 4],
+          'rk', ARGV[a + 5])
+        if redis.call('SADD', KEYS[k + 4], ARGV[a + 2]) == 1 then xor_digest(KEYS[k + 7], ARGV[a + 2]) end
+        local t = redis.call('TIME')
+        redis.call('ZADD', KEYS[k + 5], 'NX', t[1] * 1000 + math.floor(t[2] / 1000), ARGV[a + 4])
+        result = {3, f[4]}
+      end
+    end
   elseif max > 0 and redis.call('SCARD', KEYS[k + 2]) >= max then
     result = -1
   elseif relearn and redis.call('EXISTS', KEYS[k + 6]) == 1 then
@@ -66,7 +83,7 @@ for n = 0, #KEYS / 7 - 1 do
   if result == 1 then
     if not relearn then redis.call('DEL', KEYS[k + 6]) end
     redis.call('HSET', KEYS[k + 1], 'info', ARGV[a + 1], 'uk', KEYS[k + 2], 'usk', KEYS[k + 3],
-      'gk', KEYS[k + 4], 'user', ARGV[a + 3], 'gw', ARGV[a + 4])
+      'gk', KEYS[k + 4], 'user', ARGV[a + 3], 'gw', ARGV[a + 4], 'rk', ARGV[a + 5])
     redis.call('SADD', KEYS[k + 2], ARGV[a + 2])
     redis.call('SADD', KEYS[k + 3], ARGV[a + 3])
     if redis.call('SADD', KEYS[k + 4], ARGV[a + 2]) == 1 then xor_digest(KEYS[k + 7], ARGV[a + 2]) end
@@ -149,6 +166,35 @@ end
 return {removed, left}
 ";
 
+/// What REGISTER did with one session.
+enum Registered {
+    Created,
+    Taken,
+    AtLimit,
+    AlreadyHeld,
+    TakenOver(Box<SessionInfo>),
+}
+
+impl Registered {
+    fn from_value(value: redis::Value) -> Result<Self, RegistryError> {
+        match value {
+            redis::Value::Int(1) => Ok(Self::Created),
+            redis::Value::Int(0) => Ok(Self::Taken),
+            redis::Value::Int(-1) => Ok(Self::AtLimit),
+            redis::Value::Int(2) => Ok(Self::AlreadyHeld),
+            redis::Value::Array(items) => match items.as_slice() {
+                [redis::Value::Int(3), redis::Value::BulkString(info)] => {
+                    SessionInfo::decode(info.as_slice())
+                        .map(|info| Self::TakenOver(Box::new(info)))
+                        .map_err(unavailable)
+                }
+                _ => Err(unavailable("unexpected register result")),
+            },
+            other => Err(unavailable(format!("unexpected register result {other:?}"))),
+        }
+    }
+}
+
 fn part(value: &str) -> String {
     format!("{}:{value}", value.len())
 }
@@ -230,20 +276,19 @@ impl RedisStore {
             .map_err(unavailable)
     }
 
-    /// Runs REGISTER on `sessions`: per session 1 created, 0 taken (or tombstoned when
-    /// re-learning), -1 at the limit.
+    /// Runs REGISTER on `sessions` with their takeover hashes ("" for none).
     async fn try_register(
         &self,
-        sessions: &[SessionInfo],
+        sessions: &[(&SessionInfo, &str)],
         relearn: bool,
         max_per_user: usize,
-    ) -> Result<Vec<i64>, RegistryError> {
+    ) -> Result<Vec<Registered>, RegistryError> {
         let mut connection = self.connection.clone();
         let mut invocation = self.register.prepare_invoke();
         invocation
             .arg(if relearn { "1" } else { "0" })
             .arg(max_per_user);
-        for session in sessions {
+        for (session, takeover_hash) in sessions {
             invocation
                 .key(session_key(&session.session_id))
                 .key(user_key(&session.service, &session.user))
@@ -255,22 +300,28 @@ impl RedisStore {
                 .arg(session.encode_to_vec())
                 .arg(&session.session_id)
                 .arg(&session.user)
-                .arg(&session.gateway_id);
+                .arg(&session.gateway_id)
+                .arg(&session.resume_hash)
+                .arg(*takeover_hash);
         }
-        Self::timed(invocation.invoke_async(&mut connection)).await
+        let values: Vec<redis::Value> =
+            Self::timed(invocation.invoke_async(&mut connection)).await?;
+        values.into_iter().map(Registered::from_value).collect()
     }
 
     pub(crate) async fn register(
         &self,
         session: &SessionInfo,
         max_per_user: usize,
-    ) -> Result<(), RegistryError> {
+        takeover_hash: &str,
+    ) -> Result<Option<SessionInfo>, RegistryError> {
         let results = self
-            .try_register(std::slice::from_ref(session), false, max_per_user)
+            .try_register(&[(session, takeover_hash)], false, max_per_user)
             .await?;
-        match results.first() {
-            Some(1) => Ok(()),
-            Some(-1) => Err(RegistryError::TooManySessions),
+        match results.into_iter().next() {
+            Some(Registered::Created) => Ok(None),
+            Some(Registered::TakenOver(previous)) => Ok(Some(*previous)),
+            Some(Registered::AtLimit) => Err(RegistryError::TooManySessions),
             _ => Err(RegistryError::DuplicateSession),
         }
     }
@@ -283,12 +334,14 @@ impl RedisStore {
         let mut refused = Vec::new();
         // Bounded script calls, so one re-learn never holds Redis for long.
         for chunk in sessions.chunks(256) {
-            let results = self.try_register(chunk, true, 0).await?;
+            let with_hashes: Vec<(&SessionInfo, &str)> =
+                chunk.iter().map(|session| (session, "")).collect();
+            let results = self.try_register(&with_hashes, true, 0).await?;
             refused.extend(
                 chunk
                     .iter()
                     .zip(results)
-                    .filter(|(_, result)| *result == 0 || *result == -1)
+                    .filter(|(_, result)| matches!(result, Registered::Taken | Registered::AtLimit))
                     .map(|(session, _)| session.session_id.clone()),
             );
         }

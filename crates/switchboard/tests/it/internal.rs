@@ -55,6 +55,7 @@ async fn internal_calls_without_the_secret_are_refused() {
     let refused = SessionControlClient::new(control)
         .stop(StopRequest {
             session_id: "any".into(),
+            taken_over: false,
         })
         .await
         .expect_err("a gateway's SessionControl refuses a stranger");

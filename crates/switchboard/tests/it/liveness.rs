@@ -42,6 +42,7 @@ async fn the_registry_converges_on_what_the_gateway_holds() {
     registry
         .register(RegisterRequest {
             session: Some(ghost),
+            takeover_hash: String::new(),
         })
         .await
         .expect("register");

@@ -31,7 +31,9 @@ async fn login_pass_alias_and_requested_session_id() {
             json!({"user": "admin", "pass": ADMIN_PASSWORD, "session_id": "my-session", "extra": 1}),
         )
         .await;
-    assert_eq!(data, json!({"session_id": "my-session"}));
+    assert_eq!(data["session_id"], "my-session");
+    assert!(data["resume_key"].is_string(), "every login issues a resume key: {data}");
+    assert_eq!(data.as_object().map(|data| data.len()), Some(2), "{data}");
     running.stop().await;
 }
 

@@ -22,4 +22,5 @@ mod positioned;
 mod prelogin;
 mod recovery;
 mod sessions;
+mod takeover;
 mod tls;
