@@ -61,7 +61,8 @@ impl MemoryBroker {
         self.channels.locked().get(channel).cloned()
     }
 
-    pub(crate) fn publish(&self, channels: &[String], payload: &Bytes) {
+    /// Publishes `payload` on `channels` now, positioned where a channel has a stream.
+    pub fn publish(&self, channels: &[String], payload: &Bytes) {
         for channel in channels {
             let mut streams = self.streams.locked();
             let now = Instant::now();

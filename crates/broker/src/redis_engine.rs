@@ -15,7 +15,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::handoff::Handoff;
-use crate::streams::{History, StreamConfig, StreamTop};
+use crate::streams::{History, LUA_PUBLISH_EVENT, StreamConfig, StreamTop};
 use crate::{BrokerError, Deliver};
 
 /// How long one Redis operation may take before it counts as unavailable.
@@ -29,33 +29,18 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// channel gets a plain PUBLISH. One script call, so offsets have no gaps and a stream's events
 /// are published in offset order. Channels are arguments rather than keys: pub/sub channels
 /// are not keys, and a sharded deployment would publish per shard instead.
-const PUBLISH_BATCH: &str = r#"
+const PUBLISH_BATCH: &str = r"
 local size = ARGV[1]
 local ttl = ARGV[2]
 local i = 3
 while i <= #ARGV do
   local count = tonumber(ARGV[i])
   local payload = ARGV[i + 1]
-  for c = 1, count do
-    local channel = ARGV[i + 1 + c]
-    local meta = 'sb:pos:' .. channel
-    local found = redis.call('HMGET', meta, 'epoch', 'name')
-    if found[1] then
-      local offset = redis.call('HINCRBY', meta, 'top', 1)
-      local history = 'sb:hist:' .. channel
-      redis.call('XADD', history, 'MAXLEN', size, offset .. '-1', 'p', payload)
-      redis.call('PEXPIRE', meta, ttl)
-      redis.call('PEXPIRE', history, ttl)
-      redis.call('PUBLISH', channel, '{"pos":{"stream":"' .. found[2] .. '","epoch":"' ..
-        found[1] .. '","offset":' .. offset .. '},' .. string.sub(payload, 2))
-    else
-      redis.call('PUBLISH', channel, payload)
-    end
-  end
+  for c = 1, count do publish_event(ARGV[i + 1 + c], payload, size, ttl) end
   i = i + 2 + count
 end
 return 0
-"#;
+";
 /// Opens (or keeps alive) the stream of ARGV[1] with TTL ARGV[2] ms; a stream without meta
 /// gets a new epoch (time and a counter, so one never repeats) and an empty history. Returns
 /// name, epoch, top.
@@ -141,7 +126,7 @@ impl RedisBroker {
             publisher,
             health_check_interval: HEALTH_CHECK_INTERVAL,
             reconnections: Arc::new(AtomicU64::new(0)),
-            publish_script: redis::Script::new(PUBLISH_BATCH),
+            publish_script: redis::Script::new(&format!("{LUA_PUBLISH_EVENT}{PUBLISH_BATCH}")),
             open_script: redis::Script::new(OPEN_STREAM),
             history_script: redis::Script::new(READ_HISTORY),
             streams: StreamConfig::default(),

@@ -18,6 +18,29 @@ pub const DEFAULT_HISTORY_SIZE: usize = 1000;
 /// Default time a stream outlives its last open or event.
 pub const DEFAULT_HISTORY_TTL: Duration = Duration::from_secs(300);
 
+/// The Lua function that publishes one event into one channel, for every script that
+/// publishes (the broker's batches, the registry's lifecycle events): `publish_event(channel,
+/// payload, history size, history TTL in ms)`. A channel with a stream (its meta hash exists)
+/// takes the next offset, keeps the event in its history and is published with its position;
+/// any other channel gets a plain PUBLISH.
+pub const LUA_PUBLISH_EVENT: &str = r#"
+local function publish_event(channel, payload, size, ttl)
+  local meta = 'sb:pos:' .. channel
+  local found = redis.call('HMGET', meta, 'epoch', 'name')
+  if found[1] then
+    local offset = redis.call('HINCRBY', meta, 'top', 1)
+    local history = 'sb:hist:' .. channel
+    redis.call('XADD', history, 'MAXLEN', size, offset .. '-1', 'p', payload)
+    redis.call('PEXPIRE', meta, ttl)
+    redis.call('PEXPIRE', history, ttl)
+    redis.call('PUBLISH', channel, '{"pos":{"stream":"' .. found[2] .. '","epoch":"' ..
+      found[1] .. '","offset":' .. offset .. '},' .. string.sub(payload, 2))
+  else
+    redis.call('PUBLISH', channel, payload)
+  end
+end
+"#;
+
 /// Most events one history read returns: at the 64 KiB event body limit, a page stays well
 /// under a gRPC message's 16 MiB.
 pub const HISTORY_PAGE: usize = 100;

@@ -18,6 +18,7 @@ use crate::reply::session_not_found;
 use crate::server_request::{self, CmdRequest, CmdTiming};
 use crate::session::{CmdAnswer, SessionHandle};
 use switchboard_protocol::ApiError;
+use switchboard_protocol::presence::reason;
 
 /// Attempts to unregister a batch of closed sessions before giving up.
 const UNREGISTER_ATTEMPTS: u32 = 3;
@@ -69,9 +70,10 @@ pub struct Gateway {
 /// One entry of the unregistering task's queue.
 #[derive(Debug)]
 pub(crate) enum Unregistration {
-    /// A closed session, and who waits until its batch has been sent (it lingers like any
-    /// other: a burst of closes still shares one call).
-    Session(String, Option<oneshot::Sender<()>>),
+    /// A closed session, why it ended (its `stopped` event's reason), and who waits until its
+    /// batch has been sent (it lingers like any other: a burst of closes still shares one
+    /// call).
+    Session(String, &'static str, Option<oneshot::Sender<()>>),
     /// Answered once every session queued before it has been sent.
     Flush(oneshot::Sender<()>),
 }
@@ -103,8 +105,8 @@ pub(crate) fn start_unregistrations(
             let mut flushes = Vec::new();
             for entry in queued.drain(..) {
                 match entry {
-                    Unregistration::Session(session_id, waiter) => {
-                        session_ids.push(session_id);
+                    Unregistration::Session(session_id, why, waiter) => {
+                        session_ids.push((session_id, why));
                         flushes.extend(waiter);
                     }
                     Unregistration::Flush(done) => flushes.push(done),
@@ -124,12 +126,21 @@ pub(crate) fn start_unregistrations(
 /// Removes a batch of this gateway's sessions from the registry, retrying a few times; if
 /// the registry stays unreachable the sessions are logged, and a restarted gateway's
 /// sessions are reaped with it.
-async fn unregister_batch(services: &Services, gateway_id: &str, session_ids: Vec<String>) {
+async fn unregister_batch(
+    services: &Services,
+    gateway_id: &str,
+    sessions: Vec<(String, &'static str)>,
+) {
     let mut wait = Duration::from_millis(100);
+    let (session_ids, reasons): (Vec<String>, Vec<String>) = sessions
+        .into_iter()
+        .map(|(id, why)| (id, why.to_owned()))
+        .unzip();
     for attempt in 1..=UNREGISTER_ATTEMPTS {
         let request = services.request(UnregisterManyRequest {
             session_ids: session_ids.clone(),
             gateway_id: gateway_id.to_owned(),
+            reasons: reasons.clone(),
         });
         match services.registry.clone().unregister_many(request).await {
             Ok(_) => return,
@@ -175,7 +186,7 @@ impl Gateway {
     /// Queues one of this gateway's sessions for removal from the registry; it goes out with
     /// the next batch (at once when none is in flight).
     pub async fn unregister(&self, session_id: &str) {
-        let entry = Unregistration::Session(session_id.to_owned(), None);
+        let entry = Unregistration::Session(session_id.to_owned(), reason::CLOSED, None);
         if self.unregistrations.send(entry).await.is_err() {
             tracing::warn!(session.id = session_id, "unregister dropped: task ended");
         }
@@ -185,8 +196,8 @@ impl Gateway {
     /// outside the batches: for a login being rolled back, whose client may retry with the
     /// same session id as soon as it has its answer.
     pub async fn unregister_now(&self, session_id: &str) {
-        let session_ids = vec![session_id.to_owned()];
-        unregister_batch(&self.services, &self.config.gateway_id, session_ids).await;
+        let sessions = vec![(session_id.to_owned(), reason::CLOSED)];
+        unregister_batch(&self.services, &self.config.gateway_id, sessions).await;
     }
 
     /// What the metrics endpoint reads for its `switchboard_connections` gauge.
@@ -199,7 +210,7 @@ impl Gateway {
     /// registry has let it go: from then on its id is free for a new login, anywhere. Called
     /// before anything tells the client its session ended (an answer to `session stop`, a
     /// close frame), so a client that logs in again at once is never refused.
-    pub async fn release(&self, session: &SessionHandle) {
+    pub async fn release(&self, session: &SessionHandle, why: &'static str) {
         let Some(identity) = session.identity() else {
             return;
         };
@@ -209,7 +220,7 @@ impl Gateway {
         self.hub
             .remove_session_of(&identity.session_id, session.conn_id);
         let (done_tx, done_rx) = oneshot::channel();
-        let entry = Unregistration::Session(identity.session_id.clone(), Some(done_tx));
+        let entry = Unregistration::Session(identity.session_id.clone(), why, Some(done_tx));
         if self.unregistrations.send(entry).await.is_ok() {
             let _ = done_rx.await;
         }
@@ -246,7 +257,7 @@ impl Gateway {
             .identity()
             .map(|identity| identity.user.clone())
             .unwrap_or_default();
-        self.release(&session).await;
+        self.release(&session, reason::STOPPED).await;
         session.close(CLOSE_NORMAL, "session stopped");
         Ok(user)
     }

@@ -173,6 +173,7 @@ pub async fn reconcile(gateway: &Gateway) -> Result<Reconciled, Status> {
         let request = gateway.services.request(UnregisterManyRequest {
             session_ids: chunk.to_vec(),
             gateway_id: gateway_id.clone(),
+            reasons: Vec::new(),
         });
         gateway
             .services

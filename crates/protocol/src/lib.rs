@@ -18,6 +18,7 @@ pub mod fields;
 pub mod frame;
 pub mod limits;
 pub mod policy;
+pub mod presence;
 
 pub use error::{ApiError, ErrorCode};
 pub use event::{EventKey, merge_body};

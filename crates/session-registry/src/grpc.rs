@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::Config;
+use crate::presence::reason;
 
 /// Users or session ids in one page of `ListUsers` or `GatewaySessions` when the caller
 /// names no limit; a page stays far below the message limit.
@@ -137,9 +138,27 @@ impl SessionRegistry for GrpcRegistryService {
     ) -> Result<Response<UnregisterReply>, Status> {
         let request = request.into_inner();
         check_batch(request.session_ids.len())?;
-        let session_ids: Vec<&str> = request.session_ids.iter().map(String::as_str).collect();
+        let fallback = if request.gateway_id.is_empty() {
+            reason::STOPPED
+        } else {
+            reason::CLOSED
+        };
+        let sessions: Vec<(&str, &str)> = request
+            .session_ids
+            .iter()
+            .enumerate()
+            .map(|(index, id)| {
+                let why = request
+                    .reasons
+                    .get(index)
+                    .map(String::as_str)
+                    .filter(|why| reason::is_known(why))
+                    .unwrap_or(fallback);
+                (id.as_str(), why)
+            })
+            .collect();
         self.store
-            .unregister_many(&session_ids, &request.gateway_id)
+            .unregister_with_reasons(&sessions, &request.gateway_id)
             .await?;
         Ok(Response::new(UnregisterReply {}))
     }

@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod grpc;
+pub mod presence;
 pub mod store;
 
 pub use config::Config;

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use switchboard_proto::v1::SessionInfo;
 
+use crate::presence::reason;
+
 pub use memory::MemoryStore;
 pub use redis_store::RedisStore;
 
@@ -94,7 +96,8 @@ impl Store {
         }
     }
 
-    /// Removes a session, if present and held by `gateway_id` ("" matches any gateway).
+    /// Removes a session, if present and held by `gateway_id` ("" matches any gateway); its
+    /// `stopped` event says `closed` for a gateway's, `stopped` for anyone's.
     ///
     /// # Errors
     /// [`RegistryError::Unavailable`] when Redis cannot be reached.
@@ -107,7 +110,7 @@ impl Store {
     }
 
     /// Removes every session of `session_ids` present and held by `gateway_id` ("" matches
-    /// any gateway), in one Redis call.
+    /// any gateway), in one Redis call (see [`Store::unregister`] for their reason).
     ///
     /// # Errors
     /// [`RegistryError::Unavailable`] when Redis cannot be reached.
@@ -116,12 +119,31 @@ impl Store {
         session_ids: &[&str],
         gateway_id: &str,
     ) -> Result<(), RegistryError> {
+        let why = if gateway_id.is_empty() {
+            reason::STOPPED
+        } else {
+            reason::CLOSED
+        };
+        let sessions: Vec<(&str, &str)> = session_ids.iter().map(|id| (*id, why)).collect();
+        self.unregister_with_reasons(&sessions, gateway_id).await
+    }
+
+    /// Removes every session of `sessions` present and held by `gateway_id` ("" matches any
+    /// gateway), each firing its `stopped` event with its reason, in one Redis call.
+    ///
+    /// # Errors
+    /// [`RegistryError::Unavailable`] when Redis cannot be reached.
+    pub async fn unregister_with_reasons(
+        &self,
+        sessions: &[(&str, &str)],
+        gateway_id: &str,
+    ) -> Result<(), RegistryError> {
         match self {
             Self::Memory(store) => {
-                store.unregister_many(session_ids, gateway_id);
+                store.unregister_many(sessions, gateway_id);
                 Ok(())
             }
-            Self::Redis(store) => store.unregister_many(session_ids, gateway_id).await,
+            Self::Redis(store) => store.unregister_many(sessions, gateway_id).await,
         }
     }
 

@@ -142,7 +142,8 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
     let authenticator = switchboard_auth::Authenticator::new(config.auth.clone())?;
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
-    let broker = Broker::Memory(MemoryBroker::new().with_streams(config.streams));
+    let memory_broker = MemoryBroker::new().with_streams(config.streams);
+    let broker = Broker::Memory(memory_broker.clone());
 
     let (auth_listener, auth_addr) = bind("127.0.0.1:0", "auth").await?;
     let (registry_listener, registry_addr) = bind("127.0.0.1:0", "registry").await?;
@@ -165,13 +166,14 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
     let token = shutdown.clone();
     let registry_config = config.registry.clone();
     let secret = config.secret.clone();
+    let lifecycle_events = memory_broker;
     tasks.spawn(async move {
         log_exit(
             "registry",
             switchboard_session_registry::serve(
                 registry_config,
                 switchboard_session_registry::Store::Memory(
-                    switchboard_session_registry::MemoryStore::new(),
+                    switchboard_session_registry::MemoryStore::new().with_events(lifecycle_events),
                 ),
                 registry_listener,
                 secret,

@@ -59,7 +59,8 @@ pub async fn registry(settings: Settings, shutdown: CancellationToken) -> anyhow
     let config = settings.registry_config();
     let secret = settings.required_secret()?;
     let store = RedisStore::connect(&settings.addresses.redis_url)
-        .map_err(|error| anyhow::anyhow!("invalid redis_url: {error:?}"))?;
+        .map_err(|error| anyhow::anyhow!("invalid redis_url: {error:?}"))?
+        .with_streams(settings.stream_config());
     let listen = settings
         .addresses
         .grpc_listen

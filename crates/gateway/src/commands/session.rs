@@ -91,7 +91,12 @@ pub(crate) async fn stop(
     let session_id = Fields(data).required_str("session_id")?;
     if session_id == identity.session_id {
         // Released before the answer: once the client reads it, the id is free again.
-        gateway.release(&state.session).await;
+        gateway
+            .release(
+                &state.session,
+                switchboard_protocol::presence::reason::STOPPED,
+            )
+            .await;
         state.stop_after_reply = true;
         return Ok(json!({"user": identity.user}));
     }

@@ -19,6 +19,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use crate::gateway::Gateway;
 use crate::outbound::{CLOSE_GOING_AWAY, Ending, Outbound, OutboundQueue};
 use crate::session::SessionHandle;
+use crate::token::CLOSE_TOKEN_EXPIRED;
+use switchboard_protocol::presence::reason as presence_reason;
 
 /// Consecutive closely spaced writes after which a connection counts as busy and coalesces.
 /// Sustained traffic builds such a streak within a few frames; a quiet connection that gets
@@ -46,13 +48,13 @@ pub(super) async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
             () = kill.cancelled() => {
                 match session.take_ending() {
                     Some(Ending::Close(code, reason)) => {
-                        gateway.release(&session).await;
+                        gateway.release(&session, ended_because(code)).await;
                         // A client killed for not reading gets until `write_timeout` to take
                         // its close.
                         send_within(config.write_timeout, &mut sink, close_message(code, &reason)).await;
                     }
                     Some(Ending::AnswerPeerClose) => {
-                        gateway.release(&session).await;
+                        gateway.release(&session, presence_reason::CLOSED).await;
                         // tungstenite queued the answering close frame when it read the
                         // client's; a flush sends it. The socket closes as the task ends.
                         let _ = Box::pin(tokio::time::timeout(config.write_timeout, sink.flush())).await;
@@ -98,7 +100,7 @@ pub(super) async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
             _ = ping.tick() => {
                 let idle_ms = gateway.hub.now_ms().saturating_sub(session.last_seen_ms());
                 if Duration::from_millis(idle_ms) > config.idle_timeout {
-                    gateway.release(&session).await;
+                    gateway.release(&session, presence_reason::CLOSED).await;
                     send_within(config.write_timeout, &mut sink, close_message(CLOSE_GOING_AWAY, "idle timeout")).await;
                     session.abort();
                     return;
@@ -192,7 +194,7 @@ async fn write_batch<S: AsyncRead + AsyncWrite + Unpin>(
                 // What came before goes out; the session is released before the client can
                 // see its close.
                 sink.flush().await?;
-                Box::pin(gateway.release(session)).await;
+                Box::pin(gateway.release(session, ended_because(code))).await;
                 end = BatchEnd::Closed;
                 close_message(code, &reason)
             }
@@ -212,6 +214,15 @@ struct CloseQueueOnDrop<'a>(&'a OutboundQueue);
 impl Drop for CloseQueueOnDrop<'_> {
     fn drop(&mut self) {
         self.0.close();
+    }
+}
+
+/// The `reason` of the `stopped` event of a session closed with `code`.
+fn ended_because(code: u16) -> &'static str {
+    if code == CLOSE_TOKEN_EXPIRED {
+        presence_reason::EXPIRED
+    } else {
+        presence_reason::CLOSED
     }
 }
 

@@ -5,12 +5,15 @@ use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
+use switchboard_broker::MemoryBroker;
 use switchboard_proto::digest;
 use switchboard_proto::v1::SessionInfo;
 use switchboard_sync::Lock;
 use tokio::time::Instant;
 
 use super::{GatewayDigest, Page, RegistryError};
+use crate::presence::{Presence, reason, stopped, unpack_channels};
 
 /// What the index knows of one gateway.
 #[derive(Debug)]
@@ -95,12 +98,40 @@ fn after(cursor: &str) -> Bound<String> {
 #[derive(Debug, Clone, Default)]
 pub struct MemoryStore {
     state: Arc<Mutex<State>>,
+    /// Where lifecycle events go (none: not fired).
+    events: Option<MemoryBroker>,
 }
 
 impl MemoryStore {
     /// Creates an empty index.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Fires lifecycle events into `broker`, under the index's lock, so they are in the order
+    /// of the changes they tell.
+    pub fn with_events(mut self, broker: MemoryBroker) -> Self {
+        self.events = Some(broker);
+        self
+    }
+
+    fn fire(&self, channels: &str, payload: String) {
+        if let Some(broker) = &self.events {
+            broker.publish(&unpack_channels(channels), &Bytes::from(payload));
+        }
+    }
+
+    fn fire_started(&self, session: &SessionInfo) {
+        let presence = Presence::of(session);
+        self.fire(&presence.started_channels, presence.started);
+    }
+
+    fn fire_stopped(&self, session: &SessionInfo, reason: &str) {
+        let presence = Presence::of(session);
+        self.fire(
+            &presence.stopped_channels,
+            stopped(&presence.stopped_prefix, reason),
+        );
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -127,6 +158,10 @@ impl MemoryStore {
                 return Err(RegistryError::DuplicateSession);
             }
             let previous = state.remove(&session.session_id);
+            if let Some(previous) = &previous {
+                self.fire_stopped(previous, reason::TAKEN_OVER);
+            }
+            self.fire_started(&session);
             state.insert(session);
             return Ok(previous);
         }
@@ -135,26 +170,24 @@ impl MemoryStore {
             return Err(RegistryError::TooManySessions);
         }
         state.tombstones.remove(&session.session_id);
+        self.fire_started(&session);
         state.insert(session);
         Ok(None)
     }
 
-    /// Removes a session, if present and held by `gateway_id` ("" matches any gateway).
-    pub fn unregister(&self, session_id: &str, gateway_id: &str) {
-        self.unregister_many(&[session_id], gateway_id);
-    }
-
-    /// Removes every session of `session_ids` present and held by `gateway_id` ("" matches
-    /// any gateway).
-    pub fn unregister_many(&self, session_ids: &[&str], gateway_id: &str) {
+    /// Removes every session of `sessions` present and held by `gateway_id` ("" matches any
+    /// gateway), each firing `stopped` with its reason.
+    pub fn unregister_many(&self, sessions: &[(&str, &str)], gateway_id: &str) {
         let mut state = self.lock();
-        for &session_id in session_ids {
+        for &(session_id, why) in sessions {
             let owned = state
                 .sessions
                 .get(session_id)
                 .is_some_and(|session| gateway_id.is_empty() || session.gateway_id == gateway_id);
             if owned {
-                state.remove(session_id);
+                if let Some(session) = state.remove(session_id) {
+                    self.fire_stopped(&session, why);
+                }
                 state
                     .tombstones
                     .insert(session_id.to_owned(), Instant::now());
@@ -296,7 +329,10 @@ impl MemoryStore {
                 continue;
             };
             for session_id in &gateway.session_ids {
-                reaped += usize::from(state.remove(session_id).is_some());
+                if let Some(session) = state.remove(session_id) {
+                    self.fire_stopped(&session, reason::LOST);
+                    reaped += 1;
+                }
             }
         }
         reaped
@@ -333,15 +369,15 @@ mod tests {
             store.list_users("", "", 10).items,
             vec![("u".to_owned(), vec!["s1".to_owned(), "s2".to_owned()])]
         );
-        store.unregister("s1", "other-gateway");
+        store.unregister_many(&[("s1", reason::CLOSED)], "other-gateway");
         assert_eq!(
             store.get_user("", "u").map(|s| s.len()),
             Ok(2),
             "not its gateway's"
         );
-        store.unregister("s1", "g");
+        store.unregister_many(&[("s1", reason::CLOSED)], "g");
         assert_eq!(store.get_user("", "u").map(|s| s.len()), Ok(1));
-        store.unregister("s2", "");
+        store.unregister_many(&[("s2", reason::STOPPED)], "");
         assert_eq!(store.get_user("", "u"), Err(RegistryError::NotFound));
         assert!(store.list_users("", "", 10).items.is_empty());
     }

@@ -2,7 +2,7 @@
 //!
 //! Keys (every variable part length-prefixed, so no value can forge another key):
 //! - `sb:s:<session>`: hash `info` (the protobuf `SessionInfo`), `uk`, `usk`, `gk`, `user`, `gw`,
-//!   `rk` (the resume key's hash);
+//!   `rk` (the resume key's hash), `svc` (its service, for its `stopped` event);
 //! - `sb:u:<service>:<user>`: set of the user's session ids;
 //! - `sb:us:<service>`: set of users with at least one session;
 //! - `sb:g:<gateway>`: set of the gateway's session ids;
@@ -21,8 +21,12 @@ use std::time::Duration;
 use prost::Message;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
+use switchboard_broker::StreamConfig;
+use switchboard_broker::streams::LUA_PUBLISH_EVENT;
 use switchboard_proto::digest;
 use switchboard_proto::v1::SessionInfo;
+
+use crate::presence::Presence;
 
 use super::{GatewayDigest, Page, RegistryError, TOMBSTONE_TTL};
 
@@ -42,27 +46,61 @@ local function xor_digest(key, id)
 end
 ";
 
+/// Lifecycle events from the scripts (`crate::presence`): `fire(service, user, type, payload)`
+/// publishes on the 8 channels a `core/presence/<type>/<user>` event can match, and
+/// `stopped(service, user, id, reason)` builds and fires a session's `stopped` event from the
+/// fields the index keeps, so the reaper needs nothing else.
+const LUA_PRESENCE: &str = r#"
+local function field(value) return ':' .. #value .. ':' .. value end
+local function fire(service, user, type, payload, size, ttl)
+  local seen = {}
+  for _, sub in ipairs({'presence', '*'}) do
+    for _, t in ipairs({type, '*'}) do
+      for _, obj in ipairs({user, '*'}) do
+        local channel = 'sb:ev' .. field(service) .. field('core') .. field(sub) .. field(t) .. field(obj)
+        if not seen[channel] then
+          seen[channel] = true
+          publish_event(channel, payload, size, ttl)
+        end
+      end
+    end
+  end
+end
+local function stopped(service, user, id, reason, size, ttl)
+  if not service or not user then return end
+  fire(service, user, 'stopped', '{"service":' .. cjson.encode(service) ..
+    ',"class":"core","subclass":"presence","type":"stopped","obj_id":' .. cjson.encode(user) ..
+    ',"body":{"session_id":' .. cjson.encode(id) .. ',"user":' .. cjson.encode(user) ..
+    ',"reason":"' .. reason .. '"}}', size, ttl)
+end
+"#;
+
 /// Registers sessions: KEYS in groups of 7 (session, user, users, gateway, gateways, tombstone,
 /// digest), ARGV[1] = "1" when re-learning (a tombstone forbids it), ARGV[2] the per-user
-/// limit (0: none), then groups of 6 (info, id, user, gateway, resume hash, takeover hash).
-/// Returns per session: 1 created, 0 taken (or tombstoned when re-learning), -1 at the limit,
-/// 2 (re-learning only) already held by that same gateway, or {3, previous info} when the
-/// takeover hash matched the resume hash of a session of the same user and service: the
-/// session moved to this gateway, in this one step. The gateway's heartbeat time is Redis's
-/// own clock, so registry replicas with skewed clocks agree.
-const REGISTER: &str = r"
+/// limit (0: none), ARGV[3] and ARGV[4] the streams' history size and TTL (ms), then groups of
+/// 8 (info, id, user, gateway, resume hash, takeover hash, service, `started` event; the event
+/// is "" when re-learning). Returns per session: 1 created, 0 taken (or
+/// tombstoned when re-learning), -1 at the limit, 2 (re-learning only) already held by that
+/// same gateway, or {3, previous info} when the takeover hash matched the resume hash of a
+/// session of the same user and service: the session moved to this gateway. A created
+/// session fires `started` (not when re-learnt: it started before); a takeover fires the old
+/// one's `stopped` (`taken_over`) then the new one's `started`, in the same step. The
+/// gateway's heartbeat time is Redis's own clock, so registry replicas with skewed clocks
+/// agree.
+const REGISTER: &str = r#"
 local relearn = ARGV[1] == '1'
 local max = tonumber(ARGV[2])
+local size, ttl = ARGV[3], ARGV[4]
 local results = {}
 for n = 0, #KEYS / 7 - 1 do
   local k = n * 7
-  local a = 2 + n * 6
+  local a = 4 + n * 8
   local result = 1
   if redis.call('EXISTS', KEYS[k + 1]) == 1 then
     result = 0
     if relearn and redis.call('HGET', KEYS[k + 1], 'gw') == ARGV[a + 4] then result = 2 end
     if not relearn and ARGV[a + 6] ~= '' then
-      local f = redis.call('HMGET', KEYS[k + 1], 'uk', 'rk', 'gk', 'info')
+      local f = redis.call('HMGET', KEYS[k + 1], 'uk', 'rk', 'gk', 'info', 'svc', 'user')
       if f[1] == KEYS[k + 2] and f[2] == ARGV[a + 6] then
         if redis.call('SREM', f[3], ARGV[a + 2]) == 1 then
           xor_digest('sb:gd:' .. string.sub(f[3], 6), ARGV[a + 2])
@@ -72,6 +110,8 @@ for n = 0, #KEYS / 7 - 1 do
         if redis.call('SADD', KEYS[k + 4], ARGV[a + 2]) == 1 then xor_digest(KEYS[k + 7], ARGV[a + 2]) end
         local t = redis.call('TIME')
         redis.call('ZADD', KEYS[k + 5], 'NX', t[1] * 1000 + math.floor(t[2] / 1000), ARGV[a + 4])
+        stopped(f[5], f[6], ARGV[a + 2], 'taken_over', size, ttl)
+        fire(ARGV[a + 7], ARGV[a + 3], 'started', ARGV[a + 8], size, ttl)
         result = {3, f[4]}
       end
     end
@@ -83,27 +123,31 @@ for n = 0, #KEYS / 7 - 1 do
   if result == 1 then
     if not relearn then redis.call('DEL', KEYS[k + 6]) end
     redis.call('HSET', KEYS[k + 1], 'info', ARGV[a + 1], 'uk', KEYS[k + 2], 'usk', KEYS[k + 3],
-      'gk', KEYS[k + 4], 'user', ARGV[a + 3], 'gw', ARGV[a + 4], 'rk', ARGV[a + 5])
+      'gk', KEYS[k + 4], 'user', ARGV[a + 3], 'gw', ARGV[a + 4], 'rk', ARGV[a + 5],
+      'svc', ARGV[a + 7])
     redis.call('SADD', KEYS[k + 2], ARGV[a + 2])
     redis.call('SADD', KEYS[k + 3], ARGV[a + 3])
     if redis.call('SADD', KEYS[k + 4], ARGV[a + 2]) == 1 then xor_digest(KEYS[k + 7], ARGV[a + 2]) end
     local t = redis.call('TIME')
     redis.call('ZADD', KEYS[k + 5], 'NX', t[1] * 1000 + math.floor(t[2] / 1000), ARGV[a + 4])
+    if not relearn then fire(ARGV[a + 7], ARGV[a + 3], 'started', ARGV[a + 8], size, ttl) end
   end
   results[n + 1] = result
 end
 return results
-";
+"#;
 
-/// Unregisters each session ARGV[3..] that ARGV[1] (a gateway id, or "" for any) holds, and
-/// leaves a tombstone for ARGV[2] ms; KEYS holds each session's key and tombstone key, in
-/// pairs. Returns how many were removed.
-const UNREGISTER: &str = r"
+/// Unregisters each session of ARGV[5..] (pairs of id and reason) that ARGV[1] (a gateway
+/// id, or "" for any) holds, fires its `stopped` with that reason, and leaves a tombstone for
+/// ARGV[2] ms; ARGV[3] and ARGV[4] are the streams' history size and TTL. KEYS holds each
+/// session's key and tombstone key, in pairs. Returns how many were removed.
+const UNREGISTER: &str = r#"
 local removed = 0
-for i = 3, #ARGV do
+for i = 5, #ARGV, 2 do
   local id = ARGV[i]
-  local session_key = KEYS[(i - 3) * 2 + 1]
-  local f = redis.call('HMGET', session_key, 'uk', 'usk', 'gk', 'user', 'gw')
+  local j = (i - 5) / 2
+  local session_key = KEYS[j * 2 + 1]
+  local f = redis.call('HMGET', session_key, 'uk', 'usk', 'gk', 'user', 'gw', 'svc')
   if f[1] and (ARGV[1] == '' or f[5] == ARGV[1]) then
     redis.call('DEL', session_key)
     redis.call('SREM', f[1], id)
@@ -111,12 +155,13 @@ for i = 3, #ARGV do
     if redis.call('SREM', f[3], id) == 1 then
       xor_digest('sb:gd:' .. string.sub(f[3], 6), id)
     end
-    redis.call('SET', KEYS[(i - 3) * 2 + 2], '1', 'PX', ARGV[2])
+    redis.call('SET', KEYS[j * 2 + 2], '1', 'PX', ARGV[2])
+    stopped(f[6], f[4], id, ARGV[i + 1], ARGV[3], ARGV[4])
     removed = removed + 1
   end
 end
 return removed
-";
+"#;
 
 /// Records a heartbeat at Redis's time; returns the count and digest halves of the sessions
 /// the index holds for the gateway.
@@ -135,11 +180,12 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], 0, now - tonumber(ARGV[1]))
 ";
 
 /// Reaps up to ARGV[3] sessions of gateway ARGV[1] (KEYS: gateways, its set, its digest),
-/// only if it is still silent for longer than ARGV[2] ms: a gateway whose heartbeat arrived
+/// firing each one's `stopped` (`lost`; ARGV[4] and ARGV[5] are the streams' history size and
+/// TTL), only if it is still silent for longer than ARGV[2] ms: a gateway whose heartbeat arrived
 /// since it was found silent keeps everything. Reaped sessions leave no tombstone, so a
 /// gateway that was only slow re-learns them. Returns {removed, left}, or -1 when the gateway
 /// is not silent (any more). The gateway is forgotten once it holds nothing.
-const REAP: &str = r"
+const REAP: &str = r#"
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not score then return -1 end
 local t = redis.call('TIME')
@@ -150,11 +196,12 @@ local removed = 0
 for _, id in ipairs(ids) do
   xor_digest(KEYS[3], id)
   local session_key = 'sb:s:' .. #id .. ':' .. id
-  local f = redis.call('HMGET', session_key, 'uk', 'usk', 'user', 'gw')
+  local f = redis.call('HMGET', session_key, 'uk', 'usk', 'user', 'gw', 'svc')
   if f[1] and f[4] == ARGV[1] then
     redis.call('DEL', session_key)
     redis.call('SREM', f[1], id)
     if redis.call('SCARD', f[1]) == 0 then redis.call('SREM', f[2], f[3]) end
+    stopped(f[5], f[3], id, 'lost', ARGV[4], ARGV[5])
     removed = removed + 1
   end
 end
@@ -164,7 +211,7 @@ if left == 0 then
   redis.call('DEL', KEYS[3])
 end
 return {removed, left}
-";
+"#;
 
 /// What REGISTER did with one session.
 enum Registered {
@@ -236,6 +283,7 @@ pub struct RedisStore {
     heartbeat: Script,
     silent_gateways: Script,
     reap: Script,
+    streams: StreamConfig,
 }
 
 impl fmt::Debug for RedisStore {
@@ -259,12 +307,31 @@ impl RedisStore {
             ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?;
         Ok(Self {
             connection,
-            register: Script::new(&format!("{LUA_DIGEST}{REGISTER}")),
-            unregister: Script::new(&format!("{LUA_DIGEST}{UNREGISTER}")),
+            register: Script::new(&format!(
+                "{LUA_PUBLISH_EVENT}{LUA_PRESENCE}{LUA_DIGEST}{REGISTER}"
+            )),
+            unregister: Script::new(&format!(
+                "{LUA_PUBLISH_EVENT}{LUA_PRESENCE}{LUA_DIGEST}{UNREGISTER}"
+            )),
             heartbeat: Script::new(HEARTBEAT),
             silent_gateways: Script::new(SILENT_GATEWAYS),
-            reap: Script::new(&format!("{LUA_DIGEST}{REAP}")),
+            reap: Script::new(&format!(
+                "{LUA_PUBLISH_EVENT}{LUA_PRESENCE}{LUA_DIGEST}{REAP}"
+            )),
+            streams: StreamConfig::default(),
         })
+    }
+
+    /// Sets the streams the lifecycle events are positioned in (as the bus's).
+    pub fn with_streams(mut self, streams: StreamConfig) -> Self {
+        self.streams = streams;
+        self
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        u64::try_from(self.streams.history_ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
     }
 
     async fn timed<T>(
@@ -287,8 +354,15 @@ impl RedisStore {
         let mut invocation = self.register.prepare_invoke();
         invocation
             .arg(if relearn { "1" } else { "0" })
-            .arg(max_per_user);
+            .arg(max_per_user)
+            .arg(self.streams.history_size)
+            .arg(self.ttl_ms());
         for (session, takeover_hash) in sessions {
+            let started = if relearn {
+                String::new()
+            } else {
+                Presence::of(session).started
+            };
             invocation
                 .key(session_key(&session.session_id))
                 .key(user_key(&session.service, &session.user))
@@ -302,7 +376,9 @@ impl RedisStore {
                 .arg(&session.user)
                 .arg(&session.gateway_id)
                 .arg(&session.resume_hash)
-                .arg(*takeover_hash);
+                .arg(*takeover_hash)
+                .arg(&session.service)
+                .arg(started);
         }
         let values: Vec<redis::Value> =
             Self::timed(invocation.invoke_async(&mut connection)).await?;
@@ -348,25 +424,29 @@ impl RedisStore {
         Ok(refused)
     }
 
-    /// Unregisters many sessions in one script call.
+    /// Unregisters many sessions, each with the reason its `stopped` event gives, in one
+    /// script call.
     pub(crate) async fn unregister_many(
         &self,
-        session_ids: &[&str],
+        sessions: &[(&str, &str)],
         gateway_id: &str,
     ) -> Result<(), RegistryError> {
-        if session_ids.is_empty() {
+        if sessions.is_empty() {
             return Ok(());
         }
         let mut connection = self.connection.clone();
         let mut invocation = self.unregister.prepare_invoke();
         invocation
             .arg(gateway_id)
-            .arg(TOMBSTONE_TTL.as_millis() as u64);
-        for session_id in session_ids {
+            .arg(TOMBSTONE_TTL.as_millis() as u64)
+            .arg(self.streams.history_size)
+            .arg(self.ttl_ms());
+        for (session_id, reason) in sessions {
             invocation
                 .key(session_key(session_id))
                 .key(tombstone_key(session_id))
-                .arg(*session_id);
+                .arg(*session_id)
+                .arg(*reason);
         }
         let _: i64 = Self::timed(invocation.invoke_async(&mut connection)).await?;
         Ok(())
@@ -507,7 +587,9 @@ impl RedisStore {
                     .key(digest_key(&gateway_id))
                     .arg(&gateway_id)
                     .arg(timeout.as_millis() as u64)
-                    .arg(REAP_CHUNK);
+                    .arg(REAP_CHUNK)
+                    .arg(self.streams.history_size)
+                    .arg(self.ttl_ms());
                 let outcome: redis::Value =
                     Self::timed(invocation.invoke_async(&mut connection)).await?;
                 let Ok((removed, left)) = redis::from_redis_value::<(usize, usize)>(outcome) else {

@@ -32,7 +32,10 @@ async fn login_pass_alias_and_requested_session_id() {
         )
         .await;
     assert_eq!(data["session_id"], "my-session");
-    assert!(data["resume_key"].is_string(), "every login issues a resume key: {data}");
+    assert!(
+        data["resume_key"].is_string(),
+        "every login issues a resume key: {data}"
+    );
     assert_eq!(data.as_object().map(|data| data.len()), Some(2), "{data}");
     running.stop().await;
 }

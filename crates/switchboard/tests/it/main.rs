@@ -20,6 +20,7 @@ mod orderly_ends;
 mod policy_limits;
 mod positioned;
 mod prelogin;
+mod presence;
 mod recovery;
 mod sessions;
 mod takeover;
