@@ -194,6 +194,7 @@ class Client:
         self.gateway = None
         self.ticks = collections.defaultdict(list)  # run → seqs in arrival order
         self.hellos = []
+        self.stopped = {}  # session id → reason of its core/presence/stopped event
         self.pending = {}
         self.tids = itertools.count(1)
         self.closed = asyncio.Event()
@@ -251,7 +252,9 @@ class Client:
                 elif msg.get("cmd") == "event":
                     data = msg.get("data", {})
                     body = data.get("body", {})
-                    if data.get("type") == "tick":
+                    if data.get("subclass") == "presence" and data.get("type") == "stopped":
+                        self.stopped[body.get("session_id")] = body.get("reason")
+                    elif data.get("type") == "tick":
                         self.ticks[body["run"]].append(body["seq"])
                     elif data.get("type") == "hello":
                         self.hellos.append((time.monotonic(), body))
@@ -486,6 +489,8 @@ async def step_kill(cluster):
     gateways = await healthy_gateways()
     count = collections.Counter(c.gateway for c in cluster.clients if c.gateway != cluster.publisher.gateway)
     victim = count.most_common(1)[0][0]
+    # The publisher (on another gateway) watches sessions end.
+    await cluster.publisher.call("event", "subscribe", {"class": "core", "subclass": "presence"})
     ticker = Ticker(cluster, "kill")
     await asyncio.sleep(1.0)
     others = [c for c in cluster.everyone if c.gateway != victim]
@@ -518,6 +523,12 @@ async def step_kill(cluster):
     state = (await run("docker", "inspect", "-f", "{{.State.Status}}", victim)).strip()
     log(f"user list dropped the {len(old_ids)} sessions of {short(victim)} {time.monotonic() - killed_at:.1f}s after the kill "
         f"(container now {state})")
+
+    async def announced():
+        return all(cluster.publisher.stopped.get(i) == "lost" for i in old_ids)
+
+    await eventually(announced, f"the sessions of {short(victim)} are announced lost", 30)
+    log(f"core/presence/stopped announced the {len(old_ids)} sessions lost")
     log("fault survived: docker kill of a gateway")
 
 
