@@ -51,20 +51,21 @@ end
 /// `stopped(service, user, id, reason)` builds and fires a session's `stopped` event from the
 /// fields the index keeps, so the reaper needs nothing else.
 const LUA_PRESENCE: &str = r#"
-local function field(value) return ':' .. #value .. ':' .. value end
 local function fire(service, user, type, payload, size, ttl)
-  local seen = {}
-  for _, sub in ipairs({'presence', '*'}) do
-    for _, t in ipairs({type, '*'}) do
-      for _, obj in ipairs({user, '*'}) do
-        local channel = 'sb:ev' .. field(service) .. field('core') .. field(sub) .. field(t) .. field(obj)
-        if not seen[channel] then
-          seen[channel] = true
-          publish_event(channel, payload, size, ttl)
-        end
-      end
+  -- Lengths are formatted once per field (Lua formats numbers through printf).
+  local head = 'sb:ev:' .. string.len(service) .. ':' .. service .. ':4:core'
+  local obj = ':' .. string.len(user) .. ':' .. user
+  local kind = ':' .. string.len(type) .. ':' .. type
+  local channels = {}
+  for _, sub in ipairs({':8:presence', ':1:*'}) do
+    channels[#channels + 1] = head .. sub .. kind .. obj
+    channels[#channels + 1] = head .. sub .. ':1:*' .. obj
+    if user ~= '*' then
+      channels[#channels + 1] = head .. sub .. kind .. ':1:*'
+      channels[#channels + 1] = head .. sub .. ':1:*:1:*'
     end
   end
+  publish_all(channels, payload, size, ttl)
 end
 local function stopped(service, user, id, reason, size, ttl)
   if not service or not user then return end
