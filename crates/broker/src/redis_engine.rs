@@ -36,14 +36,16 @@ local i = 3
 while i <= #ARGV do
   local count = tonumber(ARGV[i])
   local payload = ARGV[i + 1]
-  for c = 1, count do publish_event(ARGV[i + 1 + c], payload, size, ttl) end
+  local channels = {}
+  for c = 1, count do channels[c] = ARGV[i + 1 + c] end
+  publish_all(channels, payload, size, ttl)
   i = i + 2 + count
 end
 return 0
 ";
 /// Opens (or keeps alive) the stream of ARGV[1] with TTL ARGV[2] ms; a stream without meta
-/// gets a new epoch (time and a counter, so one never repeats) and an empty history. Returns
-/// name, epoch, top.
+/// gets a new epoch (time and a counter, so one never repeats) and an empty history. Renews
+/// `sb:streams` for as long. Returns name, epoch, top.
 const OPEN_STREAM: &str = r"
 local meta = 'sb:pos:' .. ARGV[1]
 local history = 'sb:hist:' .. ARGV[1]
@@ -57,6 +59,9 @@ if not found[1] then
 end
 redis.call('PEXPIRE', meta, ARGV[2])
 redis.call('PEXPIRE', history, ARGV[2])
+-- Tells publishers that streams may exist (see `publish_all`); it outlives every stream
+-- opened or kept alive until now.
+redis.call('SET', 'sb:streams', '1', 'PX', ARGV[2])
 return {found[2], found[1], found[3]}
 ";
 /// Reads the history of ARGV[1] after offset ARGV[3] in epoch ARGV[2] (unrecoverable past

@@ -462,3 +462,40 @@ async fn redis_streams_and_a_lost_stream_gets_a_new_epoch() {
     );
     assert_eq!(after.offset, 0);
 }
+
+/// A stream kept alive by its events alone (no open since the first) goes on positioning
+/// them past its TTL: publishers never mistake it for a channel without a stream.
+#[tokio::test]
+async fn redis_a_stream_kept_alive_by_events_stays_positioned() {
+    let redis = RedisServer::start();
+    let broker = Broker::Redis(Box::new(
+        RedisBroker::connect(&redis.url())
+            .await
+            .expect("url")
+            .with_streams(StreamConfig {
+                history_size: 100,
+                history_ttl: Duration::from_millis(600),
+            }),
+    ));
+    broker.open_stream("kept").await.expect("open");
+    let recorder = Arc::new(Recorder::default());
+    let sub = broker.subscriber(recorder.clone());
+    sub.subscribe("kept").await.expect("subscribe");
+    for _ in 0..8 {
+        broker
+            .publish(&["kept".into()], Bytes::from_static(b"{\"class\":\"c\"}"))
+            .await
+            .expect("publish");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let offsets: Vec<u64> = recorder
+        .wait_for(8)
+        .await
+        .iter()
+        .map(|(_, payload)| {
+            let value: serde_json::Value = serde_json::from_slice(payload).expect("JSON");
+            value["pos"]["offset"].as_u64().unwrap_or(0)
+        })
+        .collect();
+    assert_eq!(offsets, (1..=8).collect::<Vec<u64>>());
+}
