@@ -113,28 +113,25 @@ async fn sessions_start_and_stop_with_their_reason() {
     assert_eq!(code, "unauthorized");
 }
 
-/// Takeovers, closes and stops of the same sessions, all at once: every lifetime yields one
-/// `started` and one `stopped`, in that order.
-#[tokio::test]
-async fn racing_ends_yield_one_start_and_one_stop_per_lifetime() {
+/// Takeovers, closes and stops of the same sessions, all at once, through `urls`: every
+/// lifetime yields one `started` and one `stopped`, in that order.
+async fn racing_ends(urls: [String; 2], password: &'static str) {
     const SESSIONS: usize = 20;
-    let running = start_with(|config| config.gateways = 2).await;
-    let mut watcher = watch(&running.ws_url(0), ADMIN_PASSWORD).await;
+    let mut watcher = watch(&urls[0], password).await;
     let mut originals = Vec::new();
     for index in 0..SESSIONS {
-        let mut client = Client::connect(&running.ws_url(index % 2)).await;
+        let mut client = Client::connect(&urls[index % 2]).await;
         let login = client
             .request(
                 "user",
                 "login",
-                json!({"user": "admin", "password": ADMIN_PASSWORD}),
+                json!({"user": "admin", "password": password}),
             )
             .await;
         let id = login["data"]["session_id"].as_str().expect("id").to_owned();
         originals.push((client, id, login["data"]["resume_key"].clone()));
     }
     let mut tasks = tokio::task::JoinSet::new();
-    let urls = [running.ws_url(0), running.ws_url(1)];
     for (index, (client, id, key)) in originals.into_iter().enumerate() {
         let url = urls[(index + 1) % 2].clone();
         let stop_url = urls[index % 2].clone();
@@ -145,14 +142,14 @@ async fn racing_ends_yield_one_start_and_one_stop_per_lifetime() {
                     .request(
                         "user",
                         "login",
-                        json!({"user": "admin", "password": ADMIN_PASSWORD,
+                        json!({"user": "admin", "password": password,
                                "session_id": id, "resume_key": key}),
                     )
                     .await;
                 taker
             };
             let stop = async {
-                let mut stopper = Client::login_at(&stop_url, "admin", ADMIN_PASSWORD).await;
+                let mut stopper = Client::login_at(&stop_url, "admin", password).await;
                 let _ = stopper
                     .request("session", "stop", json!({"session_id": id}))
                     .await;
@@ -191,6 +188,23 @@ async fn racing_ends_yield_one_start_and_one_stop_per_lifetime() {
             assert_eq!(pair, ["started", "stopped"], "{id}: {types:?}");
         }
     }
+}
+
+#[tokio::test]
+async fn racing_ends_yield_one_start_and_one_stop_per_lifetime() {
+    let running = start_with(|config| config.gateways = 2).await;
+    racing_ends([running.ws_url(0), running.ws_url(1)], ADMIN_PASSWORD).await;
+}
+
+/// The same race on separate processes and Redis, where the registry's scripts fire them.
+#[tokio::test]
+async fn racing_ends_in_redis_yield_one_start_and_one_stop_per_lifetime() {
+    let cluster = Cluster::start(2);
+    racing_ends(
+        [cluster.ws_url(0), cluster.ws_url(1)],
+        CLUSTER_ADMIN_PASSWORD,
+    )
+    .await;
 }
 
 /// A session of a SIGKILLed gateway is `lost` once the registry reaps it.
