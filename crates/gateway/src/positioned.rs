@@ -90,10 +90,25 @@ pub(crate) async fn read_all(
     }
 }
 
+/// An event's position with its `pos` JSON, made once per event and shared by every
+/// positioned subscriber of it.
+#[derive(Debug)]
+pub(crate) struct Located {
+    pub(crate) pos: EventPosition,
+    pub(crate) json: Arc<str>,
+}
+
+impl Located {
+    pub(crate) fn new(pos: EventPosition) -> Arc<Self> {
+        let json = Arc::from(pos.to_json());
+        Arc::new(Self { pos, json })
+    }
+}
+
 /// A live event held for later, already shaped for its subscriber.
 #[derive(Debug)]
 struct Held {
-    pos: Option<(EventPosition, Arc<str>)>,
+    pos: Option<Arc<Located>>,
     data: Arc<str>,
 }
 
@@ -146,13 +161,9 @@ impl Positioned {
 
     /// Offers a live event shaped for this subscriber; a gap to repair when it shows events
     /// were missed.
-    pub(crate) fn offer(
-        &self,
-        data: Arc<str>,
-        pos: Option<(&EventPosition, &Arc<str>)>,
-    ) -> Option<Gap> {
+    pub(crate) fn offer(&self, data: Arc<str>, pos: Option<&Arc<Located>>) -> Option<Gap> {
         let held = Held {
-            pos: pos.map(|(pos, json)| (pos.clone(), Arc::clone(json))),
+            pos: pos.map(Arc::clone),
             data,
         };
         let mut flow = self.flow.locked();
@@ -173,17 +184,19 @@ impl Positioned {
             }
             Flow::Live { epoch, last } => (epoch, last),
         };
-        let Some((pos, pos_json)) = event.pos else {
+        let Some(located) = event.pos else {
             // Published while the stream did not exist (it was lost and not yet reopened).
             self.session.push_event(event.data);
             return None;
         };
+        let pos = &located.pos;
         if pos.epoch != *epoch {
             self.notify_gap(epoch, *last, "epoch_changed");
-            *epoch = pos.epoch;
+            epoch.clone_from(&pos.epoch);
             *last = pos.offset;
+            let json = Arc::clone(&located.json);
             self.session
-                .push_now(Outbound::Positioned(event.data, pos_json));
+                .push_now(Outbound::Positioned(event.data, json));
             return None;
         }
         if pos.offset <= *last {
@@ -191,8 +204,9 @@ impl Positioned {
         }
         if pos.offset == *last + 1 {
             *last = pos.offset;
+            let json = Arc::clone(&located.json);
             self.session
-                .push_now(Outbound::Positioned(event.data, pos_json));
+                .push_now(Outbound::Positioned(event.data, json));
             return None;
         }
         let gap = Gap {
@@ -200,7 +214,7 @@ impl Positioned {
             after: *last,
         };
         *flow = Flow::Holding(vec![Held {
-            pos: Some((pos, pos_json)),
+            pos: Some(located),
             data: event.data,
         }]);
         Some(gap)
@@ -231,10 +245,8 @@ impl Positioned {
             return fallback;
         };
         held.iter()
-            .find_map(|event| event.pos.as_ref().filter(|(pos, _)| pos.epoch == epoch))
-            .map_or(fallback, |(pos, _)| {
-                pos.offset.saturating_sub(1).max(fallback)
-            })
+            .find_map(|event| event.pos.as_ref().filter(|at| at.pos.epoch == epoch))
+            .map_or(fallback, |at| at.pos.offset.saturating_sub(1).max(fallback))
     }
 
     /// Sends one event read back from the history, waiting for room in the queue; false when

@@ -14,7 +14,7 @@ use switchboard_protocol::event::EventKey;
 use switchboard_protocol::event::EventMessage;
 use switchboard_sync::Lock;
 
-use crate::positioned::{HistorySource, Positioned, repair};
+use crate::positioned::{HistorySource, Located, Positioned, repair};
 use crate::session::SessionHandle;
 
 /// One subscription of a connection: its broker channel, which encodes its key
@@ -266,7 +266,7 @@ impl RouteTable {
         if !self.index().contains_key(channel) {
             return;
         }
-        let event: EventMessage = match serde_json::from_slice(payload) {
+        let mut event: EventMessage = match serde_json::from_slice(payload) {
             Ok(event) => event,
             Err(error) => {
                 tracing::error!(%error, channel, "undecodable event from the broker");
@@ -277,7 +277,8 @@ impl RouteTable {
         // Frames for an empty subscription body only differ by the subscriber's service.
         let mut shared_same_service: Option<Arc<str>> = None;
         let mut shared_other_service: Option<Arc<str>> = None;
-        let pos_json: Option<Arc<str>> = event.pos.as_ref().map(|pos| Arc::from(pos.to_json()));
+        // Made once per event, shared by its positioned subscribers.
+        let located = event.pos.take().map(Located::new);
         let routes = self.index();
         let Some(entry) = routes.get(channel) else {
             return;
@@ -300,8 +301,7 @@ impl RouteTable {
                 session.push_event(data);
                 return;
             };
-            let pos = event.pos.as_ref().zip(pos_json.as_ref());
-            if let Some(gap) = positioned.offer(data, pos) {
+            if let Some(gap) = positioned.offer(data, located.as_ref()) {
                 match self.history.get() {
                     Some(source) => {
                         tokio::spawn(repair(Arc::clone(positioned), Arc::clone(source), gap));
