@@ -54,39 +54,39 @@ pub fn unpack_channels(mut packed: &str) -> Vec<String> {
     channels
 }
 
-/// The event of `type_` about `info`'s user with `body` (JSON text), and its channels.
-fn event(info: &SessionInfo, type_: &str, body: &str) -> (String, String) {
-    let key = EventKey {
+fn key(info: &SessionInfo, type_: &str) -> EventKey {
+    EventKey {
         service: info.service.clone(),
         class: "core".to_owned(),
         subclass: "presence".to_owned(),
         type_: type_.to_owned(),
         obj_id: info.user.clone(),
-    };
-    let mut payload = serde_json::to_string(&key).unwrap_or_else(|_| "{}".to_owned());
+    }
+}
+
+/// The event of `type_` about `info`'s user with `body` (JSON text).
+fn payload(key: &EventKey, body: &str) -> String {
+    let mut payload = serde_json::to_string(key).unwrap_or_else(|_| "{}".to_owned());
     payload.pop();
     payload.push_str(",\"body\":");
     payload.push_str(body);
     payload.push('}');
-    (pack_channels(&key.candidate_channels()), payload)
+    payload
+}
+
+/// The event of `type_` about `info`'s user with `body`, and its packed channels.
+fn event(info: &SessionInfo, type_: &str, body: &str) -> (String, String) {
+    let key = key(info, type_);
+    (
+        pack_channels(&key.candidate_channels()),
+        payload(&key, body),
+    )
 }
 
 impl Presence {
     /// The lifecycle events of the session `info` registers.
     pub fn of(info: &SessionInfo) -> Self {
-        let mut started_body = format!(
-            "{{\"session_id\":{},\"user\":{},\"type\":{},\"remote\":{}",
-            json(&info.session_id),
-            json(&info.user),
-            json(&info.r#type),
-            json(&info.remote)
-        );
-        if serde_json::from_str::<serde_json::Value>(&info.meta_json).is_ok_and(|v| v.is_object()) {
-            started_body.push_str(",\"meta\":");
-            started_body.push_str(&info.meta_json);
-        }
-        started_body.push('}');
-        let (started_channels, started) = event(info, "started", &started_body);
+        let (started_channels, started) = event(info, "started", &started_body(info));
         let stopped_body = format!(
             "{{\"session_id\":{},\"user\":{},\"reason\":\"\"}}",
             json(&info.session_id),
@@ -102,6 +102,29 @@ impl Presence {
             stopped_prefix,
         }
     }
+
+    /// The `started` event alone (the Redis scripts make its channels and the `stopped` event
+    /// themselves).
+    pub fn started_event(info: &SessionInfo) -> String {
+        payload(&key(info, "started"), &started_body(info))
+    }
+}
+
+/// The body of a session's `started` event.
+fn started_body(info: &SessionInfo) -> String {
+    let mut body = format!(
+        "{{\"session_id\":{},\"user\":{},\"type\":{},\"remote\":{}",
+        json(&info.session_id),
+        json(&info.user),
+        json(&info.r#type),
+        json(&info.remote)
+    );
+    if serde_json::from_str::<serde_json::Value>(&info.meta_json).is_ok_and(|v| v.is_object()) {
+        body.push_str(",\"meta\":");
+        body.push_str(&info.meta_json);
+    }
+    body.push('}');
+    body
 }
 
 /// The `stopped` event from its prefix and `reason`.
@@ -142,5 +165,6 @@ mod tests {
         let channels = unpack_channels(&presence.started_channels);
         assert_eq!(channels.len(), 8, "{channels:?}");
         assert_eq!(pack_channels(&channels), presence.started_channels);
+        assert_eq!(Presence::started_event(&info), presence.started);
     }
 }

@@ -362,7 +362,7 @@ impl RedisStore {
             let started = if relearn {
                 String::new()
             } else {
-                Presence::of(session).started
+                Presence::started_event(session)
             };
             invocation
                 .key(session_key(&session.session_id))
