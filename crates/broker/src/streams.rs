@@ -116,7 +116,8 @@ pub fn stream_name(channel: &str) -> String {
     let digest = Sha1::digest(channel.as_bytes());
     let mut name = String::with_capacity(40);
     for byte in digest {
-        name.push_str(&format!("{byte:02x}"));
+        use std::fmt::Write as _;
+        let _ = write!(name, "{byte:02x}");
     }
     name
 }
