@@ -47,6 +47,7 @@ impl Auth for GrpcAuthService {
 
     async fn login(&self, request: Request<LoginRequest>) -> Result<Response<LoginReply>, Status> {
         let request = request.into_inner();
+        let started = std::time::Instant::now();
         let identity = self
             .authenticator
             .login(Attempt {
@@ -57,8 +58,14 @@ impl Auth for GrpcAuthService {
             })
             .await
             .inspect_err(|error| {
+                let result = match error {
+                    AuthError::InvalidCredentials => "invalid_credentials",
+                    AuthError::TooManyAttempts => "too_many_attempts",
+                };
+                crate::metrics::METRICS.checked(started, result);
                 tracing::info!(user = %request.user, remote = %request.remote, ?error, "login refused");
             })?;
+        crate::metrics::METRICS.checked(started, "ok");
         tracing::debug!(user = %identity.user, session.id = %identity.session_id, "login accepted");
         Ok(Response::new(LoginReply {
             user: identity.user,
@@ -103,6 +110,8 @@ pub async fn serve(
     let closing = service.closing.clone();
     tonic::transport::Server::builder()
         .layer(secret.server_layer())
+        // grpc.health.v1: SERVING while the server runs (behind the secret like the rest).
+        .add_service(tonic_health::server::health_reporter().1)
         .add_service(
             AuthServer::new(service)
                 .max_decoding_message_size(switchboard_proto::MAX_MESSAGE_BYTES)

@@ -11,10 +11,12 @@
 //! - [`jwt`]: signed tokens (HS256, RS256, ES256; PEM or JWKS keys).
 //! - [`throttle`]: failed logins per remote address.
 //! - [`grpc`]: the tonic adapter and [`serve`].
+//! - [`metrics`]: login checks by result and their duration.
 
 pub mod config;
 pub mod grpc;
 pub mod jwt;
+pub mod metrics;
 pub mod password;
 pub mod service;
 pub mod throttle;

@@ -17,6 +17,7 @@ mod redis_engine;
 pub mod streams;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 
@@ -43,6 +44,41 @@ pub trait Deliver: Send + Sync + 'static {
     /// `count` messages were dropped because delivery was too far behind the engine (see
     /// [`HANDOFF_MESSAGES`], [`HANDOFF_BYTES`]).
     fn dropped(&self, _count: u64) {}
+}
+
+/// The state of an engine's subscribing connections, for readiness and metrics.
+#[derive(Debug, Default)]
+pub struct SubscriberHealth {
+    connected: AtomicBool,
+    reconnections: AtomicU64,
+}
+
+impl SubscriberHealth {
+    /// A health that is always connected (the in-memory engine).
+    pub fn always_connected() -> Arc<Self> {
+        let health = Self::default();
+        health.connected.store(true, Ordering::Relaxed);
+        Arc::new(health)
+    }
+
+    /// True while the subscriber's connection is up and every wanted channel is subscribed on
+    /// it (or no subscriber has started yet and the engine needs none).
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// How many times subscriber connections were re-established.
+    pub fn reconnections(&self) -> u64 {
+        self.reconnections.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Relaxed);
+    }
+
+    pub(crate) fn reconnected(&self) {
+        self.reconnections.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// The publishing side of the engine, cheap to clone.
@@ -116,6 +152,25 @@ impl Broker {
         match self {
             Self::Memory(memory) => Ok(memory.read_history(channel, epoch, after, max, page)),
             Self::Redis(redis) => redis.read_history(channel, epoch, after, max, page).await,
+        }
+    }
+
+    /// The state of the subscribing connections this engine starts.
+    pub fn subscriber_health(&self) -> Arc<SubscriberHealth> {
+        match self {
+            Self::Memory(_) => SubscriberHealth::always_connected(),
+            Self::Redis(redis) => redis.subscriber_health(),
+        }
+    }
+
+    /// Checks that the engine answers now.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when it does not.
+    pub async fn ping(&self) -> Result<(), BrokerError> {
+        match self {
+            Self::Memory(_) => Ok(()),
+            Self::Redis(redis) => redis.ping().await,
         }
     }
 

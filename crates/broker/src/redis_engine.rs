@@ -6,7 +6,6 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::handoff::Handoff;
 use crate::streams::{History, LUA_PUBLISH_EVENT, StreamConfig, StreamTop};
-use crate::{BrokerError, Deliver};
+use crate::{BrokerError, Deliver, SubscriberHealth};
 
 /// How long one Redis operation may take before it counts as unavailable.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(2);
@@ -97,7 +96,7 @@ pub struct RedisBroker {
     client: redis::Client,
     publisher: ConnectionManager,
     health_check_interval: Duration,
-    reconnections: Arc<AtomicU64>,
+    subscriber_health: Arc<SubscriberHealth>,
     publish_script: redis::Script,
     open_script: redis::Script,
     history_script: redis::Script,
@@ -130,7 +129,7 @@ impl RedisBroker {
             client,
             publisher,
             health_check_interval: HEALTH_CHECK_INTERVAL,
-            reconnections: Arc::new(AtomicU64::new(0)),
+            subscriber_health: Arc::new(SubscriberHealth::default()),
             publish_script: redis::Script::new(&format!("{LUA_PUBLISH_EVENT}{PUBLISH_BATCH}")),
             open_script: redis::Script::new(OPEN_STREAM),
             history_script: redis::Script::new(READ_HISTORY),
@@ -216,7 +215,25 @@ impl RedisBroker {
 
     /// Returns how many times subscriber connections were re-established.
     pub fn reconnections(&self) -> u64 {
-        self.reconnections.load(Ordering::Relaxed)
+        self.subscriber_health.reconnections()
+    }
+
+    /// The state of the subscriber connections this broker starts.
+    pub fn subscriber_health(&self) -> Arc<SubscriberHealth> {
+        Arc::clone(&self.subscriber_health)
+    }
+
+    /// Sends a PING on the publishing connection.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when Redis does not answer.
+    pub async fn ping(&self) -> Result<(), BrokerError> {
+        let mut connection = self.publisher.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut connection)
+            .await
+            .map(drop)
+            .map_err(unavailable)
     }
 
     pub(crate) async fn publish(
@@ -262,7 +279,7 @@ impl RedisBroker {
             },
             sink,
             self.health_check_interval,
-            Arc::clone(&self.reconnections),
+            Arc::clone(&self.subscriber_health),
         ));
         RedisSubscriber { commands_tx }
     }
@@ -427,7 +444,7 @@ async fn subscriber_actor(
     mut inbox: Inbox,
     sink: Arc<dyn Deliver>,
     health_check_interval: Duration,
-    reconnections: Arc<AtomicU64>,
+    state: Arc<SubscriberHealth>,
 ) {
     let handoff = Handoff::start(Arc::clone(&sink));
     let _close = CloseOnDrop(Arc::clone(&handoff));
@@ -461,8 +478,9 @@ async fn subscriber_actor(
             backoff = (backoff * 2).min(BACKOFF_MAX);
             continue;
         }
+        state.set_connected(true);
         if was_connected {
-            reconnections.fetch_add(1, Ordering::Relaxed);
+            state.reconnected();
             tracing::info!(
                 channels = wanted.channels.len(),
                 "redis subscriber reconnected and re-subscribed"
@@ -514,6 +532,7 @@ async fn subscriber_actor(
                 }
             }
         }
+        state.set_connected(false);
         tracing::warn!("redis subscriber connection lost, reconnecting");
     }
 }

@@ -22,6 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::metrics::METRICS;
 /// Replies buffered towards a publishing stream's client.
 const STREAM_REPLIES: usize = 16;
 /// Most channels one `OpenStreams` call may name.
@@ -68,16 +69,32 @@ async fn publish_batch(
     policy: &Policy,
     request: PublishBatchRequest,
 ) -> Result<PublishBatchReply, Status> {
+    let events = request.events.len();
+    let started = std::time::Instant::now();
     let outcomes = switchboard_publish::publish_batch(broker, policy, request.events)
         .await
-        .map_err(|error| broker_unavailable(&error))?;
+        .map_err(|error| {
+            METRICS.count("unavailable", events);
+            broker_unavailable(&error)
+        })?;
+    METRICS
+        .publish_duration
+        .observe(started.elapsed().as_secs_f64());
+    let mut published_count = 0;
     let results = outcomes
         .iter()
         .map(|outcome| match outcome {
-            Ok(()) => published(),
-            Err(refusal) => refusal.to_result(),
+            Ok(()) => {
+                published_count += 1;
+                published()
+            }
+            Err(refusal) => {
+                METRICS.refused(refusal);
+                refusal.to_result()
+            }
         })
         .collect();
+    METRICS.count("published", published_count);
     Ok(PublishBatchReply { results })
 }
 
@@ -87,12 +104,24 @@ impl EventBus for GrpcEventBus {
         &self,
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishReply>, Status> {
-        let prepared = switchboard_publish::prepare(&self.policy, request.into_inner())
-            .map_err(|refusal| refusal_status(&refusal))?;
+        let prepared = switchboard_publish::prepare(&self.policy, request.into_inner()).map_err(
+            |refusal| {
+                METRICS.refused(&refusal);
+                refusal_status(&refusal)
+            },
+        )?;
+        let started = std::time::Instant::now();
         self.broker
             .publish(&prepared.0, prepared.1)
             .await
-            .map_err(|error| broker_unavailable(&error))?;
+            .map_err(|error| {
+                METRICS.count("unavailable", 1);
+                broker_unavailable(&error)
+            })?;
+        METRICS
+            .publish_duration
+            .observe(started.elapsed().as_secs_f64());
+        METRICS.count("published", 1);
         Ok(Response::new(PublishReply {}))
     }
 
@@ -211,6 +240,8 @@ pub async fn serve(
     let closing = bus.closing.clone();
     tonic::transport::Server::builder()
         .layer(secret.server_layer())
+        // grpc.health.v1: SERVING while the server runs (behind the secret like the rest).
+        .add_service(tonic_health::server::health_reporter().1)
         .add_service(
             EventBusServer::new(bus)
                 .max_decoding_message_size(switchboard_proto::MAX_MESSAGE_BYTES)

@@ -6,7 +6,9 @@
 //! # Layout
 //! - [`grpc`]: [`GrpcEventBus`], the tonic adapter (refusals to statuses and results), and
 //!   [`serve`].
+//! - [`metrics`]: events by result, the broker's publish time.
 
 pub mod grpc;
+pub mod metrics;
 
 pub use grpc::{GrpcEventBus, serve};

@@ -20,6 +20,9 @@ use switchboard_protocol::{ApiError, ErrorCode};
 use switchboard_sync::Lock;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 use crate::positioned::{HistoryPage, HistorySource};
 
@@ -73,6 +76,8 @@ pub struct Services {
     /// Event bus.
     pub bus: EventBusClient<SecuredChannel>,
     controls: Arc<Mutex<HashMap<String, SessionControlClient<SecuredChannel>>>>,
+    /// `grpc.health.v1` of auth, registry and bus, for readiness.
+    health: Arc<[(&'static str, HealthClient<SecuredChannel>)]>,
     secret: InternalSecret,
     /// Deadline of every call but `session cmd`.
     pub rpc_timeout: Duration,
@@ -91,34 +96,70 @@ impl Services {
         rpc_timeout: Duration,
         secret: &InternalSecret,
     ) -> Result<Self, AddressError> {
-        let auth = AuthClient::new(secret.channel(lazy_channel(auth_url)?))
+        let (auth_channel, registry_channel, bus_channel) = (
+            secret.channel(lazy_channel(auth_url)?),
+            secret.channel(lazy_channel(registry_url)?),
+            secret.channel(lazy_channel(bus_url)?),
+        );
+        let health = Arc::from([
+            ("auth", HealthClient::new(auth_channel.clone())),
+            ("registry", HealthClient::new(registry_channel.clone())),
+            ("bus", HealthClient::new(bus_channel.clone())),
+        ]);
+        let auth = AuthClient::new(auth_channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let registry = SessionRegistryClient::new(secret.channel(lazy_channel(registry_url)?))
+        let registry = SessionRegistryClient::new(registry_channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let logins = CallStream::new(rpc_timeout, move |calls| {
             let mut auth = auth.clone();
             Box::pin(async move { Ok(auth.login_stream(calls).await?.into_inner()) })
-        });
+        })
+        .named("Auth", "Login");
         let registrations = {
             let registry = registry.clone();
             CallStream::new(rpc_timeout, move |calls| {
                 let mut registry = registry.clone();
                 Box::pin(async move { Ok(registry.register_stream(calls).await?.into_inner()) })
             })
+            .named("SessionRegistry", "Register")
         };
         Ok(Self {
             logins: Arc::new(logins),
             registry,
             registrations: Arc::new(registrations),
-            bus: EventBusClient::new(secret.channel(lazy_channel(bus_url)?))
+            bus: EventBusClient::new(bus_channel)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
             controls: Arc::new(Mutex::new(HashMap::new())),
+            health,
             secret: secret.clone(),
             rpc_timeout,
         })
+    }
+
+    /// Asks auth, registry and bus whether they serve (`grpc.health.v1`), at once; the
+    /// failures, each with its service's name.
+    pub async fn unhealthy(&self) -> Vec<(&'static str, String)> {
+        let checks = self.health.iter().map(|(name, client)| {
+            let mut client = client.clone();
+            let request = self.request(HealthCheckRequest::default());
+            async move {
+                match client.check(request).await {
+                    Ok(reply) if reply.get_ref().status == ServingStatus::Serving as i32 => None,
+                    Ok(reply) => Some((*name, format!("status {}", reply.get_ref().status))),
+                    Err(status) => {
+                        Some((*name, format!("{:?}: {}", status.code(), status.message())))
+                    }
+                }
+            }
+        });
+        futures_util::future::join_all(checks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// Wraps `message` in a request carrying the default deadline.

@@ -9,7 +9,8 @@ use switchboard_protocol::{ApiError, ErrorCode};
 use crate::commands;
 use crate::conn_state::ConnState;
 use crate::gateway::Gateway;
-use crate::reply::encode;
+use crate::metrics::METRICS;
+use crate::reply::{Failure, encode};
 
 fn unknown_command(request: &Request) -> ApiError {
     ApiError::new(
@@ -41,7 +42,15 @@ pub(crate) async fn dispatch(
     }
     let Some(identity) = state.session.identity().cloned() else {
         let result = if (request.subclass.as_str(), request.cmd.as_str()) == ("user", "login") {
-            commands::user::login(gateway, state, &request.data).await
+            let started = std::time::Instant::now();
+            let result = commands::user::login(gateway, state, &request.data).await;
+            let outcome = match &result {
+                Ok(_) => Ok(()),
+                Err(Failure::Api(error)) => Err(error.code),
+                Err(Failure::Forwarded(_)) => Err(ErrorCode::InternalError),
+            };
+            METRICS.count_login(started, outcome);
+            result
         } else {
             Err(ApiError::new(ErrorCode::NotAuthenticated, "log in first").into())
         };

@@ -200,10 +200,58 @@ impl Gateway {
         unregister_batch(&self.services, &self.config.gateway_id, sessions).await;
     }
 
-    /// What the metrics endpoint reads for its `switchboard_connections` gauge.
-    pub fn connection_count_reader(&self) -> crate::metrics::ConnectionCount {
-        let hub = Arc::clone(&self.hub);
-        Arc::new(move || hub.connection_count())
+    /// The gauges read from this gateway's state at scrape time, and the counts other
+    /// parts keep (subscriber reconnections, GELF drops).
+    pub fn scrape_series(&self) -> switchboard_admin::ScrapeSeries {
+        let (hub, gelf) = (Arc::clone(&self.hub), self.gelf.clone());
+        let counts = move |read: fn(&Hub) -> usize| {
+            let hub = Arc::clone(&hub);
+            move || i64::try_from(read(&hub)).unwrap_or(i64::MAX)
+        };
+        let health = Arc::clone(&self.hub.subscriber_health);
+        switchboard_admin::ScrapeSeries::default()
+            .gauge(
+                "switchboard_connections",
+                "Open WebSocket connections",
+                counts(Hub::connection_count),
+            )
+            .gauge(
+                "switchboard_sessions",
+                "Logged-in sessions on this gateway",
+                counts(Hub::session_count),
+            )
+            .gauge(
+                "switchboard_subscriptions",
+                "Subscriptions of this gateway's sessions",
+                counts(|hub| hub.routes.counts().1),
+            )
+            .gauge(
+                "switchboard_redis_channels",
+                "Broker channels this gateway subscribes",
+                counts(|hub| hub.routes.counts().0),
+            )
+            .counter(
+                "switchboard_subscriber_reconnections",
+                "Times the broker subscriber reconnected and subscribed again",
+                move || health.reconnections(),
+            )
+            .counter(
+                "switchboard_gelf_dropped",
+                "session log records dropped (GELF queue full or send failed)",
+                move || gelf.dropped(),
+            )
+    }
+
+    /// Checks that the broker subscriber is connected (for readiness).
+    ///
+    /// # Errors
+    /// Says why not.
+    pub fn subscriber_ready(&self) -> Result<(), String> {
+        if self.hub.subscriber_health.connected() {
+            Ok(())
+        } else {
+            Err("the broker subscriber is not connected".to_owned())
+        }
     }
 
     /// Takes a logged-in session out of the hub and the registry, once, and waits until the

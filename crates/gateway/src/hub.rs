@@ -26,6 +26,8 @@ pub struct Hub {
     sessions: Mutex<HashMap<String, Arc<SessionHandle>>>,
     /// Who subscribed which channel, and the broker subscriber that follows it.
     pub routes: RouteTable,
+    /// Whether the broker subscriber is connected, and how often it reconnected.
+    pub subscriber_health: Arc<switchboard_broker::SubscriberHealth>,
     next_conn_id: AtomicU64,
     /// Origin of [`Hub::now_ms`].
     epoch: Instant,
@@ -54,6 +56,7 @@ impl Hub {
             connections: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
             routes: RouteTable::new(broker.subscriber(Arc::new(HubSink(hub.clone())))),
+            subscriber_health: broker.subscriber_health(),
             next_conn_id: AtomicU64::new(1),
             epoch: Instant::now(),
         })
@@ -78,6 +81,11 @@ impl Hub {
     /// Returns the number of open connections.
     pub fn connection_count(&self) -> usize {
         self.connections.locked().len()
+    }
+
+    /// The number of logged-in sessions here.
+    pub fn session_count(&self) -> usize {
+        self.sessions().len()
     }
 
     /// Forgets a closed connection.

@@ -20,6 +20,7 @@ use tokio::time::MissedTickBehavior;
 use tonic::Status;
 
 use crate::gateway::Gateway;
+use crate::metrics::METRICS;
 
 /// Session ids asked for per `GatewaySessions` page.
 const PAGE: u32 = 2000;
@@ -53,7 +54,17 @@ pub(crate) async fn heartbeat_loop(gateway: Arc<Gateway>) {
     let mut mismatches = 0u32;
     loop {
         interval.tick().await;
-        match heartbeat(&gateway).await {
+        let outcome = heartbeat(&gateway).await;
+        let label = match &outcome {
+            Ok(true) => "ok",
+            Ok(false) => "mismatch",
+            Err(_) => "failed",
+        };
+        METRICS
+            .heartbeats
+            .get_or_create(&[("outcome", label)])
+            .inc();
+        match outcome {
             Ok(true) => mismatches = 0,
             Ok(false) => {
                 mismatches += 1;

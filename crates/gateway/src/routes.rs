@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
@@ -86,12 +87,29 @@ impl Routes {
         }
     }
 
+    fn len(&self) -> usize {
+        match self {
+            Self::One(..) => 1,
+            Self::Many(many) => many.len(),
+        }
+    }
+
     fn for_each(&self, mut visit: impl FnMut(&Route)) {
         match self {
             Self::One(_, route) => visit(route),
             Self::Many(many) => many.values().for_each(visit),
         }
     }
+}
+
+/// Seconds from `published_us` (microseconds since the Unix epoch, the bus's clock) to now;
+/// 0 when the clocks disagree the other way.
+fn lag_seconds(published_us: u64) -> f64 {
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |now| now.as_micros());
+    let lag_us = now_us.saturating_sub(u128::from(published_us));
+    Duration::from_micros(u64::try_from(lag_us).unwrap_or(u64::MAX)).as_secs_f64()
 }
 
 /// channel → its local routes.
@@ -150,6 +168,13 @@ impl RouteTable {
             })
             .map(|(channel, _)| channel.to_string())
             .collect()
+    }
+
+    /// The channels subscribed and the local subscriptions on them, counted now (for the
+    /// scrape-time gauges: nothing is counted on the subscribe path).
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        let index = self.index();
+        (index.len(), index.values().map(Routes::len).sum())
     }
 
     fn index(&self) -> MutexGuard<'_, RouteIndex> {
@@ -279,10 +304,18 @@ impl RouteTable {
         let mut shared_other_service: Option<Arc<str>> = None;
         // Made once per event, shared by its positioned subscribers.
         let located = event.pos.take().map(Located::new);
+        if let Some(published_us) = event.ts {
+            crate::metrics::METRICS
+                .delivery_lag
+                .observe(lag_seconds(published_us));
+        }
         let routes = self.index();
         let Some(entry) = routes.get(channel) else {
             return;
         };
+        crate::metrics::METRICS
+            .events_delivered
+            .inc_by(entry.len() as u64);
         entry.for_each(|route| {
             let session = &route.session;
             let data = if route.body.is_empty() {

@@ -115,6 +115,8 @@ pub async fn serve(
     let control = tokio::spawn(
         tonic::transport::Server::builder()
             .layer(gateway.secret.server_layer())
+            // grpc.health.v1: SERVING while the server runs (behind the secret like the rest).
+            .add_service(tonic_health::server::health_reporter().1)
             .add_service(
                 SessionControlServer::new(GrpcSessionControl::new(Arc::clone(&gateway)))
                     .max_decoding_message_size(switchboard_proto::MAX_MESSAGE_BYTES)

@@ -249,6 +249,8 @@ pub struct CallStream<C: Call, A: Answer> {
     link: tokio::sync::Mutex<Option<Arc<Link<C, A>>>>,
     next_id: AtomicU64,
     timeout: Duration,
+    /// Service and method each call is reported as to the process's client observer.
+    name: Option<(&'static str, &'static str)>,
 }
 
 impl<C: Call, A: Answer> fmt::Debug for CallStream<C, A> {
@@ -274,7 +276,15 @@ impl<C: Call, A: Answer> CallStream<C, A> {
             link: tokio::sync::Mutex::new(None),
             next_id: AtomicU64::new(1),
             timeout,
+            name: None,
         }
+    }
+
+    /// Reports each call to the client observer ([`crate::observe`]) as `service`/`method`.
+    #[must_use]
+    pub fn named(mut self, service: &'static str, method: &'static str) -> Self {
+        self.name = Some((service, method));
+        self
     }
 
     /// Makes one call. A call the server never read (its stream was ending) is sent again on
@@ -284,7 +294,21 @@ impl<C: Call, A: Answer> CallStream<C, A> {
     /// The call's own status; `UNAVAILABLE` when the stream cannot be opened or fails before
     /// the answer; `DEADLINE_EXCEEDED` after the timeout.
     pub async fn call(&self, request: C::Request) -> Result<A::Reply, Status> {
-        let deadline = Instant::now() + self.timeout;
+        let started = std::time::Instant::now();
+        let outcome = self
+            .call_within(request, Instant::now() + self.timeout)
+            .await;
+        if let Some((service, method)) = self.name {
+            crate::observe::finished(service, method, started);
+        }
+        outcome
+    }
+
+    async fn call_within(
+        &self,
+        request: C::Request,
+        deadline: Instant,
+    ) -> Result<A::Reply, Status> {
         for _ in 1..ATTEMPTS {
             if let Delivery::Answered(outcome) = self.attempt(request.clone(), deadline).await {
                 return outcome;

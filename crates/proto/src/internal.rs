@@ -12,6 +12,8 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::{Interceptor, InterceptorLayer};
 use tonic::transport::Channel;
+
+use crate::observe::ObservedChannel;
 use tonic::{Request, Status};
 
 /// The metadata key that carries the credential.
@@ -20,7 +22,7 @@ pub const HEADER: &str = "authorization";
 pub const MIN_SECRET_BYTES: usize = 16;
 
 /// A channel whose every call carries the internal credential.
-pub type SecuredChannel = InterceptedService<Channel, AttachSecret>;
+pub type SecuredChannel = InterceptedService<ObservedChannel, AttachSecret>;
 
 /// Why a secret was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,7 +97,7 @@ impl InternalSecret {
 
     /// Wraps `channel` so every call carries this secret.
     pub fn channel(&self, channel: Channel) -> SecuredChannel {
-        InterceptedService::new(channel, self.attach())
+        InterceptedService::new(ObservedChannel::new(channel), self.attach())
     }
 
     /// The client interceptor carrying this secret.

@@ -16,6 +16,7 @@ pub mod v1 {
 pub mod calls;
 pub mod digest;
 pub mod internal;
+pub mod observe;
 
 /// The largest gRPC message any Switchboard server or client sends or accepts. Every message
 /// whose size grows with the deployment (session lists, heartbeats, history) is paged well

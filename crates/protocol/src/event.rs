@@ -157,6 +157,10 @@ pub struct EventMessage {
     /// Its position, when it was published into a channel with a positioned stream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pos: Option<EventPosition>,
+    /// When the bus published it, in microseconds since the Unix epoch (for the delivery
+    /// lag; absent from events published by other means).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts: Option<u64>,
     /// What the event is about.
     #[serde(flatten)]
     pub key: EventKey,
@@ -322,6 +326,7 @@ mod tests {
     #[test]
     fn frame_data_omits_wildcards_and_own_service() {
         let event = EventMessage {
+            ts: None,
             pos: None,
             key: key("s", "*", "*"),
             body: None,

@@ -83,6 +83,13 @@ fn field_or_wildcard(value: String) -> String {
 /// An event ready for the broker: the channels it can match and its payload.
 pub type Prepared = (Vec<String>, Bytes);
 
+/// Microseconds since the Unix epoch (0 before it).
+fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |now| u64::try_from(now.as_micros()).unwrap_or(u64::MAX))
+}
+
 /// Validates and authorises one event; returns the channels it can match and its payload.
 ///
 /// The body is checked to be JSON but not re-encoded: the payload is assembled around the
@@ -144,9 +151,14 @@ pub fn prepare(policy: &Policy, request: PublishRequest) -> Result<Prepared, Ref
     let channels = key.candidate_channels();
     let mut payload = serde_json::to_string(&key)
         .map_err(|error| Refusal::Invalid(format!("event key: {error}")))?;
-    if !event.body_json.is_empty() {
-        // `key` serialises as an object: splice the body in before its closing brace.
-        payload.pop();
+    // `key` serialises as an object: splice the publication time and the body in before its
+    // closing brace.
+    payload.pop();
+    payload.push_str(",\"ts\":");
+    payload.push_str(&now_micros().to_string());
+    if event.body_json.is_empty() {
+        payload.push('}');
+    } else {
         payload.push_str(",\"body\":");
         payload.push_str(&event.body_json);
         payload.push('}');

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::Config;
+use crate::metrics::METRICS;
 use crate::presence::reason;
 
 /// Users or session ids in one page of `ListUsers` or `GatewaySessions` when the caller
@@ -94,10 +95,16 @@ impl SessionRegistry for GrpcRegistryService {
         if session.session_id.is_empty() {
             return Err(Status::invalid_argument("session_id is required"));
         }
-        let previous = self
+        let registered = self
             .store
             .register_limited(session, self.max_sessions_per_user, &request.takeover_hash)
-            .await?;
+            .await;
+        let label = crate::metrics::outcome(&registered);
+        METRICS
+            .registrations
+            .get_or_create(&[("result", label)])
+            .inc();
+        let previous = registered?;
         Ok(Response::new(RegisterReply { previous }))
     }
 
@@ -207,7 +214,13 @@ impl SessionRegistry for GrpcRegistryService {
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatReply>, Status> {
         let request = request.into_inner();
-        let held = self.store.heartbeat(&request.gateway_id).await?;
+        let held = self.store.heartbeat(&request.gateway_id).await;
+        let label = crate::metrics::outcome(&held);
+        METRICS
+            .heartbeats
+            .get_or_create(&[("outcome", label)])
+            .inc();
+        let held = held?;
         Ok(Response::new(HeartbeatReply {
             session_count: held.count,
             digest: held.digest,
@@ -279,6 +292,8 @@ pub async fn serve_service(
     let closing = service.closing.clone();
     tonic::transport::Server::builder()
         .layer(secret.server_layer())
+        // grpc.health.v1: SERVING while the server runs (behind the secret like the rest).
+        .add_service(tonic_health::server::health_reporter().1)
         .add_service(
             SessionRegistryServer::new(service)
                 .max_decoding_message_size(switchboard_proto::MAX_MESSAGE_BYTES)
@@ -298,11 +313,19 @@ async fn reap_until(store: Store, config: Config, shutdown: CancellationToken) {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = interval.tick() => {
-                match store.reap(config.gateway_timeout).await {
-                    Ok(0) => {}
-                    Ok(reaped) => tracing::warn!(sessions = reaped, "reaped sessions of a silent gateway"),
-                    Err(error) => tracing::debug!(?error, "reaper could not reach the store"),
-                }
+                let outcome = match store.reap(config.gateway_timeout).await {
+                    Ok(0) => "idle",
+                    Ok(reaped) => {
+                        METRICS.reaped_sessions.inc_by(reaped as u64);
+                        tracing::warn!(sessions = reaped, "reaped sessions of a silent gateway");
+                        "reaped"
+                    }
+                    Err(error) => {
+                        tracing::debug!(?error, "reaper could not reach the store");
+                        "unavailable"
+                    }
+                };
+                METRICS.reaps.get_or_create(&[("outcome", outcome)]).inc();
             }
         }
     }

@@ -11,9 +11,11 @@
 //! - [`config`]: [`Config`], heartbeat timeout.
 //! - [`store`]: [`Store`], the index in memory or in Redis, free of gRPC.
 //! - [`grpc`]: the tonic adapter, the reaper task and [`serve`].
+//! - [`metrics`]: registrations, heartbeats and reaper runs by outcome.
 
 pub mod config;
 pub mod grpc;
+pub mod metrics;
 pub mod presence;
 pub mod store;
 

@@ -232,6 +232,17 @@ impl Store {
         }
     }
 
+    /// Checks that the backing store answers now.
+    ///
+    /// # Errors
+    /// [`RegistryError::Unavailable`] when it does not.
+    pub async fn ping(&self) -> Result<(), RegistryError> {
+        match self {
+            Self::Memory(_) => Ok(()),
+            Self::Redis(store) => store.ping().await,
+        }
+    }
+
     /// Removes the sessions of every gateway silent for longer than `timeout`; returns how many.
     ///
     /// # Errors

@@ -5,13 +5,17 @@
 //! would. The broker is the in-memory one and the registry keeps its index in memory.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::Context;
+use switchboard_admin::Readiness;
 use switchboard_broker::{Broker, MemoryBroker};
 use switchboard_proto::internal::InternalSecret;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+use crate::admin::Service;
 
 /// Default `wss://` listener of `switchboard dev` with a certificate.
 pub const DEFAULT_DEV_TLS_LISTEN: &str = "127.0.0.1:9011";
@@ -31,8 +35,8 @@ pub struct DevConfig {
     pub gateways: usize,
     /// The internal credential between the services (random by default).
     pub secret: InternalSecret,
-    /// Metrics endpoint of the first gateway; further gateways take a free loopback port.
-    pub metrics_listen: Option<String>,
+    /// The process's admin listener (health, readiness, metrics of every service), if any.
+    pub admin_listen: Option<String>,
     /// `wss://` address of the first gateway when `gateway.tls` is set.
     pub tls_listen: String,
     /// How long positioned streams live and how much they keep.
@@ -52,7 +56,7 @@ impl DevConfig {
             gateway: switchboard_gateway::Config::default(),
             gateways: 1,
             secret: InternalSecret::random(),
-            metrics_listen: None,
+            admin_listen: None,
             tls_listen: DEFAULT_DEV_TLS_LISTEN.to_owned(),
             streams: switchboard_broker::StreamConfig::default(),
         }
@@ -74,11 +78,15 @@ pub struct Running {
     pub control_addrs: Vec<SocketAddr>,
     /// The internal credential the services require.
     pub secret: InternalSecret,
-    /// Metrics endpoint of each gateway, when enabled.
-    pub metrics_addrs: Vec<SocketAddr>,
+    /// The admin listener, when enabled.
+    pub admin_addr: Option<SocketAddr>,
+    /// The process's readiness (what `/health/ready` answers).
+    pub readiness: Arc<Readiness>,
     /// `wss://` address of each gateway, when a certificate is configured.
     pub wss_addrs: Vec<SocketAddr>,
     shutdown: CancellationToken,
+    /// Stops the admin listener, after everything else.
+    admin_shutdown: CancellationToken,
     tasks: JoinSet<()>,
     gateway_shutdowns: Vec<CancellationToken>,
 }
@@ -96,8 +104,10 @@ impl Running {
 
     /// Stops everything and waits for it.
     pub async fn stop(mut self) {
+        self.readiness.start_draining();
         self.shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}
+        self.admin_shutdown.cancel();
     }
 
     /// Waits until the first service ends (it should not before shutdown).
@@ -203,8 +213,18 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
     let mut ws_addrs = Vec::new();
     let mut control_addrs = Vec::new();
     let mut gateway_shutdowns = Vec::new();
-    let mut metrics_addrs = Vec::new();
     let mut wss_addrs = Vec::new();
+    let readiness = Readiness::new();
+    let mut registry = crate::admin::registry_for(
+        "dev",
+        &[
+            Service::Auth,
+            Service::Registry,
+            Service::Bus,
+            Service::Gateway,
+        ],
+    );
+    let several = config.gateways > 1;
     for index in 0..config.gateways.max(1) {
         let address = |first| gateway_address(index, first);
         let (ws_listener, ws_addr) = bind(address(&config.listen), "WebSocket listener").await?;
@@ -227,14 +247,15 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
         let gateway = switchboard_gateway::build(gateway_config, &broker, config.secret.clone())?;
         let token = shutdown.child_token();
         gateway_shutdowns.push(token.clone());
-        if let Some(metrics_listen) = &config.metrics_listen {
-            let (listener, metrics_addr) = bind(address(metrics_listen), "metrics").await?;
-            metrics_addrs.push(metrics_addr);
-            tasks.spawn(switchboard_gateway::metrics::serve_metrics(
-                gateway.connection_count_reader(),
-                listener,
-                token.clone(),
-            ));
+        crate::admin::gateway_checks(&readiness, &gateway);
+        let gauges = Box::new(gateway.scrape_series());
+        if several {
+            // Each gateway's gauges, told apart by a `gateway` label.
+            registry
+                .sub_registry_with_label(("gateway".into(), index.to_string().into()))
+                .register_collector(gauges);
+        } else {
+            registry.register_collector(gauges);
         }
         tasks.spawn(async move {
             log_exit(
@@ -254,6 +275,19 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
         ws_addrs.push(ws_addr);
         control_addrs.push(control_addr);
     }
+    let admin_shutdown = CancellationToken::new();
+    let admin_addr = match &config.admin_listen {
+        Some(address) => Some(
+            crate::admin::start(
+                address,
+                registry,
+                Arc::clone(&readiness),
+                admin_shutdown.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     Ok(Running {
         ws_addrs,
         auth_addr,
@@ -261,9 +295,11 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
         bus_addr,
         control_addrs,
         secret: config.secret,
-        metrics_addrs,
+        admin_addr,
+        readiness,
         wss_addrs,
         shutdown,
+        admin_shutdown,
         tasks,
         gateway_shutdowns,
     })

@@ -7,10 +7,14 @@
 //!   over real gRPC on loopback, with the in-memory broker and registry.
 //! - [`mod@bench`]: `switchboard bench`, the load generator for Switchboard's protocol.
 //! - [`roles`]: `switchboard auth|registry|bus|gateway`, one service per process, over Redis.
+//! - [`admin`]: each process's admin listener: its series, readiness checks and address.
+//! - [`telemetry`]: logs (text or JSON) and the gRPC client observer.
 //!
 //! Depends on every service crate; no service crate depends on it.
 
+pub mod admin;
 pub mod bench;
 pub mod dev;
 pub mod roles;
 pub mod settings;
+pub mod telemetry;

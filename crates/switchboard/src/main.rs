@@ -4,10 +4,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use std::sync::Arc;
 use switchboard::dev::{self, DevConfig};
 use switchboard::roles;
 use switchboard::settings::command_line::{self, ParseFailure};
 use switchboard::settings::{DEFAULT_LISTEN, DEV_ADMIN_PASSWORD, Settings};
+use switchboard::telemetry::{self, LogFormat};
+use switchboard_admin::Readiness;
 use tokio_util::sync::CancellationToken;
 
 /// jemalloc instead of glibc's allocator: a gateway allocates and frees a few small buffers
@@ -27,6 +30,16 @@ struct Cli {
     /// Runtime worker threads [default: one per core].
     #[arg(long, env = "SWITCHBOARD_WORKER_THREADS", global = true)]
     worker_threads: Option<usize>,
+    /// Log lines as `text`, or `json`: one object per line.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_LOG_FORMAT",
+        global = true,
+        value_enum,
+        default_value_t,
+        hide_possible_values = true
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -74,30 +87,25 @@ fn hash_password() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs one role until SIGINT/SIGTERM, then lets it drain.
-async fn run_role<F>(role: impl FnOnce(CancellationToken) -> F) -> anyhow::Result<()>
+/// Runs one role until SIGINT/SIGTERM: readiness turns 503 at once, then the role drains.
+async fn run_role<F>(
+    role: impl FnOnce(CancellationToken, Arc<Readiness>) -> F,
+) -> anyhow::Result<()>
 where
     F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
 {
     let shutdown = CancellationToken::new();
-    let mut task = tokio::spawn(role(shutdown.clone()));
+    let readiness = Readiness::new();
+    let mut task = tokio::spawn(role(shutdown.clone(), Arc::clone(&readiness)));
     tokio::select! {
         () = shutdown_signal() => {
+            readiness.start_draining();
             tracing::info!("shutting down");
             shutdown.cancel();
             task.await?
         }
         result = &mut task => result?,
     }
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 async fn shutdown_signal() {
@@ -144,7 +152,13 @@ async fn run_dev(settings: Settings) -> anyhow::Result<()> {
     config.secret = settings.secret_or_random()?;
     config.registry = settings.registry_config();
     config.streams = settings.stream_config();
-    config.metrics_listen = settings.addresses.metrics_listen.clone();
+    config.admin_listen = Some(
+        settings
+            .addresses
+            .admin_listen
+            .clone()
+            .unwrap_or_else(|| switchboard::admin::DEFAULT_DEV_ADMIN_LISTEN.to_owned()),
+    );
     if let Some(address) = &settings.addresses.tls_listen {
         config.tls_listen = address.clone();
     }
@@ -159,7 +173,10 @@ async fn run_dev(settings: Settings) -> anyhow::Result<()> {
     }
     let token = running.shutdown_token();
     tokio::select! {
-        () = shutdown_signal() => tracing::info!("shutting down"),
+        () = shutdown_signal() => {
+            running.readiness.start_draining();
+            tracing::info!("shutting down");
+        }
         () = running.wait() => tracing::error!("a service stopped unexpectedly"),
     }
     token.cancel();
@@ -230,7 +247,8 @@ fn exit_code(result: anyhow::Result<()>) -> ExitCode {
 }
 
 async fn run(cli: Cli) -> ExitCode {
-    init_tracing();
+    telemetry::init_logs(cli.log_format);
+    telemetry::observe_calls();
     // Every WebSocket and gRPC connection is a descriptor; container runtimes often start
     // processes with a soft limit of 1024. Take what the hard limit allows.
     match rlimit::increase_nofile_limit(u64::MAX) {
@@ -253,9 +271,9 @@ async fn run(cli: Cli) -> ExitCode {
     }
     exit_code(match role {
         Role::Dev => run_dev(settings).await,
-        Role::Auth => run_role(|token| roles::auth(settings, token)).await,
-        Role::Registry => run_role(|token| roles::registry(settings, token)).await,
-        Role::Bus => run_role(|token| roles::bus(settings, token)).await,
-        Role::Gateway => run_role(|token| roles::gateway(settings, token)).await,
+        Role::Auth => run_role(|token, ready| roles::auth(settings, token, ready)).await,
+        Role::Registry => run_role(|token, ready| roles::registry(settings, token, ready)).await,
+        Role::Bus => run_role(|token, ready| roles::bus(settings, token, ready)).await,
+        Role::Gateway => run_role(|token, ready| roles::gateway(settings, token, ready)).await,
     })
 }

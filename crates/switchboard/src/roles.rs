@@ -1,7 +1,9 @@
 //! One service per process: `switchboard auth|registry|bus|gateway`, as the scaled deployment
-//! runs them. Each binds its listeners, logs where, and serves until `shutdown` is cancelled.
+//! runs them. Each binds its listeners (its admin listener first), logs where, and serves until
+//! `shutdown` is cancelled; its readiness checks go into the process's [`Readiness`].
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::Arc;
 
 use anyhow::Context;
 use switchboard_broker::{Broker, RedisBroker};
@@ -9,7 +11,39 @@ use switchboard_session_registry::{RedisStore, Store};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use switchboard_admin::Readiness;
+
+use crate::admin::{self, Service};
 use crate::settings::Settings;
+
+/// Starts the process's admin listener with the series of `service`.
+async fn start_admin(
+    settings: &Settings,
+    default: &str,
+    role: &'static str,
+    service: Service,
+    readiness: &Arc<Readiness>,
+    extra: Option<switchboard_admin::ScrapeSeries>,
+) -> anyhow::Result<()> {
+    let mut registry = admin::registry_for(role, &[service]);
+    if let Some(extra) = extra {
+        registry.register_collector(Box::new(extra));
+    }
+    let address = settings
+        .addresses
+        .admin_listen
+        .as_deref()
+        .unwrap_or(default);
+    // The admin listener outlives the role's drain: readiness answers 503 throughout it.
+    admin::start(
+        address,
+        registry,
+        Arc::clone(readiness),
+        CancellationToken::new(),
+    )
+    .await?;
+    Ok(())
+}
 
 /// Default gRPC listener of the auth service.
 pub const DEFAULT_AUTH_LISTEN: &str = "0.0.0.0:9101";
@@ -34,13 +68,26 @@ async fn bind(address: &str, what: &str) -> anyhow::Result<TcpListener> {
 ///
 /// # Errors
 /// On a missing password, a bind failure or a transport error.
-pub async fn auth(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn auth(
+    settings: Settings,
+    shutdown: CancellationToken,
+    readiness: Arc<Readiness>,
+) -> anyhow::Result<()> {
     let secret = settings.required_secret()?;
     let admin_password = settings.auth.admin_password.clone().context(
         "the auth service needs an admin password (--admin-password or SWITCHBOARD_ADMIN_PASSWORD)",
     )?;
     let authenticator =
         switchboard_auth::Authenticator::new(settings.auth_config(Some(admin_password)))?;
+    start_admin(
+        &settings,
+        admin::DEFAULT_AUTH_ADMIN_LISTEN,
+        "auth",
+        Service::Auth,
+        &readiness,
+        None,
+    )
+    .await?;
     let listen = settings
         .addresses
         .grpc_listen
@@ -55,26 +102,38 @@ pub async fn auth(settings: Settings, shutdown: CancellationToken) -> anyhow::Re
 ///
 /// # Errors
 /// On an invalid setting, a bind failure or a transport error.
-pub async fn registry(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn registry(
+    settings: Settings,
+    shutdown: CancellationToken,
+    readiness: Arc<Readiness>,
+) -> anyhow::Result<()> {
     let config = settings.registry_config();
     let secret = settings.required_secret()?;
     let store = RedisStore::connect(&settings.addresses.redis_url)
         .map_err(|error| anyhow::anyhow!("invalid redis_url: {error:?}"))?
         .with_streams(settings.stream_config());
+    let store = Store::Redis(Box::new(store));
+    let pinged = store.clone();
+    readiness.add_check("redis", move || {
+        let store = pinged.clone();
+        async move { store.ping().await.map_err(|error| format!("{error:?}")) }
+    });
+    start_admin(
+        &settings,
+        admin::DEFAULT_REGISTRY_ADMIN_LISTEN,
+        "registry",
+        Service::Registry,
+        &readiness,
+        None,
+    )
+    .await?;
     let listen = settings
         .addresses
         .grpc_listen
         .as_deref()
         .unwrap_or(DEFAULT_REGISTRY_LISTEN);
     let listener = bind(listen, "registry gRPC").await?;
-    switchboard_session_registry::serve(
-        config,
-        Store::Redis(Box::new(store)),
-        listener,
-        secret,
-        shutdown,
-    )
-    .await?;
+    switchboard_session_registry::serve(config, store, listener, secret, shutdown).await?;
     Ok(())
 }
 
@@ -82,12 +141,31 @@ pub async fn registry(settings: Settings, shutdown: CancellationToken) -> anyhow
 ///
 /// # Errors
 /// On an invalid setting, a bind failure or a transport error.
-pub async fn bus(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn bus(
+    settings: Settings,
+    shutdown: CancellationToken,
+    readiness: Arc<Readiness>,
+) -> anyhow::Result<()> {
     let secret = settings.required_secret()?;
     let broker = RedisBroker::connect(&settings.addresses.redis_url)
         .await
         .context("invalid redis_url")?
         .with_streams(settings.stream_config());
+    let broker = Broker::Redis(Box::new(broker));
+    let pinged = broker.clone();
+    readiness.add_check("redis", move || {
+        let broker = pinged.clone();
+        async move { broker.ping().await.map_err(|error| error.to_string()) }
+    });
+    start_admin(
+        &settings,
+        admin::DEFAULT_BUS_ADMIN_LISTEN,
+        "bus",
+        Service::Bus,
+        &readiness,
+        None,
+    )
+    .await?;
     let listen = settings
         .addresses
         .grpc_listen
@@ -95,7 +173,7 @@ pub async fn bus(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .unwrap_or(DEFAULT_BUS_LISTEN);
     let listener = bind(listen, "bus gRPC").await?;
     switchboard_event_bus::serve(
-        Broker::Redis(Box::new(broker)),
+        broker,
         settings.policy()?,
         listener,
         secret,
@@ -138,7 +216,11 @@ fn advertised_control(settings: &Settings, bound: SocketAddr, registry_url: &str
 ///
 /// # Errors
 /// On an invalid setting, a bind failure or a transport error.
-pub async fn gateway(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn gateway(
+    settings: Settings,
+    shutdown: CancellationToken,
+    readiness: Arc<Readiness>,
+) -> anyhow::Result<()> {
     let secret = settings.required_secret()?;
     let mut config = settings.gateway_config()?;
     let broker = RedisBroker::connect(&settings.addresses.redis_url)
@@ -180,14 +262,16 @@ pub async fn gateway(settings: Settings, shutdown: CancellationToken) -> anyhow:
         ws_listener.local_addr()?
     );
     let gateway = switchboard_gateway::build(config, &Broker::Redis(Box::new(broker)), secret)?;
-    if let Some(address) = &settings.addresses.metrics_listen {
-        let listener = bind(address, "gateway metrics").await?;
-        tokio::spawn(switchboard_gateway::metrics::serve_metrics(
-            gateway.connection_count_reader(),
-            listener,
-            shutdown.clone(),
-        ));
-    }
+    admin::gateway_checks(&readiness, &gateway);
+    start_admin(
+        &settings,
+        admin::DEFAULT_GATEWAY_ADMIN_LISTEN,
+        "gateway",
+        Service::Gateway,
+        &readiness,
+        Some(gateway.scrape_series()),
+    )
+    .await?;
     let listeners = switchboard_gateway::Listeners {
         ws: ws_listener,
         wss: wss_listener,

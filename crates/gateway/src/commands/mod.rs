@@ -140,5 +140,6 @@ pub(crate) async fn submit_publish(
             permit,
         })
         .await;
+    crate::metrics::METRICS.events_submitted.inc();
     None
 }

@@ -39,6 +39,7 @@ use crate::metrics::METRICS;
 use crate::outbound::CLOSE_GOING_AWAY;
 use crate::prelogin::FrameGuard;
 use crate::session::SessionHandle;
+use tracing::Instrument;
 
 use reader::read_loop;
 use writer::write_loop;
@@ -243,7 +244,16 @@ async fn run<S>(
     session.touch(gateway.hub.now_ms());
     gateway.hub.add_connection(&session);
     tracing::debug!(conn.id = conn_id, peer.addr = %session.remote, "connected");
-    let writer = tokio::spawn(write_loop(sink, Arc::clone(&session), Arc::clone(&gateway)));
+    let span = tracing::info_span!(
+        "conn",
+        gateway = %gateway.config.gateway_id,
+        conn = conn_id,
+        session_id = tracing::field::Empty,
+        user = tracing::field::Empty,
+    );
+    let writer = tokio::spawn(
+        write_loop(sink, Arc::clone(&session), Arc::clone(&gateway)).instrument(span.clone()),
+    );
     let mut state = ConnState {
         session: Arc::clone(&session),
         subscriptions: Vec::new(),
@@ -259,7 +269,9 @@ async fn run<S>(
         // Accepted as the gateway began to drain: it missed the paced closes.
         session.close(CLOSE_GOING_AWAY, "gateway shutting down");
     }
-    read_loop(&gateway, &mut state, stream).await;
+    read_loop(&gateway, &mut state, stream)
+        .instrument(span.clone())
+        .await;
     // The writer ends after a queued close or on kill; make sure it does either way.
     session.abort();
     let abort_writer = writer.abort_handle();
@@ -270,7 +282,7 @@ async fn run<S>(
         tracing::debug!(conn.id = conn_id, "writer did not stop in time");
         abort_writer.abort();
     }
-    Box::pin(cleanup(&gateway, &mut state)).await;
+    Box::pin(cleanup(&gateway, &mut state).instrument(span)).await;
     gateway.hub.remove_connection(conn_id);
     tracing::debug!(conn.id = conn_id, "disconnected");
 }

@@ -21,6 +21,7 @@ use crate::outbound::{CLOSE_NORMAL, CLOSE_POLICY, CLOSE_TOO_BIG, Outbound};
 use crate::prelogin;
 use crate::session::CmdAnswer;
 use crate::token;
+use tracing::Instrument;
 
 /// Reads and handles the client's frames until the connection ends or is killed.
 pub(super) async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
@@ -122,6 +123,7 @@ async fn handle_text(gateway: &Arc<Gateway>, state: &mut ConnState, text: &str) 
     // Every frame counts against the rate, requests or not; past it, requests are answered
     // `limit_exceeded` and invalid frames get no answer at all.
     let within_rate = state.frame_budget.take();
+    METRICS.frames_received.inc();
     match frame::decode(text, gateway.config.max_json_depth) {
         Err(_) if !within_rate => METRICS.count_rate_limited(),
         Err(rejected) => {
@@ -143,10 +145,26 @@ async fn handle_text(gateway: &Arc<Gateway>, state: &mut ConnState, text: &str) 
             reply(state, frame::error_response(Some(&request.tid), &error)).await;
         }
         Ok(Inbound::Request(request)) => {
+            let started = std::time::Instant::now();
+            let command = crate::metrics::command_label(&request.subclass, &request.cmd);
+            let logged_in = state.session.identity().is_some();
+            let span = tracing::info_span!("command", command, tid = %request.tid);
             // Boxed: a command's state lives only while it runs.
-            if let Some(text) = Box::pin(dispatch::dispatch(gateway, state, request)).await {
+            let dispatched = Box::pin(dispatch::dispatch(gateway, state, request).instrument(span));
+            if let Some(text) = dispatched.await {
                 reply(state, text).await;
             }
+            if !logged_in && let Some(identity) = state.session.identity() {
+                // The connection's span names its session from now on.
+                tracing::Span::current()
+                    .record("session_id", identity.session_id.as_str())
+                    .record("user", identity.user.as_str());
+                tracing::debug!("logged in");
+            }
+            METRICS
+                .command_duration
+                .get_or_create(&[("command", command)])
+                .observe(started.elapsed().as_secs_f64());
         }
         Ok(Inbound::Response(response)) => {
             if let Some(tid) = server_tid(&response.tid) {

@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::gateway::Gateway;
+use crate::metrics::METRICS;
 use crate::outbound::{CLOSE_GOING_AWAY, Ending, Outbound, OutboundQueue};
 use crate::session::SessionHandle;
 use crate::token::CLOSE_TOKEN_EXPIRED;
@@ -48,18 +49,20 @@ pub(super) async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
             () = kill.cancelled() => {
                 match session.take_ending() {
                     Some(Ending::Close(code, reason)) => {
+                        METRICS.count_disconnect(close_label(code));
                         gateway.release(&session, ended_because(code)).await;
                         // A client killed for not reading gets until `write_timeout` to take
                         // its close.
                         send_within(config.write_timeout, &mut sink, close_message(code, &reason)).await;
                     }
                     Some(Ending::AnswerPeerClose) => {
+                        METRICS.count_disconnect("client");
                         gateway.release(&session, presence_reason::CLOSED).await;
                         // tungstenite queued the answering close frame when it read the
                         // client's; a flush sends it. The socket closes as the task ends.
                         let _ = Box::pin(tokio::time::timeout(config.write_timeout, sink.flush())).await;
                     }
-                    Some(Ending::Abort) | None => {}
+                    Some(Ending::Abort) | None => METRICS.count_disconnect("lost"),
                 }
                 return;
             }
@@ -89,7 +92,12 @@ pub(super) async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
                 session.set_write_started(0);
                 match outcome {
                     Some(Ok(BatchEnd::More)) => {}
-                    Some(Ok(BatchEnd::Closed) | Err(_)) => {
+                    Some(Ok(BatchEnd::Closed)) => {
+                        session.abort();
+                        return;
+                    }
+                    Some(Err(_)) => {
+                        METRICS.count_disconnect("lost");
                         session.abort();
                         return;
                     }
@@ -100,12 +108,14 @@ pub(super) async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
             _ = ping.tick() => {
                 let idle_ms = gateway.hub.now_ms().saturating_sub(session.last_seen_ms());
                 if Duration::from_millis(idle_ms) > config.idle_timeout {
+                    METRICS.count_disconnect(close_label(CLOSE_GOING_AWAY));
                     gateway.release(&session, presence_reason::CLOSED).await;
                     send_within(config.write_timeout, &mut sink, close_message(CLOSE_GOING_AWAY, "idle timeout")).await;
                     session.abort();
                     return;
                 }
                 if !send_within(config.write_timeout, &mut sink, Message::Ping(Vec::new().into())).await {
+                    METRICS.count_disconnect("lost");
                     session.abort();
                     return;
                 }
@@ -181,6 +191,7 @@ async fn write_batch<S: AsyncRead + AsyncWrite + Unpin>(
     gateway: &Gateway,
 ) -> Result<BatchEnd, WsError> {
     let mut end = BatchEnd::More;
+    METRICS.frames_sent.inc_by(batch.len() as u64);
     while let Some(frame) = batch.pop_front() {
         let message = match frame {
             Outbound::Text(text) => Message::Text(text.into()),
@@ -194,6 +205,7 @@ async fn write_batch<S: AsyncRead + AsyncWrite + Unpin>(
                 // What came before goes out; the session is released before the client can
                 // see its close.
                 sink.flush().await?;
+                METRICS.count_disconnect(close_label(code));
                 Box::pin(gateway.release(session, ended_because(code))).await;
                 end = BatchEnd::Closed;
                 close_message(code, &reason)
@@ -206,6 +218,20 @@ async fn write_batch<S: AsyncRead + AsyncWrite + Unpin>(
     }
     sink.flush().await?;
     Ok(end)
+}
+
+/// The `code` label of a close code the server sent.
+fn close_label(code: u16) -> &'static str {
+    match code {
+        1000 => "1000",
+        1001 => "1001",
+        1008 => "1008",
+        1009 => "1009",
+        1011 => "1011",
+        4001 => "4001",
+        4002 => "4002",
+        _ => "other",
+    }
 }
 
 /// Closes a connection's queue when its writer ends.

@@ -294,6 +294,19 @@ impl fmt::Debug for RedisStore {
 }
 
 impl RedisStore {
+    /// Sends a PING to Redis.
+    ///
+    /// # Errors
+    /// [`RegistryError::Unavailable`] when Redis does not answer.
+    pub async fn ping(&self) -> Result<(), RegistryError> {
+        let mut connection = self.connection.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut connection)
+            .await
+            .map(drop)
+            .map_err(unavailable)
+    }
+
     /// Creates a store on `url`; the connection is made (and remade) in the background.
     ///
     /// # Errors

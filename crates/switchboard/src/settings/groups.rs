@@ -34,9 +34,10 @@ pub struct Addresses {
     /// listen address, or this host's address towards the registry when listening on 0.0.0.0].
     #[arg(long)]
     pub control_advertise: Option<String>,
-    /// Address of the gateway's Prometheus endpoint, GET /metrics [default: none].
+    /// Admin HTTP listener: GET /health/live, /health/ready, /metrics [defaults: gateway
+    /// 0.0.0.0:9110, auth :9111, registry :9112, bus :9113, dev 127.0.0.1:9100].
     #[arg(long)]
-    pub metrics_listen: Option<String>,
+    pub admin_listen: Option<String>,
     /// Auth service for gateways.
     #[arg(long, default_value = gateway::DEFAULT_AUTH_URL)]
     pub auth_url: String,

@@ -16,6 +16,7 @@ mod internal;
 mod liveness;
 mod login;
 mod login_backends;
+mod operations;
 mod orderly_ends;
 mod policy_limits;
 mod positioned;

@@ -8,7 +8,6 @@ use std::time::Duration;
 use crate::common::{Client, user_record};
 use serde_json::json;
 use switchboard_protocol::policy::Policy;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const POLICY: &str = r#"
 [roles."*"]
@@ -24,24 +23,19 @@ other_users = true
 other_services = true
 "#;
 
-async fn scrape(address: std::net::SocketAddr) -> String {
-    let mut stream = tokio::net::TcpStream::connect(address)
+async fn scrape(address: Option<std::net::SocketAddr>) -> String {
+    crate::common::admin_get(address.expect("admin listener"), "/metrics")
         .await
-        .expect("metrics endpoint");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .expect("request");
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.expect("response");
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    text
+        .1
 }
 
+/// The value of the series `name` (with its labels, if any); a labelled series not created
+/// yet reads 0.
 fn counter(text: &str, name: &str) -> u64 {
     text.lines()
         .find_map(|line| line.strip_prefix(&format!("{name} ")))
         .and_then(|value| value.parse().ok())
+        .or_else(|| name.contains('{').then_some(0))
         .unwrap_or_else(|| panic!("{name} in {text}"))
 }
 
@@ -53,12 +47,12 @@ async fn configured_policy_rule_by_rule() {
             .auth
             .users
             .push(user_record("olga", "olga-pw", &["operator"]));
-        config.metrics_listen = Some("127.0.0.1:0".into());
+        config.admin_listen = Some("127.0.0.1:0".into());
     })
     .await;
     let denied_before = counter(
-        &scrape(running.metrics_addrs[0]).await,
-        "switchboard_denied_total",
+        &scrape(running.admin_addr).await,
+        r#"switchboard_refusals_total{code="unauthorized"}"#,
     );
     let mut alice = Client::login_to(&running, 0, "alice", "alice-pw").await;
     let mut bob = Client::login_to(&running, 0, "bob", "bob-pw").await;
@@ -149,8 +143,8 @@ async fn configured_policy_rule_by_rule() {
     // Every refusal was counted, and alice's connection kept working throughout.
     alice.ok("session", "ping", json!({})).await;
     let denied_after = counter(
-        &scrape(running.metrics_addrs[0]).await,
-        "switchboard_denied_total",
+        &scrape(running.admin_addr).await,
+        r#"switchboard_refusals_total{code="unauthorized"}"#,
     );
     assert!(
         denied_after >= denied_before + refusals,
@@ -200,7 +194,7 @@ async fn sessions_per_user_limit() {
 async fn connection_limit_refuses_with_503() {
     let running = crate::common::start_with(|config| {
         config.gateway.max_connections = 2;
-        config.metrics_listen = Some("127.0.0.1:0".into());
+        config.admin_listen = Some("127.0.0.1:0".into());
     })
     .await;
     let mut first = Client::admin(&running).await;
@@ -212,7 +206,7 @@ async fn connection_limit_refuses_with_503() {
         }
         other => panic!("expected HTTP 503, got {:?}", other.map(|_| ())),
     }
-    let metrics = scrape(running.metrics_addrs[0]).await;
+    let metrics = scrape(running.admin_addr).await;
     assert!(counter(&metrics, "switchboard_refused_connections_total") >= 1);
     assert_eq!(counter(&metrics, "switchboard_connections"), 2);
     first.ok("session", "ping", json!({})).await;
@@ -233,7 +227,7 @@ async fn connection_limit_refuses_with_503() {
 async fn request_rate_limit_answers_limit_exceeded() {
     let running = crate::common::start_with(|config| {
         config.gateway.max_frames_per_second = 5;
-        config.metrics_listen = Some("127.0.0.1:0".into());
+        config.admin_listen = Some("127.0.0.1:0".into());
     })
     .await;
     let mut flooder = Client::admin(&running).await;
@@ -257,7 +251,7 @@ async fn request_rate_limit_answers_limit_exceeded() {
     // The bucket refills: after a second the flooder is served again.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     flooder.ok("session", "ping", json!({})).await;
-    let metrics = scrape(running.metrics_addrs[0]).await;
+    let metrics = scrape(running.admin_addr).await;
     assert!(counter(&metrics, "switchboard_rate_limited_frames_total") >= 15);
     running.stop().await;
 }

@@ -29,6 +29,8 @@ pub(crate) struct Cluster {
     services: BTreeMap<String, Service>,
     log_dir: PathBuf,
     pub(crate) gateway_ports: Vec<u16>,
+    /// Each service's admin listener port, by name.
+    admin_ports: BTreeMap<String, u16>,
 }
 
 impl Cluster {
@@ -46,6 +48,7 @@ impl Cluster {
             services: BTreeMap::new(),
             log_dir,
             gateway_ports: Vec::new(),
+            admin_ports: BTreeMap::new(),
         };
         let redis_url = cluster.redis.url();
         let (auth, registry, bus) = (free_port(), free_port(), free_port());
@@ -122,16 +125,27 @@ impl Cluster {
         cluster
     }
 
-    fn add(&mut self, name: &str, ports: Vec<u16>, args: &[&str]) {
+    fn add(&mut self, name: &str, mut ports: Vec<u16>, args: &[&str]) {
+        let admin = free_port();
+        self.admin_ports.insert(name.to_owned(), admin);
+        ports.push(admin);
+        let mut args: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
+        args.extend(["--admin-listen".to_owned(), format!("127.0.0.1:{admin}")]);
         self.services.insert(
             name.to_owned(),
             Service {
-                args: args.iter().map(|arg| (*arg).to_owned()).collect(),
+                args,
                 ports,
                 child: None,
             },
         );
         self.restart(name);
+    }
+
+    /// The admin listener of service `name` (`auth`, `registry`, `bus`, `gateway0`…).
+    pub(crate) fn admin_addr(&self, name: &str) -> std::net::SocketAddr {
+        let port = self.admin_ports.get(name).expect("known service");
+        std::net::SocketAddr::from(([127, 0, 0, 1], *port))
     }
 
     /// Returns the WebSocket URL of gateway `index`.

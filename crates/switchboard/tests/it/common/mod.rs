@@ -39,6 +39,29 @@ pub(crate) async fn start_with(tune: impl FnOnce(&mut DevConfig)) -> Running {
 
 /// A users-file entry for `name` with a cheaply hashed `password` (the real parameters cost
 /// tens of milliseconds per login).
+/// Sends `GET path` to an admin listener; its status code and body.
+pub(crate) async fn admin_get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("admin listener");
+    let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("request");
+    let mut text = String::new();
+    tokio::time::timeout(WAIT, stream.read_to_string(&mut text))
+        .await
+        .expect("admin answers in time")
+        .expect("response");
+    let status = text
+        .get(9..12)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("an HTTP status in {text}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, body)| body.to_owned());
+    (status, body)
+}
+
 pub(crate) fn user_record(
     name: &str,
     password: &str,
