@@ -39,11 +39,29 @@ fn all_digest() -> u64 {
     (0..SESSIONS).fold(0, |d, i| d ^ digest::of_id(&session(i).session_id))
 }
 
+/// Heartbeats as `GATEWAY` every 300 ms until `alive` is cancelled.
+fn keep_beating(
+    mut client: SessionRegistryClient<SecuredChannel>,
+    alive: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while !alive.is_cancelled() {
+            let request = HeartbeatRequest {
+                gateway_id: GATEWAY.into(),
+                ..HeartbeatRequest::default()
+            };
+            client.heartbeat(request).await.expect("heartbeat");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    })
+}
+
 async fn heartbeat(client: &mut SessionRegistryClient<SecuredChannel>) -> HeartbeatReply {
     let request = HeartbeatRequest {
         gateway_id: GATEWAY.into(),
         session_count: SESSIONS as u64,
         digest: all_digest(),
+        control_addr: String::new(),
     };
     assert!(request.encoded_len() < 64, "a heartbeat is a few bytes");
     client
@@ -105,20 +123,7 @@ async fn fifty_thousand_sessions_of_one_gateway() {
 
     // The gateway stays alive (heartbeats) while it registers and lists.
     let alive = CancellationToken::new();
-    let beating = {
-        let mut client = client.clone();
-        let alive = alive.clone();
-        tokio::spawn(async move {
-            while !alive.is_cancelled() {
-                let request = HeartbeatRequest {
-                    gateway_id: GATEWAY.into(),
-                    ..HeartbeatRequest::default()
-                };
-                client.heartbeat(request).await.expect("heartbeat");
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-        })
-    };
+    let beating = keep_beating(client.clone(), alive.clone());
 
     // Register all of them, 64 calls in flight.
     let mut next = 0;
@@ -202,9 +207,12 @@ async fn fifty_thousand_sessions_of_one_gateway() {
     assert_eq!(lost.code(), tonic::Code::NotFound);
 
     // It was only slow: its next heartbeat shows the loss, and it re-learns everything in
-    // batches; nothing is refused (a reap leaves no tombstone).
+    // batches, heartbeating meanwhile as a gateway does; nothing is refused (a reap leaves no
+    // tombstone).
     let reply = heartbeat(&mut client).await;
     assert_eq!((reply.session_count, reply.digest), (0, 0));
+    let alive = CancellationToken::new();
+    let beating = keep_beating(client.clone(), alive.clone());
     let all: Vec<SessionInfo> = (0..SESSIONS).map(session).collect();
     for batch in all.chunks(1000) {
         let refused = client
@@ -228,6 +236,8 @@ async fn fifty_thousand_sessions_of_one_gateway() {
         .expect("re-learned")
         .into_inner();
     assert_eq!(found.session.map(|s| s.user), Some("user-00003".to_owned()));
+    alive.cancel();
+    beating.await.expect("heartbeats");
 
     shutdown.cancel();
     let _ = server.await;
