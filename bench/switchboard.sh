@@ -41,13 +41,14 @@ case "${1:-}" in
     # lift the per-address cap on connections waiting to log in (the peers have none).
     export SWITCHBOARD_MAX_PRELOGIN_PER_ADDRESS="${SWITCHBOARD_MAX_PRELOGIN_PER_ADDRESS:-0}"
     export SWITCHBOARD_INTERNAL_SECRET="${SWITCHBOARD_INTERNAL_SECRET:-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')}"
-    start_one auth "$BIN" auth --grpc-listen 127.0.0.1:9101 --admin-password "$PASSWORD"
+    # Admin listeners (health, metrics) go by variable, which a binary without them ignores.
+    SWITCHBOARD_ADMIN_LISTEN=127.0.0.1:9111 start_one auth "$BIN" auth --grpc-listen 127.0.0.1:9101 --admin-password "$PASSWORD"
     # Every benchmark client logs in as the same user.
-    start_one registry "$BIN" registry --grpc-listen 127.0.0.1:9102 --max-sessions-per-user 0
-    start_one bus "$BIN" bus --grpc-listen 127.0.0.1:9103
+    SWITCHBOARD_ADMIN_LISTEN=127.0.0.1:9112 start_one registry "$BIN" registry --grpc-listen 127.0.0.1:9102 --max-sessions-per-user 0
+    SWITCHBOARD_ADMIN_LISTEN=127.0.0.1:9113 start_one bus "$BIN" bus --grpc-listen 127.0.0.1:9103
     wait_port 9101; wait_port 9102; wait_port 9103
-    start_one gateway1 "$BIN" gateway $GATEWAY_ARGS --listen 127.0.0.1:9010 --control-listen 127.0.0.1:9104
-    start_one gateway2 "$BIN" gateway $GATEWAY_ARGS --listen 127.0.0.1:9012 --control-listen 127.0.0.1:9105
+    SWITCHBOARD_ADMIN_LISTEN=127.0.0.1:9110 start_one gateway1 "$BIN" gateway $GATEWAY_ARGS --listen 127.0.0.1:9010 --control-listen 127.0.0.1:9104
+    SWITCHBOARD_ADMIN_LISTEN=127.0.0.1:9120 start_one gateway2 "$BIN" gateway $GATEWAY_ARGS --listen 127.0.0.1:9012 --control-listen 127.0.0.1:9105
     wait_port 9010; wait_port 9012
     ;;
   pids)
