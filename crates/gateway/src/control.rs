@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use serde_json::Value;
 use switchboard_proto::v1::session_control_server::SessionControl;
-use switchboard_proto::v1::{CmdReply, CmdRequest, StopReply, StopRequest};
+use switchboard_proto::v1::{
+    CmdReply, CmdRequest, StatsReply, StatsRequest, StopReply, StopRequest,
+};
 use switchboard_protocol::{ApiError, ErrorCode};
 use tonic::{Request, Response, Status};
 
@@ -76,5 +78,9 @@ impl SessionControl for GrpcSessionControl {
             ok: answer.ok,
             data_json: answer.data.to_string(),
         }))
+    }
+
+    async fn stats(&self, _request: Request<StatsRequest>) -> Result<Response<StatsReply>, Status> {
+        Ok(Response::new(self.gateway.stats()))
     }
 }

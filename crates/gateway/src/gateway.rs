@@ -65,6 +65,8 @@ pub struct Gateway {
     pub(crate) unregistrations: mpsc::Sender<Unregistration>,
     /// Connections waiting to log in, per client address.
     pub(crate) prelogin: Arc<PreloginCounts>,
+    /// When the gateway was built (its uptime in `SessionControl.Stats`).
+    pub(crate) started: std::time::Instant,
 }
 
 /// One entry of the unregistering task's queue.
@@ -240,6 +242,18 @@ impl Gateway {
                 "session log records dropped (GELF queue full or send failed)",
                 move || gelf.dropped(),
             )
+    }
+
+    /// What this gateway holds now, and what it is (`SessionControl.Stats`).
+    pub fn stats(&self) -> switchboard_proto::v1::StatsReply {
+        switchboard_proto::v1::StatsReply {
+            gateway_id: self.config.gateway_id.clone(),
+            connections: self.hub.connection_count() as u64,
+            sessions: self.hub.session_count() as u64,
+            subscriptions: self.hub.routes.counts().1 as u64,
+            uptime_seconds: self.started.elapsed().as_secs(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
     }
 
     /// Checks that the broker subscriber is connected (for readiness).

@@ -110,6 +110,7 @@ pub async fn heartbeat(gateway: &Gateway) -> Result<bool, Status> {
         gateway_id: gateway.config.gateway_id.clone(),
         session_count: local.count,
         digest: local.digest,
+        control_addr: gateway.config.control_addr.clone(),
     });
     let reply = gateway
         .services

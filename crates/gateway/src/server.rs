@@ -67,6 +67,7 @@ pub fn build(
         ),
         services,
         gelf: GelfSender::start(config.gelf.clone()),
+        started: std::time::Instant::now(),
         config,
         secret,
     }))

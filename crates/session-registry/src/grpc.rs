@@ -7,9 +7,10 @@ use switchboard_proto::internal::InternalSecret;
 use switchboard_proto::v1::session_registry_server::{SessionRegistry, SessionRegistryServer};
 use switchboard_proto::v1::{
     GatewaySessionsReply, GatewaySessionsRequest, GetUserReply, GetUserRequest, HeartbeatReply,
-    HeartbeatRequest, ListUsersReply, ListUsersRequest, LookupReply, LookupRequest, RegisterAnswer,
-    RegisterCall, RegisterReply, RegisterRequest, RelearnReply, RelearnRequest,
-    UnregisterManyRequest, UnregisterReply, UnregisterRequest, UserSessions,
+    HeartbeatRequest, ListGatewaysReply, ListGatewaysRequest, ListUsersReply, ListUsersRequest,
+    LookupReply, LookupRequest, RegisterAnswer, RegisterCall, RegisterReply, RegisterRequest,
+    RelearnReply, RelearnRequest, UnregisterManyRequest, UnregisterReply, UnregisterRequest,
+    UserSessions,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -49,6 +50,8 @@ use crate::store::{RegistryError, Store};
 pub struct GrpcRegistryService {
     store: Store,
     max_sessions_per_user: usize,
+    /// `ListGateways` names the gateways heard from within this long.
+    gateway_timeout: std::time::Duration,
     /// Cancelled when the server shuts down: its `RegisterStream`s end.
     closing: CancellationToken,
 }
@@ -59,8 +62,16 @@ impl GrpcRegistryService {
         Self {
             store,
             max_sessions_per_user,
+            gateway_timeout: crate::config::DEFAULT_GATEWAY_TIMEOUT,
             closing: CancellationToken::new(),
         }
+    }
+
+    /// `ListGateways` names the gateways heard from within `timeout` (the reaper's).
+    #[must_use]
+    pub fn with_gateway_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.gateway_timeout = timeout;
+        self
     }
 }
 
@@ -214,7 +225,10 @@ impl SessionRegistry for GrpcRegistryService {
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatReply>, Status> {
         let request = request.into_inner();
-        let held = self.store.heartbeat(&request.gateway_id).await;
+        let held = self
+            .store
+            .heartbeat(&request.gateway_id, &request.control_addr)
+            .await;
         let label = crate::metrics::outcome(&held);
         METRICS
             .heartbeats
@@ -225,6 +239,14 @@ impl SessionRegistry for GrpcRegistryService {
             session_count: held.count,
             digest: held.digest,
         }))
+    }
+
+    async fn list_gateways(
+        &self,
+        _request: Request<ListGatewaysRequest>,
+    ) -> Result<Response<ListGatewaysReply>, Status> {
+        let gateways = self.store.list_gateways(self.gateway_timeout).await?;
+        Ok(Response::new(ListGatewaysReply { gateways }))
     }
 
     async fn gateway_sessions(
@@ -273,7 +295,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let reaper = tokio::spawn(reap_until(store.clone(), config.clone(), shutdown.clone()));
-    let service = GrpcRegistryService::new(store.clone(), config.max_sessions_per_user);
+    let service = GrpcRegistryService::new(store.clone(), config.max_sessions_per_user)
+        .with_gateway_timeout(config.gateway_timeout);
     let result = serve_service(service, listener, secret, shutdown.cancelled_owned()).await;
     reaper.abort();
     result

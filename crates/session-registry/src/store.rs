@@ -6,7 +6,7 @@ mod redis_store;
 
 use std::time::Duration;
 
-use switchboard_proto::v1::SessionInfo;
+use switchboard_proto::v1::{GatewayInfo, SessionInfo};
 
 use crate::presence::reason;
 
@@ -225,11 +225,30 @@ impl Store {
     ///
     /// # Errors
     /// [`RegistryError::Unavailable`] when Redis cannot be reached.
-    pub async fn heartbeat(&self, gateway_id: &str) -> Result<GatewayDigest, RegistryError> {
+    pub async fn heartbeat(
+        &self,
+        gateway_id: &str,
+        control_addr: &str,
+    ) -> Result<GatewayDigest, RegistryError> {
         match self {
-            Self::Memory(store) => Ok(store.heartbeat(gateway_id)),
-            Self::Redis(store) => store.heartbeat(gateway_id).await,
+            Self::Memory(store) => Ok(store.heartbeat(gateway_id, control_addr)),
+            Self::Redis(store) => store.heartbeat(gateway_id, control_addr).await,
         }
+    }
+
+    /// The gateways heard from within `within`, most recently heard first.
+    ///
+    /// # Errors
+    /// [`RegistryError::Unavailable`] when Redis cannot be reached.
+    pub async fn list_gateways(&self, within: Duration) -> Result<Vec<GatewayInfo>, RegistryError> {
+        let mut gateways = match self {
+            Self::Memory(store) => store.list_gateways(within),
+            Self::Redis(store) => store.list_gateways(within).await?,
+        };
+        gateways.sort_by(|a, b| {
+            (a.last_heartbeat_ms, &a.gateway_id).cmp(&(b.last_heartbeat_ms, &b.gateway_id))
+        });
+        Ok(gateways)
     }
 
     /// Checks that the backing store answers now.

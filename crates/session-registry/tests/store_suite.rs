@@ -132,10 +132,32 @@ async fn suite(store: Store) {
     );
     assert!(all_users(&store, "other", 10).await.is_empty());
     // The heartbeat answers what the index holds for the gateway; so do its pages.
-    assert_eq!(store.heartbeat("g1").await, Ok(held(&["s1", "s2"])));
-    assert_eq!(store.heartbeat("g2").await, Ok(held(&["s3", "s4"])));
+    assert_eq!(store.heartbeat("g1", "").await, Ok(held(&["s1", "s2"])));
+    assert_eq!(store.heartbeat("g2", "").await, Ok(held(&["s3", "s4"])));
     assert_eq!(all_gateway_sessions(&store, "g2", 1).await, ["s3", "s4"]);
-    assert_eq!(store.heartbeat("nobody").await, Ok(held(&[])));
+    assert_eq!(store.heartbeat("nobody", "").await, Ok(held(&[])));
+    // The gateways heard from, with the control address their heartbeats carry and the
+    // sessions the index holds for each.
+    store
+        .heartbeat("g1", "10.0.0.1:9104")
+        .await
+        .expect("heartbeat");
+    let mut heard: Vec<(String, String, u64)> = store
+        .list_gateways(Duration::from_secs(60))
+        .await
+        .expect("list gateways")
+        .into_iter()
+        .map(|g| (g.gateway_id, g.control_addr, g.session_count))
+        .collect();
+    heard.sort();
+    assert_eq!(
+        heard,
+        [
+            ("g1".to_owned(), "10.0.0.1:9104".to_owned(), 2),
+            ("g2".to_owned(), String::new(), 2),
+            ("nobody".to_owned(), String::new(), 0),
+        ]
+    );
     let sessions = store.get_user("", "u").await.expect("get");
     assert_eq!(sessions.len(), 2);
     assert_eq!(sessions[0].meta_json, r#"{"k":1}"#);
@@ -185,24 +207,24 @@ async fn suite(store: Store) {
         Ok(vec!["m1".to_owned()])
     );
     assert_eq!(store.lookup("m1").await, Err(RegistryError::NotFound));
-    assert_eq!(store.heartbeat("g1").await, Ok(held(&[])));
+    assert_eq!(store.heartbeat("g1", "").await, Ok(held(&[])));
 
     // g2 keeps heartbeating, g1 (which holds s5) goes silent and is reaped.
     store
         .register(session("s5", "u", "g1"))
         .await
         .expect("register");
-    store.heartbeat("g1").await.expect("heartbeat");
+    store.heartbeat("g1", "").await.expect("heartbeat");
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(150)).await;
-        store.heartbeat("g2").await.expect("heartbeat");
+        store.heartbeat("g2", "").await.expect("heartbeat");
     }
     assert_eq!(store.reap(Duration::from_millis(400)).await, Ok(1));
     assert_eq!(store.lookup("s5").await, Err(RegistryError::NotFound));
     assert!(store.lookup("s3").await.is_ok());
     // g1 was only slow: its heartbeat shows the loss, and it re-learns what it holds (a
     // reap leaves no tombstone); re-learning what is already there changes nothing.
-    assert_eq!(store.heartbeat("g1").await, Ok(held(&[])));
+    assert_eq!(store.heartbeat("g1", "").await, Ok(held(&[])));
     assert_eq!(
         store.relearn(vec![session("s5", "u", "g1")]).await,
         Ok(vec![])
@@ -211,7 +233,7 @@ async fn suite(store: Store) {
         store.relearn(vec![session("s5", "u", "g1")]).await,
         Ok(vec![])
     );
-    assert_eq!(store.heartbeat("g1").await, Ok(held(&["s5"])));
+    assert_eq!(store.heartbeat("g1", "").await, Ok(held(&["s5"])));
     // Another gateway cannot re-learn an id that is held.
     assert_eq!(
         store.relearn(vec![session("s5", "u", "g2")]).await,
@@ -228,7 +250,7 @@ async fn suite(store: Store) {
         Ok(vec!["s3".to_owned()])
     );
     assert_eq!(store.lookup("s3").await, Err(RegistryError::NotFound));
-    assert_eq!(store.heartbeat("g2").await, Ok(held(&["s4"])));
+    assert_eq!(store.heartbeat("g2", "").await, Ok(held(&["s4"])));
     // A login may reuse the id right away.
     store
         .register(session("s3", "v", "g1"))
@@ -251,7 +273,7 @@ async fn reap_spares_a_gateway_that_came_back(store: Store) {
         .await
         .expect("register");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    store.heartbeat("gr").await.expect("heartbeat");
+    store.heartbeat("gr", "").await.expect("heartbeat");
     assert_eq!(store.reap(Duration::from_millis(200)).await, Ok(0));
     assert!(store.lookup("r1").await.is_ok());
 }
@@ -343,12 +365,12 @@ async fn takeover(store: Store) {
         vec!["t1".to_owned()]
     );
     assert_eq!(
-        store.heartbeat("g1").await,
+        store.heartbeat("g1", "").await,
         Ok(held(&[])),
         "g1's digest lost it"
     );
     assert_eq!(
-        store.heartbeat("g2").await,
+        store.heartbeat("g2", "").await,
         Ok(held(&["t1"])),
         "g2's digest has it"
     );

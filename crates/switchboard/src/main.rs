@@ -61,6 +61,8 @@ enum Command {
     HashPassword,
     /// Measures a running deployment: connections, deliveries, latency, server CPU and RSS.
     Bench(switchboard::bench::BenchArgs),
+    /// Operates a running deployment over gRPC: users, sessions, publish, stop, stats.
+    Ctl(switchboard::ctl::CtlArgs),
 }
 
 async fn run_bench(args: switchboard::bench::BenchArgs) -> anyhow::Result<()> {
@@ -257,6 +259,7 @@ async fn run(cli: Cli) -> ExitCode {
     }
     let (role, settings) = match cli.command {
         Command::Bench(args) => return exit_code(run_bench(args).await),
+        Command::Ctl(args) => return exit_code(switchboard::ctl::run(args).await),
         Command::HashPassword => return exit_code(hash_password()),
         Command::Dev(settings) => (Role::Dev, settings),
         Command::Auth(settings) => (Role::Auth, settings),

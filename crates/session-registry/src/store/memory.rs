@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use switchboard_broker::MemoryBroker;
 use switchboard_proto::digest;
-use switchboard_proto::v1::SessionInfo;
+use switchboard_proto::v1::{GatewayInfo, SessionInfo};
 use switchboard_sync::Lock;
 use tokio::time::Instant;
 
@@ -19,6 +19,8 @@ use crate::presence::{Presence, reason, stopped, unpack_channels};
 #[derive(Debug)]
 struct Gateway {
     last_heartbeat: Instant,
+    /// Where its SessionControl listens, as its last heartbeat said.
+    control_addr: String,
     session_ids: BTreeSet<String>,
     digest: u64,
 }
@@ -27,6 +29,7 @@ impl Gateway {
     fn new() -> Self {
         Self {
             last_heartbeat: Instant::now(),
+            control_addr: String::new(),
             session_ids: BTreeSet::new(),
             digest: 0,
         }
@@ -275,17 +278,40 @@ impl MemoryStore {
     }
 
     /// Records a heartbeat; returns what the index holds for the gateway.
-    pub fn heartbeat(&self, gateway_id: &str) -> GatewayDigest {
+    pub fn heartbeat(&self, gateway_id: &str, control_addr: &str) -> GatewayDigest {
         let mut state = self.lock();
         let gateway = state
             .gateways
             .entry(gateway_id.to_owned())
             .or_insert_with(Gateway::new);
         gateway.last_heartbeat = Instant::now();
+        if !control_addr.is_empty() && gateway.control_addr != control_addr {
+            control_addr.clone_into(&mut gateway.control_addr);
+        }
         GatewayDigest {
             count: gateway.session_ids.len() as u64,
             digest: gateway.digest,
         }
+    }
+
+    /// The gateways heard from within `within`.
+    pub fn list_gateways(&self, within: Duration) -> Vec<GatewayInfo> {
+        let state = self.lock();
+        let now = Instant::now();
+        state
+            .gateways
+            .iter()
+            .filter(|(_, gateway)| now.duration_since(gateway.last_heartbeat) <= within)
+            .map(|(id, gateway)| GatewayInfo {
+                gateway_id: id.clone(),
+                control_addr: gateway.control_addr.clone(),
+                session_count: gateway.session_ids.len() as u64,
+                last_heartbeat_ms: u64::try_from(
+                    now.duration_since(gateway.last_heartbeat).as_millis(),
+                )
+                .unwrap_or(u64::MAX),
+            })
+            .collect()
     }
 
     /// Registers sessions a gateway holds that the index lost; returns the ids refused
@@ -392,7 +418,7 @@ mod tests {
             .register(session("b", "u", "g2"), 0, "")
             .expect("register");
         tokio::time::advance(Duration::from_secs(10)).await;
-        store.heartbeat("g2");
+        store.heartbeat("g2", "");
         tokio::time::advance(Duration::from_secs(6)).await;
         assert_eq!(store.reap(Duration::from_secs(15)), 1);
         assert_eq!(store.lookup("a"), Err(RegistryError::NotFound));

@@ -24,7 +24,7 @@ use redis::{AsyncCommands, Script};
 use switchboard_broker::StreamConfig;
 use switchboard_broker::streams::LUA_PUBLISH_EVENT;
 use switchboard_proto::digest;
-use switchboard_proto::v1::SessionInfo;
+use switchboard_proto::v1::{GatewayInfo, SessionInfo};
 
 use crate::presence::Presence;
 
@@ -169,8 +169,23 @@ return removed
 const HEARTBEAT: &str = r"
 local t = redis.call('TIME')
 redis.call('ZADD', KEYS[1], t[1] * 1000 + math.floor(t[2] / 1000), ARGV[1])
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[3], 'addr', ARGV[2]) end
 local d = redis.call('HMGET', KEYS[3], 'h', 'l')
 return {redis.call('SCARD', KEYS[2]), tonumber(d[1] or '0'), tonumber(d[2] or '0')}
+";
+
+/// Returns {gateway, ms since its heartbeat, ...} for the gateways heard from within ARGV[1] ms,
+/// by Redis's clock.
+const HEARD_GATEWAYS: &str = r"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local seen = redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf', 'WITHSCORES')
+local out = {}
+for i = 1, #seen, 2 do
+  out[#out + 1] = seen[i]
+  out[#out + 1] = math.max(0, now - tonumber(seen[i + 1]))
+end
+return out
 ";
 
 /// Returns the gateways whose last heartbeat is older than ARGV[1] ms, by Redis's clock.
@@ -282,6 +297,7 @@ pub struct RedisStore {
     register: Script,
     unregister: Script,
     heartbeat: Script,
+    heard_gateways: Script,
     silent_gateways: Script,
     reap: Script,
     streams: StreamConfig,
@@ -328,6 +344,7 @@ impl RedisStore {
                 "{LUA_PUBLISH_EVENT}{LUA_PRESENCE}{LUA_DIGEST}{UNREGISTER}"
             )),
             heartbeat: Script::new(HEARTBEAT),
+            heard_gateways: Script::new(HEARD_GATEWAYS),
             silent_gateways: Script::new(SILENT_GATEWAYS),
             reap: Script::new(&format!(
                 "{LUA_PUBLISH_EVENT}{LUA_PRESENCE}{LUA_DIGEST}{REAP}"
@@ -570,20 +587,60 @@ impl RedisStore {
             .ok_or(RegistryError::NotFound)
     }
 
-    pub(crate) async fn heartbeat(&self, gateway_id: &str) -> Result<GatewayDigest, RegistryError> {
+    pub(crate) async fn heartbeat(
+        &self,
+        gateway_id: &str,
+        control_addr: &str,
+    ) -> Result<GatewayDigest, RegistryError> {
         let mut connection = self.connection.clone();
         let mut invocation = self.heartbeat.prepare_invoke();
         invocation
             .key(GATEWAYS_KEY)
             .key(gateway_key(gateway_id))
             .key(digest_key(gateway_id))
-            .arg(gateway_id);
+            .arg(gateway_id)
+            .arg(control_addr);
         let (count, high, low): (u64, i64, i64) =
             Self::timed(invocation.invoke_async(&mut connection)).await?;
         Ok(GatewayDigest {
             count,
             digest: digest::from_halves(high, low),
         })
+    }
+
+    pub(crate) async fn list_gateways(
+        &self,
+        within: Duration,
+    ) -> Result<Vec<GatewayInfo>, RegistryError> {
+        let mut connection = self.connection.clone();
+        let mut invocation = self.heard_gateways.prepare_invoke();
+        invocation
+            .key(GATEWAYS_KEY)
+            .arg(u64::try_from(within.as_millis()).unwrap_or(u64::MAX));
+        let heard: Vec<(String, u64)> =
+            Self::timed(invocation.invoke_async(&mut connection)).await?;
+        if heard.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (gateway_id, _) in &heard {
+            pipe.hget(digest_key(gateway_id), "addr")
+                .scard(gateway_key(gateway_id));
+        }
+        let details: Vec<(Option<String>, u64)> =
+            Self::timed(pipe.query_async(&mut connection)).await?;
+        Ok(heard
+            .into_iter()
+            .zip(details)
+            .map(
+                |((gateway_id, last_heartbeat_ms), (control_addr, session_count))| GatewayInfo {
+                    gateway_id,
+                    control_addr: control_addr.unwrap_or_default(),
+                    session_count,
+                    last_heartbeat_ms,
+                },
+            )
+            .collect())
     }
 
     pub(crate) async fn reap(&self, timeout: Duration) -> Result<usize, RegistryError> {

@@ -8,6 +8,7 @@ mod bench;
 mod binary;
 mod byte_limits;
 mod cluster;
+mod ctl;
 mod events;
 mod frames;
 mod fuzz_commands;

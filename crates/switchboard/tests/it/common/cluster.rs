@@ -31,6 +31,9 @@ pub(crate) struct Cluster {
     pub(crate) gateway_ports: Vec<u16>,
     /// Each service's admin listener port, by name.
     admin_ports: BTreeMap<String, u16>,
+    /// The gRPC ports of the registry and the bus.
+    registry_port: u16,
+    bus_port: u16,
 }
 
 impl Cluster {
@@ -49,9 +52,11 @@ impl Cluster {
             log_dir,
             gateway_ports: Vec::new(),
             admin_ports: BTreeMap::new(),
+            registry_port: free_port(),
+            bus_port: free_port(),
         };
         let redis_url = cluster.redis.url();
-        let (auth, registry, bus) = (free_port(), free_port(), free_port());
+        let (auth, registry, bus) = (free_port(), cluster.registry_port, cluster.bus_port);
         cluster.add(
             "auth",
             vec![auth],
@@ -140,6 +145,16 @@ impl Cluster {
             },
         );
         self.restart(name);
+    }
+
+    /// The registry's gRPC address (`http://127.0.0.1:PORT`).
+    pub(crate) fn registry_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.registry_port)
+    }
+
+    /// The bus's gRPC address (`http://127.0.0.1:PORT`).
+    pub(crate) fn bus_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.bus_port)
     }
 
     /// The admin listener of service `name` (`auth`, `registry`, `bus`, `gateway0`…).
