@@ -2,7 +2,8 @@
 # Proves docker-compose.yml with real containers: builds every image on this machine (nothing
 # needs pulling), starts the cluster with three gateways behind HAProxy, runs the black-box test
 # deploy/compose_test.py against the load balancer's port on 127.0.0.1 (spread, login, events
-# across gateways, `user list`, `session cmd`, then faults: docker kill of a gateway, Redis
+# across gateways, `user list`, `session cmd`, Prometheus (the `observability` profile) scraping
+# every process, then faults: docker kill of a gateway, Redis
 # restart, scale to 4 and back to 2, docker stop of a gateway) and always tears it all down.
 #
 #   cargo build --release -p switchboard && deploy/compose-test.sh
@@ -274,6 +275,14 @@ if ! timeout 300 docker build -q -f deploy/Dockerfile --target prebuilt -t switc
     cat "$state/build.log"
     fail "docker build failed"
 fi
+# Debian's prometheus package on the base image above (apt-get reaches Debian's mirror once;
+# later runs use the build cache).
+step "prometheus image: docker build -t switchboard-prometheus:latest deploy/observability"
+if ! timeout 600 docker build -q -t switchboard-prometheus:latest deploy/observability \
+    >"$state/build.log" 2>&1; then
+    cat "$state/build.log"
+    fail "docker build of the prometheus image failed"
+fi
 
 # --- cluster ---------------------------------------------------------------------------------
 if [ -n "${SWITCHBOARD_TEST_PORT:-}" ]; then
@@ -281,16 +290,19 @@ if [ -n "${SWITCHBOARD_TEST_PORT:-}" ]; then
 else
     port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 fi
+prometheus_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 password="test-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
 cat >"$state/compose.env" <<EOF
 SWITCHBOARD_ADMIN_PASSWORD=$password
 SWITCHBOARD_INTERNAL_SECRET=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')
 SWITCHBOARD_PUBLISH_IP=127.0.0.1
 SWITCHBOARD_PORT=$port
+SWITCHBOARD_PROMETHEUS_PORT=$prometheus_port
 SWITCHBOARD_HEARTBEAT_INTERVAL=2s
 SWITCHBOARD_GATEWAY_TIMEOUT=6s
 EOF
-COMPOSE=("${COMPOSE_CMD[@]}" -p "$PROJECT" --env-file "$state/compose.env" -f "$ROOT/docker-compose.yml")
+# The `observability` profile too: Prometheus must find and scrape every process.
+COMPOSE=("${COMPOSE_CMD[@]}" --profile observability -p "$PROJECT" --env-file "$state/compose.env" -f "$ROOT/docker-compose.yml")
 
 step "cluster: ${COMPOSE_CMD[*]} -p $PROJECT up -d --scale gateway=3 (ws://127.0.0.1:$port/api/ws)"
 cluster_started=1
@@ -306,7 +318,7 @@ broken=0
 for _ in $(seq 1 120); do
     states=$(docker ps -a --filter "label=com.docker.compose.project=$PROJECT" \
         --format '{{.Label "com.docker.compose.service"}} {{.State}} {{.Status}}')
-    if [ "$(grep -c . <<<"$states")" -eq 8 ] && ! grep -qv '(healthy)' <<<"$states"; then
+    if [ "$(grep -c . <<<"$states")" -eq 9 ] && ! grep -qv '(healthy)' <<<"$states"; then
         healthy=1
         break
     fi
@@ -338,6 +350,7 @@ step "black-box test: deploy/compose_test.py against ws://127.0.0.1:$port/api/ws
 set +e
 timeout 480 python3 -u deploy/compose_test.py \
     --url "ws://127.0.0.1:$port/api/ws" --password "$password" --project "$PROJECT" \
+    --prometheus "http://127.0.0.1:$prometheus_port" \
     --compose "$(printf '%q ' "${COMPOSE[@]}")" 2>&1 | tee "$state/test.log" | grep -v '^compose: [0-9]* passed'  # printed last
 test_rc=${PIPESTATUS[0]}
 set -e

@@ -21,6 +21,8 @@ import json
 import shlex
 import sys
 import time
+import urllib.parse
+import urllib.request
 
 import websockets
 from websockets.exceptions import ConnectionClosed, WebSocketException
@@ -658,8 +660,32 @@ async def step_stop(cluster):
         f"a last event reached all {len(cluster.everyone)} in {took * 1000:.0f} ms)")
 
 
+def prometheus_query(expr):
+    url = f"{OPTS.prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        return json.load(answer)["data"]["result"]
+
+
+async def step_prometheus(cluster):
+    """Prometheus (the `observability` profile) finds every process through Docker's DNS and
+    reads the sessions the gateways hold."""
+    wanted = {"gateway": 3, "auth": 1, "registry": 1, "bus": 1}
+    sessions = len(cluster.everyone)
+
+    async def scraped():
+        up = await asyncio.to_thread(prometheus_query, "sum by (job) (up)")
+        jobs = {r["metric"]["job"]: int(float(r["value"][1])) for r in up}
+        held = await asyncio.to_thread(prometheus_query, "sum(switchboard_sessions)")
+        total = int(float(held[0]["value"][1])) if held else 0
+        return (jobs, total) if jobs == wanted and total >= sessions else None
+
+    (jobs, total), took = await eventually(scraped, f"Prometheus scrapes {wanted} and sees {sessions} sessions", 60, interval=1)
+    log(f"Prometheus scrapes every process ({jobs}) and counts {total} sessions ({took:.1f}s)")
+
+
 STEPS = [
     ("clients spread over three gateways", step_spread),
+    ("Prometheus scrapes every service", step_prometheus),
     ("events fired through each gateway reach every client", step_events),
     ("user list sees every session", step_user_list),
     ("session cmd crosses containers", step_session_cmd),
@@ -697,6 +723,7 @@ if __name__ == "__main__":
     parser.add_argument("--url", required=True, help="the load balancer, ws://127.0.0.1:PORT/api/ws")
     parser.add_argument("--password", required=True, help="the admin's password")
     parser.add_argument("--project", required=True, help="the Compose project name")
+    parser.add_argument("--prometheus", required=True, help="Prometheus, http://127.0.0.1:PORT")
     parser.add_argument("--compose", required=True, help="the Compose command with -p, --env-file and -f")
     parser.parse_args(namespace=OPTS)
     sys.exit(asyncio.run(main()))
