@@ -373,3 +373,37 @@ async fn json_logs_are_one_object_per_line_with_the_session_in_their_spans() {
         .expect("the conn span");
     assert!(conn["gateway"].as_str().is_some_and(|id| !id.is_empty()));
 }
+
+#[test]
+fn the_dashboard_reads_only_documented_series() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/observability/grafana-dashboard.json"
+    );
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("the dashboard")).expect("JSON");
+    let documented = documented_series();
+    let mut expressions = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            expressions.push(target["expr"].as_str().expect("expr").to_owned());
+        }
+    }
+    assert!(expressions.len() > 20, "{} queries", expressions.len());
+    let process_series = ["switchboard_start_time_seconds", "switchboard_build_info"];
+    for expression in &expressions {
+        let mut rest = expression.as_str();
+        while let Some(at) = rest.find("switchboard_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[at + name.len()..];
+            let series = name.strip_suffix("_bucket").unwrap_or(&name);
+            assert!(
+                documented.contains_key(series) || process_series.contains(&series),
+                "{series} in `{expression}` is not in the table of docs/OPERATIONS.md"
+            );
+        }
+    }
+}
