@@ -110,6 +110,7 @@ pub async fn serve(
     let closing = service.closing.clone();
     tonic::transport::Server::builder()
         .layer(secret.server_layer())
+        .layer(switchboard_proto::observe::ServerTraceLayer)
         // grpc.health.v1: SERVING while the server runs (behind the secret like the rest).
         .add_service(tonic_health::server::health_reporter().1)
         .add_service(

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status, Streaming};
+use tracing::Instrument;
 
 use crate::v1::{
     CallStatus, LoginAnswer, LoginCall, LoginReply, LoginRequest, RegisterAnswer, RegisterCall,
@@ -38,10 +39,31 @@ pub const MAX_IN_FLIGHT: usize = 1024;
 pub trait Call: Send + 'static {
     /// The unary request it carries.
     type Request: Clone + Default + Send + 'static;
-    /// Wraps a request the caller waits at most `timeout` for.
-    fn new(id: u64, request: Self::Request, timeout: Duration) -> Self;
+    /// The service and the method it stands for (`("Auth", "Login")`), naming its span.
+    const METHOD: (&'static str, &'static str);
+    /// Wraps a request the caller waits at most `timeout` for, with the caller's trace
+    /// context.
+    fn new(
+        id: u64,
+        request: Self::Request,
+        timeout: Duration,
+        trace_context: HashMap<String, String>,
+    ) -> Self;
     /// Unwraps it: a missing request is the default one, a missing limit is none.
-    fn into_parts(self) -> (u64, Self::Request, Option<Duration>);
+    fn into_parts(self) -> CallParts<Self::Request>;
+}
+
+/// A call message taken apart.
+#[derive(Debug)]
+pub struct CallParts<R> {
+    /// The call's id on its stream.
+    pub id: u64,
+    /// The request.
+    pub request: R,
+    /// How long the caller waits (none: no limit).
+    pub limit: Option<Duration>,
+    /// The caller's W3C trace context.
+    pub trace_context: HashMap<String, String>,
 }
 
 /// An answer message: the id of its call and the call's outcome.
@@ -76,10 +98,16 @@ fn outcome_of<T: Default>(status: Option<CallStatus>, reply: Option<T>) -> Resul
 }
 
 macro_rules! call_messages {
-    ($call:ty, $request:ty, $answer:ty, $reply:ty) => {
+    ($call:ty, $request:ty, $answer:ty, $reply:ty, $method:expr) => {
         impl Call for $call {
             type Request = $request;
-            fn new(id: u64, request: $request, timeout: Duration) -> Self {
+            const METHOD: (&'static str, &'static str) = $method;
+            fn new(
+                id: u64,
+                request: $request,
+                timeout: Duration,
+                trace_context: HashMap<String, String>,
+            ) -> Self {
                 Self {
                     id,
                     request: Some(request),
@@ -87,12 +115,18 @@ macro_rules! call_messages {
                     timeout_ms: u32::try_from(timeout.as_millis())
                         .unwrap_or(u32::MAX)
                         .max(1),
+                    trace_context,
                 }
             }
-            fn into_parts(self) -> (u64, $request, Option<Duration>) {
+            fn into_parts(self) -> CallParts<$request> {
                 let limit = (self.timeout_ms > 0)
                     .then(|| Duration::from_millis(u64::from(self.timeout_ms)));
-                (self.id, self.request.unwrap_or_default(), limit)
+                CallParts {
+                    id: self.id,
+                    request: self.request.unwrap_or_default(),
+                    limit,
+                    trace_context: self.trace_context,
+                }
             }
         }
 
@@ -115,8 +149,20 @@ macro_rules! call_messages {
     };
 }
 
-call_messages!(LoginCall, LoginRequest, LoginAnswer, LoginReply);
-call_messages!(RegisterCall, RegisterRequest, RegisterAnswer, RegisterReply);
+call_messages!(
+    LoginCall,
+    LoginRequest,
+    LoginAnswer,
+    LoginReply,
+    ("Auth", "Login")
+);
+call_messages!(
+    RegisterCall,
+    RegisterRequest,
+    RegisterAnswer,
+    RegisterReply,
+    ("SessionRegistry", "Register")
+);
 
 /// The answers a server streams back.
 pub type Answers<A> = ReceiverStream<Result<A, Status>>;
@@ -152,7 +198,12 @@ where
                 () = closing.cancelled() => return,
                 message = calls.message() => message,
             };
-            let (id, request, limit) = match message {
+            let CallParts {
+                id,
+                request,
+                limit,
+                trace_context,
+            } = match message {
                 Ok(Some(call)) => call.into_parts(),
                 Ok(None) => return,
                 Err(status) => {
@@ -160,7 +211,11 @@ where
                     return;
                 }
             };
-            let answer = AssertUnwindSafe(handle(request)).catch_unwind();
+            let (service, method) = C::METHOD;
+            let span = crate::observe::server_span(service, method, &|name| {
+                trace_context.get(name).cloned()
+            });
+            let answer = AssertUnwindSafe(handle(request).instrument(span)).catch_unwind();
             let answers_tx = answers_tx.clone();
             tokio::spawn(async move {
                 let outcome = match limit {
@@ -336,7 +391,7 @@ impl<C: Call, A: Answer> CallStream<C, A> {
             let budget = deadline.saturating_duration_since(Instant::now());
             if link
                 .calls_tx
-                .send(C::new(id, request, budget))
+                .send(C::new(id, request, budget, crate::observe::trace_context()))
                 .await
                 .is_err()
             {

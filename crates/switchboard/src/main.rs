@@ -248,16 +248,34 @@ fn exit_code(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
+/// The service name a process's traces carry.
+fn service_name(command: &Command) -> &'static str {
+    match command {
+        Command::Dev(_) => "switchboard-dev",
+        Command::Auth(_) => "switchboard-auth",
+        Command::Registry(_) => "switchboard-registry",
+        Command::Bus(_) => "switchboard-bus",
+        Command::Gateway(_) => "switchboard-gateway",
+        Command::HashPassword | Command::Bench(_) | Command::Ctl(_) => "switchboard-tool",
+    }
+}
+
 async fn run(cli: Cli) -> ExitCode {
-    telemetry::init_logs(cli.log_format);
-    telemetry::observe_calls();
+    let telemetry = telemetry::init(cli.log_format, service_name(&cli.command));
+    let code = run_command(cli.command).await;
+    // The exporter's last batch goes out on this runtime: not from one of its workers.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    code
+}
+
+async fn run_command(command: Command) -> ExitCode {
     // Every WebSocket and gRPC connection is a descriptor; container runtimes often start
     // processes with a soft limit of 1024. Take what the hard limit allows.
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => tracing::debug!(limit, "open file limit"),
         Err(error) => tracing::warn!(%error, "cannot raise the open file limit"),
     }
-    let (role, settings) = match cli.command {
+    let (role, settings) = match command {
         Command::Bench(args) => return exit_code(run_bench(args).await),
         Command::Ctl(args) => return exit_code(switchboard::ctl::run(args).await),
         Command::HashPassword => return exit_code(hash_password()),

@@ -27,3 +27,4 @@ mod recovery;
 mod sessions;
 mod takeover;
 mod tls;
+mod traces;

@@ -34,11 +34,18 @@ pub(crate) struct Cluster {
     /// The gRPC ports of the registry and the bus.
     registry_port: u16,
     bus_port: u16,
+    /// Variables every process gets on top of the cluster's own.
+    env: Vec<(String, String)>,
 }
 
 impl Cluster {
     /// Starts Redis, the three services and `gateways` gateways.
     pub(crate) fn start(gateways: usize) -> Cluster {
+        Cluster::start_with_env(gateways, &[])
+    }
+
+    /// [`Cluster::start`], each process with the variables `env` too.
+    pub(crate) fn start_with_env(gateways: usize, env: &[(&str, &str)]) -> Cluster {
         let redis = RedisServer::start();
         let log_dir = std::env::temp_dir().join(format!(
             "switchboard-cluster-{}-{}",
@@ -54,6 +61,10 @@ impl Cluster {
             admin_ports: BTreeMap::new(),
             registry_port: free_port(),
             bus_port: free_port(),
+            env: env
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+                .collect(),
         };
         let redis_url = cluster.redis.url();
         let (auth, registry, bus) = (free_port(), cluster.registry_port, cluster.bus_port);
@@ -177,6 +188,7 @@ impl Cluster {
             .env("RUST_LOG", "info")
             .env("SWITCHBOARD_INTERNAL_SECRET", CLUSTER_SECRET)
             .env_remove("SWITCHBOARD_CONFIG")
+            .envs(self.env.iter().map(|(name, value)| (name, value)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
