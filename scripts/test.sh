@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs Switchboard's whole test suite: formatting, lints, docs, every unit and integration test, then
-# the docker-compose deployment built, run and broken on purpose (deploy/compose-test.sh).
+# Runs Switchboard's whole test suite: formatting, lints, docs, every unit and integration test, the
+# TypeScript SDK's tests, then the docker-compose deployment built, run and broken on purpose
+# (deploy/compose-test.sh).
 # Installs what the tests need when it is missing (on Debian/Ubuntu, through apt-get).
 # SWITCHBOARD_SKIP_COMPOSE=1 leaves the compose test out (e.g. where no Docker engine can run).
 set -euo pipefail
@@ -12,6 +13,8 @@ command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
 command -v make >/dev/null 2>&1 || need_apt+=(make)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+# The TypeScript SDK (clients/typescript) builds and tests with Node.js and npm.
+command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 if ((${#need_apt[@]})); then
     sudo_cmd=""
     [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
@@ -36,6 +39,13 @@ trap 'rm -f "$log"' EXIT
 cargo test -j "$jobs" --workspace --locked 2>&1 | tee "$log"
 # One closing line for the cargo tests (cargo prints one per test binary).
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "summary: %d passed, %d failed\n", passed, failed }' "$log"
+
+echo "== TypeScript SDK (clients/typescript: npm ci from the lock file, build, tests)"
+(
+    cd clients/typescript
+    npm ci --no-audit --no-fund
+    SWITCHBOARD_BIN="$(pwd)/../../target/debug/switchboard" npm test
+)
 
 if [ "${SWITCHBOARD_SKIP_COMPOSE:-0}" != 1 ]; then
     echo "== docker-compose cluster"
