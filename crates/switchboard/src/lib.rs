@@ -5,6 +5,7 @@
 //! - [`settings`]: every setting with its flag, variable, file key and default.
 //! - [`dev`]: `switchboard dev`: auth, registry, bus and one gateway in one process, talking
 //!   over real gRPC on loopback, with the in-memory broker and registry.
+//! - [`client`]: `switchboard client`, the terminal client of the WebSocket protocol.
 //! - [`ctl`]: `switchboard ctl`, the operator's command line over the internal gRPC services.
 //! - [`mod@bench`]: `switchboard bench`, the load generator for Switchboard's protocol.
 //! - [`roles`]: `switchboard auth|registry|bus|gateway`, one service per process, over Redis.
@@ -15,6 +16,7 @@
 
 pub mod admin;
 pub mod bench;
+pub mod client;
 pub mod ctl;
 pub mod dev;
 pub mod roles;

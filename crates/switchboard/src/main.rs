@@ -63,6 +63,9 @@ enum Command {
     Bench(switchboard::bench::BenchArgs),
     /// Operates a running deployment over gRPC: users, sessions, publish, stop, stats.
     Ctl(switchboard::ctl::CtlArgs),
+    /// A terminal client of the WebSocket protocol: commands as words, events as they come;
+    /// `--json` for scripts, one frame per line.
+    Client(switchboard::client::ClientArgs),
 }
 
 async fn run_bench(args: switchboard::bench::BenchArgs) -> anyhow::Result<()> {
@@ -256,7 +259,9 @@ fn service_name(command: &Command) -> &'static str {
         Command::Registry(_) => "switchboard-registry",
         Command::Bus(_) => "switchboard-bus",
         Command::Gateway(_) => "switchboard-gateway",
-        Command::HashPassword | Command::Bench(_) | Command::Ctl(_) => "switchboard-tool",
+        Command::HashPassword | Command::Bench(_) | Command::Ctl(_) | Command::Client(_) => {
+            "switchboard-tool"
+        }
     }
 }
 
@@ -278,6 +283,7 @@ async fn run_command(command: Command) -> ExitCode {
     let (role, settings) = match command {
         Command::Bench(args) => return exit_code(run_bench(args).await),
         Command::Ctl(args) => return exit_code(switchboard::ctl::run(args).await),
+        Command::Client(args) => return exit_code(switchboard::client::run(args).await),
         Command::HashPassword => return exit_code(hash_password()),
         Command::Dev(settings) => (Role::Dev, settings),
         Command::Auth(settings) => (Role::Auth, settings),

@@ -7,6 +7,7 @@ mod common;
 mod bench;
 mod binary;
 mod byte_limits;
+mod client;
 mod cluster;
 mod ctl;
 mod events;
