@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs Switchboard's whole test suite: formatting, lints, docs, every unit and integration test, the
-# TypeScript SDK's tests, then the docker-compose deployment built, run and broken on purpose
-# (deploy/compose-test.sh).
+# Runs Switchboard's whole test suite: formatting, lints, docs, every unit and integration test,
+# the TypeScript SDK's and the web console's tests (the console's in headless Chromium), then the
+# docker-compose deployment built, run and broken on purpose (deploy/compose-test.sh).
 # Installs what the tests need when it is missing (on Debian/Ubuntu, through apt-get).
 # SWITCHBOARD_SKIP_COMPOSE=1 leaves the compose test out (e.g. where no Docker engine can run).
 set -euo pipefail
@@ -15,6 +15,8 @@ command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 # The TypeScript SDK (clients/typescript) builds and tests with Node.js and npm.
 command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
+# The console's browser tests drive Debian's Chromium (CHROMIUM overrides the path).
+[ -x "${CHROMIUM:-/usr/bin/chromium}" ] || need_apt+=(chromium)
 if ((${#need_apt[@]})); then
     sudo_cmd=""
     [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
@@ -43,6 +45,12 @@ awk '/^test result:/ { passed += $4; failed += $6 } END { printf "summary: %d pa
 echo "== TypeScript SDK (clients/typescript: npm ci from the lock file, build, tests)"
 (
     cd clients/typescript
+    npm ci --no-audit --no-fund
+    SWITCHBOARD_BIN="$(pwd)/../../target/debug/switchboard" npm test
+)
+echo "== web console (clients/console: npm ci, dist/ matches its sources, tests in headless Chromium)"
+(
+    cd clients/console
     npm ci --no-audit --no-fund
     SWITCHBOARD_BIN="$(pwd)/../../target/debug/switchboard" npm test
 )

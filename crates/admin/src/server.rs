@@ -61,16 +61,18 @@ pub fn router(admin: Admin) -> Router {
         .with_state(admin)
 }
 
-/// Serves the admin routes on `listener` until `shutdown` is cancelled.
+/// Serves the admin routes, and `extra` beside them, on `listener` until `shutdown` is
+/// cancelled.
 ///
 /// # Errors
 /// When the listener fails.
 pub async fn serve(
     listener: TcpListener,
     admin: Admin,
+    extra: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(admin))
+    axum::serve(listener, router(admin).merge(extra))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
 }

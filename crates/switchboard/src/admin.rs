@@ -59,6 +59,7 @@ pub async fn start(
     address: &str,
     registry: Registry,
     readiness: Arc<Readiness>,
+    extra: axum::Router,
     shutdown: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind(address)
@@ -71,7 +72,7 @@ pub async fn start(
         readiness,
     };
     tokio::spawn(async move {
-        if let Err(error) = switchboard_admin::serve(listener, admin, shutdown).await {
+        if let Err(error) = switchboard_admin::serve(listener, admin, extra, shutdown).await {
             tracing::error!(%error, "admin listener stopped");
         }
     });

@@ -37,6 +37,8 @@ pub struct DevConfig {
     pub secret: InternalSecret,
     /// The process's admin listener (health, readiness, metrics of every service), if any.
     pub admin_listen: Option<String>,
+    /// Serve the web console at `/console/` on the admin listener.
+    pub console: bool,
     /// `wss://` address of the first gateway when `gateway.tls` is set.
     pub tls_listen: String,
     /// How long positioned streams live and how much they keep.
@@ -57,6 +59,7 @@ impl DevConfig {
             gateways: 1,
             secret: InternalSecret::random(),
             admin_listen: None,
+            console: false,
             tls_listen: DEFAULT_DEV_TLS_LISTEN.to_owned(),
             streams: switchboard_broker::StreamConfig::default(),
         }
@@ -282,6 +285,11 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
                 address,
                 registry,
                 Arc::clone(&readiness),
+                if config.console {
+                    crate::console::router(ws_addrs[0].port())
+                } else {
+                    axum::Router::new()
+                },
                 admin_shutdown.clone(),
             )
             .await?,

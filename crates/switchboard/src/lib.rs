@@ -6,6 +6,7 @@
 //! - [`dev`]: `switchboard dev`: auth, registry, bus and one gateway in one process, talking
 //!   over real gRPC on loopback, with the in-memory broker and registry.
 //! - [`client`]: `switchboard client`, the terminal client of the WebSocket protocol.
+//! - [`console`]: the web console's files, served on the admin listener.
 //! - [`ctl`]: `switchboard ctl`, the operator's command line over the internal gRPC services.
 //! - [`mod@bench`]: `switchboard bench`, the load generator for Switchboard's protocol.
 //! - [`roles`]: `switchboard auth|registry|bus|gateway`, one service per process, over Redis.
@@ -17,6 +18,7 @@
 pub mod admin;
 pub mod bench;
 pub mod client;
+pub mod console;
 pub mod ctl;
 pub mod dev;
 pub mod roles;

@@ -164,6 +164,7 @@ async fn run_dev(settings: Settings) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| switchboard::admin::DEFAULT_DEV_ADMIN_LISTEN.to_owned()),
     );
+    config.console = settings.gateway.console;
     if let Some(address) = &settings.addresses.tls_listen {
         config.tls_listen = address.clone();
     }

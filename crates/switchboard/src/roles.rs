@@ -24,6 +24,7 @@ async fn start_admin(
     service: Service,
     readiness: &Arc<Readiness>,
     extra: Option<switchboard_admin::ScrapeSeries>,
+    routes: axum::Router,
 ) -> anyhow::Result<()> {
     let mut registry = admin::registry_for(role, &[service]);
     if let Some(extra) = extra {
@@ -39,6 +40,7 @@ async fn start_admin(
         address,
         registry,
         Arc::clone(readiness),
+        routes,
         CancellationToken::new(),
     )
     .await?;
@@ -86,6 +88,7 @@ pub async fn auth(
         Service::Auth,
         &readiness,
         None,
+        axum::Router::new(),
     )
     .await?;
     let listen = settings
@@ -125,6 +128,7 @@ pub async fn registry(
         Service::Registry,
         &readiness,
         None,
+        axum::Router::new(),
     )
     .await?;
     let listen = settings
@@ -164,6 +168,7 @@ pub async fn bus(
         Service::Bus,
         &readiness,
         None,
+        axum::Router::new(),
     )
     .await?;
     let listen = settings
@@ -270,6 +275,11 @@ pub async fn gateway(
         Service::Gateway,
         &readiness,
         Some(gateway.scrape_series()),
+        if settings.gateway.console {
+            crate::console::router(ws_listener.local_addr()?.port())
+        } else {
+            axum::Router::new()
+        },
     )
     .await?;
     let listeners = switchboard_gateway::Listeners {

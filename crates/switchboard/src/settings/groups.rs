@@ -122,6 +122,10 @@ pub struct GatewaySettings {
     /// behind a proxy that sets it (clients could forge it otherwise).
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     pub trust_forwarded_for: bool,
+    /// Serve the web console at /console/ on the admin listener (gateway and dev); it logs
+    /// in over the WebSocket with the credentials typed into it.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub console: bool,
     /// Gateways send `send_event`s to the bus over gRPC; `false` publishes them into Redis
     /// from the gateway (same validation, policy and positions either way).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
