@@ -87,7 +87,7 @@ pub fn server_span(
 
 /// A tower layer for gRPC servers: each unary call runs in its [`server_span`], a child of the
 /// trace context in its headers. A call stream (`…Stream` methods) gets none: each call on it
-/// carries its own context, and `crate::calls::serve` gives each its span.
+/// carries its own context, and the call stream server gives each call its span.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ServerTraceLayer;
 
