@@ -44,12 +44,28 @@ function report(target, error) {
   $(target).textContent = error instanceof SwitchboardError ? `error ${error.code}: ${error.message}` : String(error);
 }
 
+function uptime(seconds) {
+  const [h, m, s] = [Math.floor(seconds / 3600), Math.floor((seconds % 3600) / 60), seconds % 60];
+  return h > 0 ? `${h}h ${m}m` : m > 0 ? `${m}m ${s}s` : `${s}s`;
+}
+
 async function overview() {
   const list = await sb.userList();
   $("count-users").textContent = Object.keys(list).length;
   $("count-sessions").textContent = Object.values(list).reduce((n, ids) => n + ids.length, 0);
-  const subscriptions = await sb.request("event", "get_subscriptions", {});
-  $("count-subscriptions").textContent = subscriptions.length;
+  // The gateways and their figures come from the admin listener that served this page.
+  const answer = await fetch("stats.json").catch(() => undefined);
+  if (!answer?.ok) return;
+  const stats = await answer.json();
+  $("count-gateways").textContent = stats.totals.gateways;
+  $("count-connections").textContent = stats.totals.connections;
+  $("count-subscriptions").textContent = stats.totals.subscriptions;
+  $("gateways-body").replaceChildren(
+    ...stats.gateways.map((g) =>
+      row([g.gateway, g.address, g.connections ?? g.error, g.sessions ?? "", g.subscriptions ?? "",
+        g.uptime_seconds === undefined ? "" : uptime(g.uptime_seconds), g.version ?? ""]),
+    ),
+  );
 }
 
 async function users() {

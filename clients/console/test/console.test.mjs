@@ -74,9 +74,12 @@ test("log in, see sessions, watch events, ask and stop a session", async () => {
   await page.click("#login-form button");
   await page.waitForSelector("#status.connected");
 
-  // Overview: the console's own session and the worker's.
+  // Overview: the console's own session and the worker's, on the one gateway.
   await page.waitForFunction(() => document.getElementById("count-sessions").textContent === "2");
   assert.equal(await page.textContent("#count-users"), "1");
+  await page.waitForFunction(() => document.getElementById("count-gateways").textContent === "1");
+  assert.equal(await page.textContent("#count-connections"), "2");
+  assert.match(await page.textContent("#gateways-body"), /gateway-0-\d+/);
   const mine = await page.textContent("#me-session");
   assert.ok(mine.length > 0);
   await page.screenshot({ path: join(shots, "overview.png") });

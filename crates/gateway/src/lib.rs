@@ -37,6 +37,7 @@ pub mod config;
 mod conn_state;
 pub mod connection;
 pub mod control;
+pub mod deployment;
 mod dispatch;
 pub mod gateway;
 pub mod gelf;

@@ -217,6 +217,7 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
     let mut control_addrs = Vec::new();
     let mut gateway_shutdowns = Vec::new();
     let mut wss_addrs = Vec::new();
+    let mut first_gateway = None;
     let readiness = Readiness::new();
     let mut registry = crate::admin::registry_for(
         "dev",
@@ -251,6 +252,9 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
         let token = shutdown.child_token();
         gateway_shutdowns.push(token.clone());
         crate::admin::gateway_checks(&readiness, &gateway);
+        if first_gateway.is_none() {
+            first_gateway = Some(Arc::clone(&gateway));
+        }
         let gauges = Box::new(gateway.scrape_series());
         if several {
             // Each gateway's gauges, told apart by a `gateway` label.
@@ -285,10 +289,11 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
                 address,
                 registry,
                 Arc::clone(&readiness),
-                if config.console {
-                    crate::console::router(ws_addrs[0].port())
-                } else {
-                    axum::Router::new()
+                match (&first_gateway, config.console) {
+                    (Some(gateway), true) => {
+                        crate::console::router(ws_addrs[0].port(), Arc::clone(gateway))
+                    }
+                    _ => axum::Router::new(),
                 },
                 admin_shutdown.clone(),
             )

@@ -276,7 +276,7 @@ pub async fn gateway(
         &readiness,
         Some(gateway.scrape_series()),
         if settings.gateway.console {
-            crate::console::router(ws_listener.local_addr()?.port())
+            crate::console::router(ws_listener.local_addr()?.port(), Arc::clone(&gateway))
         } else {
             axum::Router::new()
         },
