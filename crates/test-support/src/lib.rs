@@ -1,7 +1,8 @@
 //! Test helpers shared by the crates' integration tests.
 //!
 //! [`RedisServer`] starts a private `redis-server` on a free loopback port (no persistence)
-//! and stops it when dropped, so no test depends on a server someone else left running.
+//! and stops it when dropped, so no test depends on a server someone else left running;
+//! [`RedisCluster`] does the same for a Redis Cluster of several masters and replicas.
 
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -104,5 +105,230 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A Redis Cluster of `redis-server --cluster-enabled yes` children on 127.0.0.1, formed with
+/// `redis-cli --cluster create`; every node killed and its directory removed on drop.
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<ClusterNode>,
+    dir: std::path::PathBuf,
+}
+
+#[derive(Debug)]
+struct ClusterNode {
+    port: u16,
+    child: Option<Child>,
+}
+
+/// A port `p` such that `p` and its cluster bus port `p + 10000` were both free a moment ago.
+fn free_cluster_port() -> u16 {
+    for _ in 0..1000 {
+        let port = 20_000 + (std::process::id() as u16 % 97) * 100 + free_port() % 100;
+        let bus = port + 10_000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && TcpListener::bind(("127.0.0.1", bus)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free port pair for a cluster node")
+}
+
+impl RedisCluster {
+    /// Starts `masters` masters with `replicas` replicas each, forms the cluster and waits
+    /// until every node says `cluster_state:ok`. Nodes notice a dead master after 1 s
+    /// (`cluster-node-timeout`), so a replica takes over within seconds.
+    ///
+    /// # Panics
+    /// When `redis-server` or `redis-cli` is missing, or the cluster does not form in 30 s.
+    pub fn start(masters: usize, replicas: usize) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "switchboard-redis-cluster-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("cluster directory");
+        let mut cluster = Self {
+            nodes: Vec::new(),
+            dir,
+        };
+        for _ in 0..masters * (1 + replicas) {
+            let port = free_cluster_port();
+            cluster.nodes.push(ClusterNode { port, child: None });
+            cluster.spawn(cluster.nodes.len() - 1);
+        }
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for node in &cluster.nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        let output = create
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .output()
+            .expect("redis-cli is installed (scripts/test.sh installs it)");
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        let ports: Vec<u16> = cluster.nodes.iter().map(|node| node.port).collect();
+        assert!(
+            cluster.wait_until_ok(&ports, Duration::from_secs(30)),
+            "the cluster formed"
+        );
+        cluster
+    }
+
+    fn spawn(&mut self, index: usize) {
+        let port = self.nodes[index].port;
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                &format!("nodes-{port}.conf"),
+                "--cluster-node-timeout",
+                "1000",
+                // A replica may take over however long ago it last heard from its master: in
+                // a test the data is whatever the test wrote, and waiting is the failure.
+                "--cluster-replica-validity-factor",
+                "0",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .current_dir(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test.sh installs it)");
+        self.nodes[index].child = Some(child);
+        assert!(
+            wait_for_port(port, Duration::from_secs(10)),
+            "cluster node listens on {port}"
+        );
+    }
+
+    /// Waits until each node of `ports` answers `cluster_state:ok`; false after `patience`.
+    pub fn wait_until_ok(&self, ports: &[u16], patience: Duration) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < patience {
+            if ports
+                .iter()
+                .all(|port| Self::info(*port).contains("cluster_state:ok"))
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    /// Waits until every replica has everything its master wrote (their replication offsets
+    /// equal); false after `patience`. Replication is asynchronous: a master killed before
+    /// this loses what its replica had not received.
+    pub fn wait_for_replication(&self, patience: Duration) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < patience {
+            let caught_up = self.master_ports().iter().all(|port| {
+                let info = Command::new("redis-cli")
+                    .args(["-p", &port.to_string(), "info", "replication"])
+                    .output()
+                    .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+                    .unwrap_or_default();
+                let field = |line: &str, key: &str| {
+                    line.split(',')
+                        .find_map(|part| part.strip_prefix(key))
+                        .map(str::to_owned)
+                };
+                let master = info
+                    .lines()
+                    .find_map(|line| line.strip_prefix("master_repl_offset:"))
+                    .map(|offset| offset.trim().to_owned());
+                let replicas: Vec<(Option<String>, Option<String>)> = info
+                    .lines()
+                    .filter(|line| line.starts_with("slave") && line.contains("offset="))
+                    .map(|line| (field(line, "offset="), field(line, "state=")))
+                    .collect();
+                !replicas.is_empty()
+                    && replicas.iter().all(|(offset, state)| {
+                        offset.is_some() && *offset == master && state.as_deref() == Some("online")
+                    })
+            });
+            if caught_up {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    fn info(port: u16) -> String {
+        Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "cluster", "info"])
+            .output()
+            .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// `redis://127.0.0.1:<port>` of every node, the seeds a cluster client starts from.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|node| format!("redis://127.0.0.1:{}", node.port))
+            .collect()
+    }
+
+    /// The ports of the nodes that are masters now.
+    pub fn master_ports(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .filter(|node| node.child.is_some())
+            .filter(|node| {
+                Command::new("redis-cli")
+                    .args(["-p", &node.port.to_string(), "role"])
+                    .output()
+                    .is_ok_and(|output| output.stdout.starts_with(b"master"))
+            })
+            .map(|node| node.port)
+            .collect()
+    }
+
+    /// The ports of the nodes still running.
+    pub fn live_ports(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .filter(|node| node.child.is_some())
+            .map(|node| node.port)
+            .collect()
+    }
+
+    /// Kills the node on `port` (SIGKILL), as a crash would.
+    pub fn kill(&mut self, port: u16) {
+        if let Some(node) = self.nodes.iter_mut().find(|node| node.port == port)
+            && let Some(mut child) = node.child.take()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
