@@ -21,6 +21,9 @@ pub async fn overview(gateway: &Gateway) -> Result<Value, tonic::Status> {
         .into_inner()
         .gateways;
     let asked = listed.iter().map(|info| async move {
+        if info.control_addr.is_empty() {
+            return Err("its heartbeats carry no address yet".to_owned());
+        }
         let client = services
             .control(&info.control_addr)
             .map_err(|error| error.message)?;

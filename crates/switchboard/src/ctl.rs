@@ -303,6 +303,10 @@ async fn stats(args: &CtlArgs, secret: &InternalSecret, out: &Printer) -> anyhow
     let mut failed = 0;
     for gateway in gateways {
         let asked = async {
+            anyhow::ensure!(
+                !gateway.control_addr.is_empty(),
+                "its heartbeats carry no address yet"
+            );
             control(&gateway.control_addr, secret)
                 .await?
                 .stats(StatsRequest {})
