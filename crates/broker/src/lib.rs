@@ -9,11 +9,14 @@
 //! and a gap-free offset, and its last events can be read back.
 //!
 //! [`MemoryBroker`] serves single-process mode (`switchboard dev`); [`RedisBroker`] serves the
-//! scaled deployment, one Redis channel per subscription key.
+//! scaled deployment, one Redis channel per subscription key, on one Redis or on a Redis
+//! Cluster ([`RedisTarget`]) with sharded pub/sub.
 
+mod connection;
 mod handoff;
 mod memory;
 mod redis_engine;
+mod sharded;
 pub mod streams;
 
 use std::sync::Arc;
@@ -21,6 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 
+pub use connection::{RedisConnection, RedisTarget, SLOTS, slot, slot_tag};
 pub use handoff::{HANDOFF_BYTES, HANDOFF_MESSAGES};
 pub use memory::MemoryBroker;
 pub use redis_engine::{RedisBroker, RedisSubscriber};

@@ -3,35 +3,38 @@
 //! an actor task that reconnects with capped exponential backoff and re-subscribes every
 //! channel it holds.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::connection::{RedisConnection, RedisTarget, slot, slot_tag};
 use crate::handoff::Handoff;
 use crate::streams::{History, LUA_PUBLISH_EVENT, StreamConfig, StreamTop};
 use crate::{BrokerError, Deliver, SubscriberHealth};
 
 /// How long one Redis operation may take before it counts as unavailable.
-const OPERATION_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const OPERATION_TIMEOUT: Duration = Duration::from_secs(2);
 /// First and longest wait between reconnection attempts.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// Publishes a batch laid out in ARGV as history size, history TTL in ms, then per event:
-/// channel count, payload, channels. A channel with a stream (its meta hash exists) takes the
-/// next offset, keeps the event in its history and is published with its position; any other
-/// channel gets a plain PUBLISH. One script call, so offsets have no gaps and a stream's events
-/// are published in offset order. Channels are arguments rather than keys: pub/sub channels
-/// are not keys, and a sharded deployment would publish per shard instead.
+pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Publishes a batch laid out in ARGV as history size, history TTL in ms, the slot tag (""
+/// on one Redis: see `sharded` in [`LUA_PUBLISH_EVENT`]), then per event: channel count,
+/// payload, channels. A channel with a stream (its meta hash exists) takes the next offset,
+/// keeps the event in its history and is published with its position; any other channel gets
+/// a plain PUBLISH. One script call, so offsets have no gaps and a stream's events are
+/// published in offset order. Channels are arguments rather than keys (pub/sub channels are
+/// not keys); on a cluster every channel of a call is in the slot of its one key, KEYS[1].
 const PUBLISH_BATCH: &str = r"
 local size = ARGV[1]
 local ttl = ARGV[2]
-local i = 3
+sharded(ARGV[3])
+local i = 4
 while i <= #ARGV do
   local count = tonumber(ARGV[i])
   local payload = ARGV[i + 1]
@@ -42,16 +45,18 @@ while i <= #ARGV do
 end
 return 0
 ";
-/// Opens (or keeps alive) the stream of ARGV[1] with TTL ARGV[2] ms; a stream without meta
-/// gets a new epoch (time and a counter, so one never repeats) and an empty history. Renews
-/// `sb:streams` for as long. Returns name, epoch, top.
+/// Opens (or keeps alive) the stream of ARGV[1] with TTL ARGV[2] ms, its keys tagged with
+/// ARGV[3] ("" on one Redis); a stream without meta gets a new epoch (time and a counter, so
+/// one never repeats) and an empty history. Renews `sb:streams` for as long. Returns name,
+/// epoch, top.
 const OPEN_STREAM: &str = r"
-local meta = 'sb:pos:' .. ARGV[1]
-local history = 'sb:hist:' .. ARGV[1]
+local KP = ARGV[3]
+local meta = 'sb:pos:' .. KP .. ARGV[1]
+local history = 'sb:hist:' .. KP .. ARGV[1]
 local found = redis.call('HMGET', meta, 'epoch', 'name', 'top')
 if not found[1] then
   local now = redis.call('TIME')
-  local n = redis.call('INCR', 'sb:epochs')
+  local n = redis.call('INCR', 'sb:epochs' .. KP)
   found = {now[1] .. string.format('%06d', tonumber(now[2])) .. '-' .. n, redis.sha1hex(ARGV[1]), '0'}
   redis.call('DEL', history)
   redis.call('HSET', meta, 'epoch', found[1], 'name', found[2], 'top', 0)
@@ -60,14 +65,15 @@ redis.call('PEXPIRE', meta, ARGV[2])
 redis.call('PEXPIRE', history, ARGV[2])
 -- Tells publishers that streams may exist (see `publish_all`); it outlives every stream
 -- opened or kept alive until now.
-redis.call('SET', 'sb:streams', '1', 'PX', ARGV[2])
+redis.call('SET', 'sb:streams' .. KP, '1', 'PX', ARGV[2])
 return {found[2], found[1], found[3]}
 ";
 /// Reads the history of ARGV[1] after offset ARGV[3] in epoch ARGV[2] (unrecoverable past
-/// ARGV[4] events), a page of at most ARGV[5]. Returns {0} when unrecoverable, else
-/// {1, top, payload...} with the page's events after the offset, in order.
+/// ARGV[4] events), a page of at most ARGV[5], its keys tagged with ARGV[6]. Returns {0} when
+/// unrecoverable, else {1, top, payload...} with the page's events after the offset, in order.
 const READ_HISTORY: &str = r"
-local meta = 'sb:pos:' .. ARGV[1]
+local KP = ARGV[6]
+local meta = 'sb:pos:' .. KP .. ARGV[1]
 local found = redis.call('HMGET', meta, 'epoch', 'top')
 if not found[1] or found[1] ~= ARGV[2] then return {0} end
 local top = tonumber(found[2])
@@ -76,7 +82,7 @@ if after > top or top - after > tonumber(ARGV[4]) then return {0} end
 local reply = {1, top}
 if after == top then return reply end
 local want = math.min(top - after, tonumber(ARGV[5]))
-local entries = redis.call('XRANGE', 'sb:hist:' .. ARGV[1], (after + 1) .. '-1', '+', 'COUNT', want)
+local entries = redis.call('XRANGE', 'sb:hist:' .. KP .. ARGV[1], (after + 1) .. '-1', '+', 'COUNT', want)
 if #entries ~= want or entries[1][1] ~= (after + 1) .. '-1' then return {0} end
 for _, entry in ipairs(entries) do reply[#reply + 1] = entry[2][2] end
 return reply
@@ -84,17 +90,18 @@ return reply
 /// How often an idle pub/sub connection is checked with a PING.
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// Channels per SUBSCRIBE when re-subscribing after a reconnection.
-const RESUBSCRIBE_BATCH: usize = 1000;
+pub(crate) const RESUBSCRIBE_BATCH: usize = 1000;
 
-fn unavailable(error: impl fmt::Display) -> BrokerError {
+pub(crate) fn unavailable(error: impl fmt::Display) -> BrokerError {
     BrokerError::Unavailable(error.to_string())
 }
 
 /// Publishes into Redis; cheap to clone.
 #[derive(Clone)]
 pub struct RedisBroker {
-    client: redis::Client,
-    publisher: ConnectionManager,
+    /// Where subscribers connect.
+    subscribe_via: SubscribeVia,
+    publisher: RedisConnection,
     health_check_interval: Duration,
     subscriber_health: Arc<SubscriberHealth>,
     publish_script: redis::Script,
@@ -109,6 +116,24 @@ impl fmt::Debug for RedisBroker {
     }
 }
 
+/// Where a broker's subscribers connect.
+#[derive(Clone)]
+enum SubscribeVia {
+    /// A pub/sub connection to the one Redis.
+    Server(redis::Client),
+    /// `SSUBSCRIBE` on the shards of the cluster these seeds lead to.
+    Cluster(Vec<String>),
+}
+
+/// The `{tag}` that puts a key in `channel`'s slot on a cluster; "" on one Redis.
+fn key_tag(sharded: bool, channel: &str) -> String {
+    if sharded {
+        format!("{{{}}}", slot_tag(slot(channel.as_bytes())))
+    } else {
+        String::new()
+    }
+}
+
 impl RedisBroker {
     /// Connects the publishing connection to `url` (`redis://host:port`).
     ///
@@ -118,15 +143,24 @@ impl RedisBroker {
     /// # Errors
     /// [`BrokerError::Unavailable`] for an invalid URL.
     pub async fn connect(url: &str) -> Result<Self, BrokerError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(OPERATION_TIMEOUT))
-            .set_response_timeout(Some(OPERATION_TIMEOUT))
-            .set_number_of_retries(1);
-        let publisher =
-            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(unavailable)?;
+        Self::connect_to(&RedisTarget::Single(url.to_owned()))
+    }
+
+    /// Connects to one Redis or to a Redis Cluster: on a cluster, events go out with
+    /// `SPUBLISH`, one script call per slot, and subscribers use `SSUBSCRIBE` on each shard.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] for an invalid URL.
+    pub fn connect_to(target: &RedisTarget) -> Result<Self, BrokerError> {
+        let publisher = target.connect(OPERATION_TIMEOUT).map_err(unavailable)?;
+        let subscribe_via = match target {
+            RedisTarget::Single(url) => {
+                SubscribeVia::Server(redis::Client::open(url.as_str()).map_err(unavailable)?)
+            }
+            RedisTarget::Cluster(seeds) => SubscribeVia::Cluster(seeds.clone()),
+        };
         Ok(Self {
-            client,
+            subscribe_via,
             publisher,
             health_check_interval: HEALTH_CHECK_INTERVAL,
             subscriber_health: Arc::new(SubscriberHealth::default()),
@@ -143,6 +177,10 @@ impl RedisBroker {
         self
     }
 
+    fn sharded(&self) -> bool {
+        matches!(self.subscribe_via, SubscribeVia::Cluster(_))
+    }
+
     fn ttl_ms(&self) -> u64 {
         u64::try_from(self.streams.history_ttl.as_millis())
             .unwrap_or(u64::MAX)
@@ -152,8 +190,9 @@ impl RedisBroker {
     /// Opens (or keeps alive) the stream of `channel`.
     pub(crate) async fn open_stream(&self, channel: &str) -> Result<StreamTop, BrokerError> {
         let mut connection = self.publisher.clone();
-        let mut invocation = self.open_script.prepare_invoke();
-        invocation.arg(channel).arg(self.ttl_ms());
+        let tag = key_tag(self.sharded(), channel);
+        let mut invocation = self.open_script.key(format!("sb:pos:{tag}{channel}"));
+        invocation.arg(channel).arg(self.ttl_ms()).arg(&tag);
         let (stream, epoch, offset): (String, String, u64) =
             tokio::time::timeout(OPERATION_TIMEOUT, invocation.invoke_async(&mut connection))
                 .await
@@ -176,13 +215,15 @@ impl RedisBroker {
         page: usize,
     ) -> Result<History, BrokerError> {
         let mut connection = self.publisher.clone();
-        let mut invocation = self.history_script.prepare_invoke();
+        let tag = key_tag(self.sharded(), channel);
+        let mut invocation = self.history_script.key(format!("sb:pos:{tag}{channel}"));
         invocation
             .arg(channel)
             .arg(epoch)
             .arg(after)
             .arg(max)
-            .arg(page.max(1));
+            .arg(page.max(1))
+            .arg(&tag);
         let reply: Vec<redis::Value> =
             tokio::time::timeout(OPERATION_TIMEOUT, invocation.invoke_async(&mut connection))
                 .await
@@ -223,16 +264,15 @@ impl RedisBroker {
         Arc::clone(&self.subscriber_health)
     }
 
-    /// Sends a PING on the publishing connection.
+    /// Sends a PING on the publishing connection (to every primary of a cluster).
     ///
     /// # Errors
     /// [`BrokerError::Unavailable`] when Redis does not answer.
     pub async fn ping(&self) -> Result<(), BrokerError> {
         let mut connection = self.publisher.clone();
-        redis::cmd("PING")
-            .query_async::<String>(&mut connection)
+        tokio::time::timeout(OPERATION_TIMEOUT, ping(&mut connection))
             .await
-            .map(drop)
+            .map_err(|_| unavailable("redis ping timed out"))?
             .map_err(unavailable)
     }
 
@@ -246,47 +286,127 @@ impl RedisBroker {
     }
 
     /// Publishes every event of `batch` in one script call: one round trip, order kept, and
-    /// the positions of streams' events assigned in the same step.
+    /// the positions of streams' events assigned in the same step. On a cluster, one script
+    /// call per slot the batch's channels fall in, all sent at once: each channel's events
+    /// keep their order, and nothing relies on atomicity across slots.
     pub(crate) async fn publish_batch(
         &self,
         batch: &[(Vec<String>, Bytes)],
     ) -> Result<(), BrokerError> {
-        let mut connection = self.publisher.clone();
-        let mut invocation = self.publish_script.prepare_invoke();
-        invocation.arg(self.streams.history_size).arg(self.ttl_ms());
-        for (channels, payload) in batch {
-            invocation.arg(channels.len()).arg(payload.as_ref());
+        let published = if self.sharded() {
+            self.publish_by_slot(batch).await
+        } else {
+            let mut connection = self.publisher.clone();
+            let mut invocation = self.publish_script.prepare_invoke();
+            invocation
+                .arg(self.streams.history_size)
+                .arg(self.ttl_ms())
+                .arg("");
+            for (channels, payload) in batch {
+                invocation.arg(channels.len()).arg(payload.as_ref());
+                for channel in channels {
+                    invocation.arg(channel);
+                }
+            }
+            tokio::time::timeout(
+                OPERATION_TIMEOUT,
+                invocation.invoke_async::<()>(&mut connection),
+            )
+            .await
+        };
+        published
+            .map_err(|_| unavailable("redis publish timed out"))?
+            .map_err(unavailable)
+    }
+
+    async fn publish_by_slot(
+        &self,
+        batch: &[(Vec<String>, Bytes)],
+    ) -> Result<redis::RedisResult<()>, tokio::time::error::Elapsed> {
+        // Per slot, the batch's events in order, each with its channels in that slot.
+        let mut by_slot: BTreeMap<u16, Vec<(usize, Vec<&String>)>> = BTreeMap::new();
+        for (index, (channels, _)) in batch.iter().enumerate() {
             for channel in channels {
-                invocation.arg(channel);
+                let events = by_slot.entry(slot(channel.as_bytes())).or_default();
+                match events.last_mut() {
+                    Some((last, in_slot)) if *last == index => in_slot.push(channel),
+                    _ => events.push((index, vec![channel])),
+                }
             }
         }
-        tokio::time::timeout(
-            OPERATION_TIMEOUT,
-            invocation.invoke_async::<()>(&mut connection),
-        )
-        .await
-        .map_err(|_| unavailable("redis publish timed out"))?
-        .map_err(unavailable)
+        let calls = by_slot.into_iter().map(|(slot, events)| {
+            let tag = format!("{{{}}}", slot_tag(slot));
+            let mut invocation = self.publish_script.key(format!("sb:streams{tag}"));
+            invocation
+                .arg(self.streams.history_size)
+                .arg(self.ttl_ms())
+                .arg(&tag);
+            for (index, channels) in events {
+                invocation.arg(channels.len()).arg(batch[index].1.as_ref());
+                for channel in channels {
+                    invocation.arg(channel);
+                }
+            }
+            let mut connection = self.publisher.clone();
+            async move { invocation.invoke_async::<()>(&mut connection).await }
+        });
+        tokio::time::timeout(OPERATION_TIMEOUT, futures_util::future::try_join_all(calls))
+            .await
+            .map(|done| done.map(drop))
     }
 
     pub(crate) fn subscriber(&self, sink: Arc<dyn Deliver>) -> RedisSubscriber {
         let (commands_tx, commands_rx) = mpsc::channel(1024);
-        tokio::spawn(subscriber_actor(
-            self.client.clone(),
-            Inbox {
-                commands_rx,
-                held: None,
-            },
-            sink,
-            self.health_check_interval,
-            Arc::clone(&self.subscriber_health),
-        ));
+        let inbox = Inbox {
+            commands_rx,
+            held: None,
+        };
+        match &self.subscribe_via {
+            SubscribeVia::Server(client) => {
+                tokio::spawn(subscriber_actor(
+                    client.clone(),
+                    inbox,
+                    sink,
+                    self.health_check_interval,
+                    Arc::clone(&self.subscriber_health),
+                ));
+            }
+            SubscribeVia::Cluster(seeds) => {
+                tokio::spawn(crate::sharded::subscriber_actor(
+                    seeds.clone(),
+                    inbox,
+                    sink,
+                    self.health_check_interval,
+                    Arc::clone(&self.subscriber_health),
+                ));
+            }
+        }
         RedisSubscriber { commands_tx }
     }
 }
 
+/// PING: the one server, or every primary of a cluster.
+pub(crate) async fn ping(connection: &mut RedisConnection) -> redis::RedisResult<()> {
+    match connection {
+        RedisConnection::Single(single) => redis::cmd("PING")
+            .query_async::<String>(single)
+            .await
+            .map(drop),
+        RedisConnection::Cluster(cluster) => cluster
+            .route_command(
+                redis::cmd("PING"),
+                RoutingInfo::MultiNode((
+                    MultipleNodeRoutingInfo::AllMasters,
+                    Some(ResponsePolicy::AllSucceeded),
+                )),
+            )
+            .await
+            .map(drop),
+    }
+}
+
 /// A request to the subscriber actor.
-enum Command {
+pub(crate) enum Command {
     Subscribe(Vec<String>, oneshot::Sender<Result<(), BrokerError>>),
     /// Nobody waits for an unsubscribe.
     Unsubscribe(Vec<String>),
@@ -295,9 +415,9 @@ enum Command {
 /// Subscribes queued together (unsubscribes of other channels may sit between them), sent as
 /// one SUBSCRIBE: under load (logins) the subscribes that queue while the actor waits for
 /// Redis go out together, and an idle gateway still sends each one at once.
-struct SubscribeBatch {
-    channels: Vec<String>,
-    waiters: Vec<oneshot::Sender<Result<(), BrokerError>>>,
+pub(crate) struct SubscribeBatch {
+    pub(crate) channels: Vec<String>,
+    pub(crate) waiters: Vec<oneshot::Sender<Result<(), BrokerError>>>,
 }
 
 /// Most commands gathered into one [`SubscribeBatch`].
@@ -306,23 +426,23 @@ const MAX_BATCH_COMMANDS: usize = 256;
 /// every channel left meanwhile. Nobody waits for an unsubscribe, messages of a left channel
 /// are dropped here, and a channel subscribed again meanwhile costs no command at all; under
 /// churn this turns one UNSUBSCRIBE per closed connection into one per interval.
-const UNSUBSCRIBE_DELAY: Duration = Duration::from_millis(10);
+pub(crate) const UNSUBSCRIBE_DELAY: Duration = Duration::from_millis(10);
 
 /// What the subscriber holds: the channels wanted, whatever the connection state, and those
 /// left but still subscribed on the current connection.
 #[derive(Default)]
-struct Wanted {
+pub(crate) struct Wanted {
     /// Channels the gateway wants.
-    channels: HashSet<String>,
+    pub(crate) channels: HashSet<String>,
     /// Channels left but still subscribed on the current connection; their messages are
     /// dropped until the UNSUBSCRIBE at `leave_at`.
-    leaving: HashSet<String>,
-    leave_at: Option<tokio::time::Instant>,
+    pub(crate) leaving: HashSet<String>,
+    pub(crate) leave_at: Option<tokio::time::Instant>,
 }
 
 impl Wanted {
     /// Forgets `removed`; those subscribed on the connection wait in `leaving`.
-    fn leave(&mut self, removed: Vec<String>) {
+    pub(crate) fn leave(&mut self, removed: Vec<String>) {
         for channel in removed {
             if self.channels.remove(&channel) {
                 self.leaving.insert(channel);
@@ -346,15 +466,15 @@ impl Wanted {
 }
 
 /// The actor's end of a [`RedisSubscriber`].
-struct Inbox {
-    commands_rx: mpsc::Receiver<Command>,
+pub(crate) struct Inbox {
+    pub(crate) commands_rx: mpsc::Receiver<Command>,
     /// A command taken while gathering a batch that it had to follow; it comes next.
-    held: Option<Command>,
+    pub(crate) held: Option<Command>,
 }
 
 impl Inbox {
     /// The next command, in the order they were sent. Cancel-safe.
-    async fn recv(&mut self) -> Option<Command> {
+    pub(crate) async fn recv(&mut self) -> Option<Command> {
         if let Some(command) = self.held.take() {
             return Some(command);
         }
@@ -365,7 +485,7 @@ impl Inbox {
     /// among them are applied to `wanted` on the way when they name none of the batch's
     /// channels; one that does ends the batch and comes next, so a channel's subscribe and
     /// unsubscribe reach Redis in the order they were sent.
-    fn gather(
+    pub(crate) fn gather(
         &mut self,
         first: Vec<String>,
         done: oneshot::Sender<Result<(), BrokerError>>,
@@ -538,7 +658,7 @@ async fn subscriber_actor(
 }
 
 /// Ends the delivery task (after what is queued) when the actor ends.
-struct CloseOnDrop(Arc<Handoff>);
+pub(crate) struct CloseOnDrop(pub(crate) Arc<Handoff>);
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
@@ -608,7 +728,7 @@ async fn resubscribe_all(
 
 /// While Redis is unreachable: answer subscribes with `Unavailable` and apply unsubscribes to
 /// the wanted set, for `wait`. Returns false when the subscriber was dropped.
-async fn refuse_commands_for(
+pub(crate) async fn refuse_commands_for(
     inbox: &mut Inbox,
     channels: &mut HashSet<String>,
     wait: Duration,

@@ -26,37 +26,46 @@ pub const DEFAULT_HISTORY_TTL: Duration = Duration::from_secs(300);
 /// each, whether any of the channels has a stream and which have subscribers, and publishes
 /// only to those (an event matches up to 8 channels, most of them with nobody on them).
 /// Within a script no SUBSCRIBE can come between the count and the PUBLISH.
+///
+/// On a Redis Cluster a caller sets `KP` to `{tag}` of the slot its channels share (see
+/// [`crate::slot_tag`]) by calling `sharded('{tag}')`, which puts the stream keys in that
+/// slot and publishes with `SPUBLISH`.
 pub const LUA_PUBLISH_EVENT: &str = r#"
+local KP, PUB, NUMSUB = '', 'PUBLISH', 'NUMSUB'
+local function sharded(tag)
+  KP = tag
+  if KP ~= '' then PUB, NUMSUB = 'SPUBLISH', 'SHARDNUMSUB' end
+end
 local function publish_event(channel, payload, size, ttl)
-  local meta = 'sb:pos:' .. channel
+  local meta = 'sb:pos:' .. KP .. channel
   local found = redis.call('HMGET', meta, 'epoch', 'name')
   if found[1] then
     local offset = redis.call('HINCRBY', meta, 'top', 1)
-    local history = 'sb:hist:' .. channel
+    local history = 'sb:hist:' .. KP .. channel
     redis.call('XADD', history, 'MAXLEN', size, offset .. '-1', 'p', payload)
     redis.call('PEXPIRE', meta, ttl)
     redis.call('PEXPIRE', history, ttl)
-    redis.call('SET', 'sb:streams', '1', 'PX', ttl)
-    redis.call('PUBLISH', channel, '{"pos":{"stream":"' .. found[2] .. '","epoch":"' ..
+    redis.call('SET', 'sb:streams' .. KP, '1', 'PX', ttl)
+    redis.call(PUB, channel, '{"pos":{"stream":"' .. found[2] .. '","epoch":"' ..
       found[1] .. '","offset":' .. offset .. '},' .. string.sub(payload, 2))
   else
-    redis.call('PUBLISH', channel, payload)
+    redis.call(PUB, channel, payload)
   end
 end
 local function publish_all(channels, payload, size, ttl)
   if #channels == 0 then return end
   -- `sb:streams` lives while any stream may: without it, no channel has one.
-  if redis.call('EXISTS', 'sb:streams') == 1 then
+  if redis.call('EXISTS', 'sb:streams' .. KP) == 1 then
     local metas = {}
-    for i, channel in ipairs(channels) do metas[i] = 'sb:pos:' .. channel end
+    for i, channel in ipairs(channels) do metas[i] = 'sb:pos:' .. KP .. channel end
     if redis.call('EXISTS', unpack(metas)) > 0 then
       for _, channel in ipairs(channels) do publish_event(channel, payload, size, ttl) end
       return
     end
   end
-  local counts = redis.call('PUBSUB', 'NUMSUB', unpack(channels))
+  local counts = redis.call('PUBSUB', NUMSUB, unpack(channels))
   for i, channel in ipairs(channels) do
-    if counts[2 * i] > 0 then redis.call('PUBLISH', channel, payload) end
+    if counts[2 * i] > 0 then redis.call(PUB, channel, payload) end
   end
 end
 "#;

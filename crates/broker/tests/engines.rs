@@ -7,9 +7,9 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use switchboard_broker::{
-    Broker, BrokerError, Deliver, History, MemoryBroker, RedisBroker, StreamConfig,
+    Broker, BrokerError, Deliver, History, MemoryBroker, RedisBroker, RedisTarget, StreamConfig,
 };
-use switchboard_test_support::RedisServer;
+use switchboard_test_support::{RedisCluster, RedisServer};
 
 #[derive(Default)]
 struct Recorder(Mutex<Vec<(String, Bytes)>>);
@@ -498,4 +498,145 @@ async fn redis_a_stream_kept_alive_by_events_stays_positioned() {
         })
         .collect();
     assert_eq!(offsets, (1..=8).collect::<Vec<u64>>());
+}
+
+/// A broker on a Redis Cluster: sharded pub/sub, one script call per slot.
+fn cluster_broker(cluster: &RedisCluster, streams: StreamConfig) -> Broker {
+    let target = RedisTarget::Cluster(cluster.urls());
+    Broker::Redis(Box::new(
+        RedisBroker::connect_to(&target)
+            .expect("seeds")
+            .with_streams(streams)
+            .with_health_check_interval(Duration::from_millis(200)),
+    ))
+}
+
+/// The offset of a positioned payload.
+fn offset_of(payload: &Bytes) -> Option<u64> {
+    let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    value["pos"]["offset"].as_u64()
+}
+
+#[tokio::test]
+async fn redis_cluster_engine_delivers_like_one_redis_and_follows_a_moved_slot() {
+    let cluster = RedisCluster::start(3, 0);
+    let broker = cluster_broker(&cluster, small_streams());
+    suite(broker.clone()).await;
+    queued_commands(&broker).await;
+    streams_suite(broker.clone()).await;
+
+    // One batch over channels of many slots keeps each channel's order.
+    let recorder = Arc::new(Recorder::default());
+    let sub = broker.subscriber(recorder.clone());
+    let channels: Vec<String> = (0..40).map(|n| format!("spread-{n}")).collect();
+    sub.subscribe_many(&channels).await.expect("subscribe");
+    let batch: Vec<(Vec<String>, Bytes)> = (0..10)
+        .map(|n| (channels.clone(), Bytes::from(n.to_string())))
+        .collect();
+    broker.publish_batch(&batch).await.expect("publish");
+    let got = recorder.wait_for(400).await;
+    assert_eq!(got.len(), 400);
+    for channel in &channels {
+        let order: Vec<Bytes> = got
+            .iter()
+            .filter(|(c, _)| c == channel)
+            .map(|(_, payload)| payload.clone())
+            .collect();
+        let expected: Vec<Bytes> = (0..10).map(|n| Bytes::from(n.to_string())).collect();
+        assert_eq!(order, expected, "{channel} in order");
+    }
+
+    // A slot moved to another master: Redis unsubscribes its channels there; the subscriber
+    // subscribes again on the new owner, and the stream's keys moved with the slot.
+    let moving = "moving".to_owned();
+    sub.subscribe(&moving).await.expect("subscribe");
+    broker.open_stream(&moving).await.expect("open");
+    let event = Bytes::from_static(b"{\"class\":\"c\"}");
+    broker
+        .publish(std::slice::from_ref(&moving), event.clone())
+        .await
+        .expect("publish");
+    assert_eq!(offset_of(&recorder.wait_for(1).await[0].1), Some(1));
+    let slot = switchboard_broker::slot(moving.as_bytes());
+    let from = cluster.owner_of(slot);
+    let to = cluster
+        .master_ports()
+        .into_iter()
+        .find(|port| *port != from)
+        .expect("another master");
+    cluster.move_slot(slot, to);
+    let mut offsets = Vec::new();
+    for _ in 0..50 {
+        broker
+            .publish(std::slice::from_ref(&moving), event.clone())
+            .await
+            .expect("publish after the move");
+        offsets.extend(
+            recorder
+                .wait_for(1)
+                .await
+                .iter()
+                .filter_map(|(_, payload)| offset_of(payload)),
+        );
+        if !offsets.is_empty() {
+            break;
+        }
+    }
+    let first = *offsets
+        .first()
+        .expect("delivered again after the slot moved");
+    assert!(first >= 2, "the stream moved with its slot: offset {first}");
+    assert_eq!(cluster.owner_of(slot), to);
+}
+
+/// A master killed under a subscriber: once its replica has taken over, the subscriber is
+/// subscribed there and delivery resumes.
+#[tokio::test]
+async fn redis_cluster_failover_resumes_delivery() {
+    let mut cluster = RedisCluster::start(3, 1);
+    let broker = cluster_broker(&cluster, StreamConfig::default());
+    let recorder = Arc::new(Recorder::default());
+    let sub = broker.subscriber(recorder.clone());
+    let channel = "failing-over".to_owned();
+    sub.subscribe(&channel).await.expect("subscribe");
+    broker
+        .publish(
+            std::slice::from_ref(&channel),
+            Bytes::from_static(b"before"),
+        )
+        .await
+        .expect("publish");
+    assert_eq!(recorder.wait_for(1).await.len(), 1);
+    assert!(cluster.wait_for_replication(Duration::from_secs(10)));
+    let victim = cluster.owner_of(switchboard_broker::slot(channel.as_bytes()));
+    cluster.kill(victim);
+    let Broker::Redis(redis) = &broker else {
+        unreachable!("a Redis broker")
+    };
+    let started = std::time::Instant::now();
+    let mut delivered = false;
+    while started.elapsed() < Duration::from_secs(30) && !delivered {
+        if broker
+            .publish(std::slice::from_ref(&channel), Bytes::from_static(b"after"))
+            .await
+            .is_ok()
+        {
+            delivered = recorder
+                .wait_for(1)
+                .await
+                .iter()
+                .any(|(_, payload)| payload.as_ref() == b"after");
+        } else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert!(delivered, "delivery resumed after the failover");
+    assert!(
+        redis.reconnections() >= 1,
+        "the subscriber noticed the loss"
+    );
+    assert_ne!(
+        cluster.owner_of(switchboard_broker::slot(channel.as_bytes())),
+        victim
+    );
 }

@@ -310,6 +310,82 @@ impl RedisCluster {
             .collect()
     }
 
+    fn cli(port: u16, args: &[&str]) -> String {
+        Command::new("redis-cli")
+            .arg("-p")
+            .arg(port.to_string())
+            .args(args)
+            .output()
+            .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+            .unwrap_or_default()
+    }
+
+    /// The port of the master serving `slot` now.
+    ///
+    /// # Panics
+    /// When no live master claims it.
+    pub fn owner_of(&self, slot: u16) -> u16 {
+        for port in self.master_ports() {
+            let nodes = Self::cli(port, &["cluster", "nodes"]);
+            let Some(mine) = nodes.lines().find(|line| line.contains("myself")) else {
+                continue;
+            };
+            let owns = mine.split_whitespace().skip(8).any(|range| {
+                let mut bounds = range.split('-').map(str::parse::<u16>);
+                match (bounds.next(), bounds.next()) {
+                    (Some(Ok(only)), None) => only == slot,
+                    (Some(Ok(first)), Some(Ok(last))) => (first..=last).contains(&slot),
+                    _ => false,
+                }
+            });
+            if owns {
+                return port;
+            }
+        }
+        panic!("no master serves slot {slot}")
+    }
+
+    /// Migrates `slot` and its keys to the master on `to`, the way `redis-cli --cluster
+    /// reshard` does (IMPORTING/MIGRATING, MIGRATE, SETSLOT NODE on every master).
+    ///
+    /// # Panics
+    /// When a step fails.
+    pub fn move_slot(&self, slot: u16, to: u16) {
+        let from = self.owner_of(slot);
+        assert_ne!(from, to, "slot {slot} is already on {to}");
+        let from_id = Self::cli(from, &["cluster", "myid"]);
+        let to_id = Self::cli(to, &["cluster", "myid"]);
+        let slot = slot.to_string();
+        assert_eq!(
+            Self::cli(to, &["cluster", "setslot", &slot, "importing", &from_id]),
+            "OK"
+        );
+        assert_eq!(
+            Self::cli(from, &["cluster", "setslot", &slot, "migrating", &to_id]),
+            "OK"
+        );
+        loop {
+            let keys = Self::cli(from, &["cluster", "getkeysinslot", &slot, "100"]);
+            let keys: Vec<&str> = keys.lines().filter(|key| !key.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let to_port = to.to_string();
+            let mut args = vec!["migrate", "127.0.0.1", &to_port, "", "0", "5000", "KEYS"];
+            args.extend(keys);
+            assert_eq!(Self::cli(from, &args), "OK", "MIGRATE");
+        }
+        for port in [to, from] {
+            assert_eq!(
+                Self::cli(port, &["cluster", "setslot", &slot, "node", &to_id]),
+                "OK"
+            );
+        }
+        for port in self.master_ports() {
+            let _ = Self::cli(port, &["cluster", "setslot", &slot, "node", &to_id]);
+        }
+    }
+
     /// Kills the node on `port` (SIGKILL), as a crash would.
     pub fn kill(&mut self, port: u16) {
         if let Some(node) = self.nodes.iter_mut().find(|node| node.port == port)
