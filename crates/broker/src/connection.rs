@@ -14,6 +14,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 /// Hash slots of a Redis Cluster.
@@ -111,6 +112,31 @@ impl fmt::Debug for RedisConnection {
         match self {
             Self::Single(_) => f.write_str("RedisConnection::Single"),
             Self::Cluster(_) => f.write_str("RedisConnection::Cluster"),
+        }
+    }
+}
+
+impl RedisConnection {
+    /// PING: the one server, or every primary of a cluster.
+    ///
+    /// # Errors
+    /// When a server does not answer.
+    pub async fn ping(&mut self) -> redis::RedisResult<()> {
+        match self {
+            Self::Single(single) => redis::cmd("PING")
+                .query_async::<String>(single)
+                .await
+                .map(drop),
+            Self::Cluster(cluster) => cluster
+                .route_command(
+                    redis::cmd("PING"),
+                    RoutingInfo::MultiNode((
+                        MultipleNodeRoutingInfo::AllMasters,
+                        Some(ResponsePolicy::AllSucceeded),
+                    )),
+                )
+                .await
+                .map(drop),
         }
     }
 }

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::connection::{RedisConnection, RedisTarget, slot, slot_tag};
@@ -270,7 +269,7 @@ impl RedisBroker {
     /// [`BrokerError::Unavailable`] when Redis does not answer.
     pub async fn ping(&self) -> Result<(), BrokerError> {
         let mut connection = self.publisher.clone();
-        tokio::time::timeout(OPERATION_TIMEOUT, ping(&mut connection))
+        tokio::time::timeout(OPERATION_TIMEOUT, connection.ping())
             .await
             .map_err(|_| unavailable("redis ping timed out"))?
             .map_err(unavailable)
@@ -382,26 +381,6 @@ impl RedisBroker {
             }
         }
         RedisSubscriber { commands_tx }
-    }
-}
-
-/// PING: the one server, or every primary of a cluster.
-pub(crate) async fn ping(connection: &mut RedisConnection) -> redis::RedisResult<()> {
-    match connection {
-        RedisConnection::Single(single) => redis::cmd("PING")
-            .query_async::<String>(single)
-            .await
-            .map(drop),
-        RedisConnection::Cluster(cluster) => cluster
-            .route_command(
-                redis::cmd("PING"),
-                RoutingInfo::MultiNode((
-                    MultipleNodeRoutingInfo::AllMasters,
-                    Some(ResponsePolicy::AllSucceeded),
-                )),
-            )
-            .await
-            .map(drop),
     }
 }
 

@@ -32,7 +32,7 @@ use crate::connection::{RedisConnection, slot};
 use crate::handoff::Handoff;
 use crate::redis_engine::{
     BACKOFF_MAX, BACKOFF_MIN, CloseOnDrop, Command, Inbox, OPERATION_TIMEOUT, SubscribeBatch,
-    UNSUBSCRIBE_DELAY, Wanted, ping, refuse_commands_for, unavailable,
+    UNSUBSCRIBE_DELAY, Wanted, refuse_commands_for, unavailable,
 };
 use crate::{Deliver, SubscriberHealth};
 
@@ -188,7 +188,7 @@ pub(crate) async fn subscriber_actor(
             tokio::select! {
                 _ = health.tick() => {
                     let mut pinged = RedisConnection::Cluster(connection.clone());
-                    let pong = tokio::time::timeout(OPERATION_TIMEOUT, ping(&mut pinged)).await;
+                    let pong = tokio::time::timeout(OPERATION_TIMEOUT, pinged.ping()).await;
                     if !matches!(pong, Ok(Ok(()))) || overflowed.load(Ordering::Relaxed) {
                         break;
                     }

@@ -1,12 +1,15 @@
 //! One suite, two backends: the in-memory index and the Redis index behave the same.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use switchboard_broker::{Broker, Deliver, RedisBroker, RedisTarget};
 use switchboard_proto::digest;
 use switchboard_proto::v1::SessionInfo;
 use switchboard_session_registry::{GatewayDigest, MemoryStore, RedisStore, RegistryError, Store};
-use switchboard_test_support::RedisServer;
+use switchboard_test_support::{RedisCluster, RedisServer};
 
 fn session(id: &str, user: &str, gateway: &str) -> SessionInfo {
     SessionInfo {
@@ -460,4 +463,75 @@ async fn redis_store_down_is_unavailable_then_recovers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(recovered, "the store reconnects by itself");
+}
+
+/// A store on a fresh 3-master Redis Cluster.
+fn cluster_store(cluster: &RedisCluster) -> Store {
+    let target = RedisTarget::Cluster(cluster.urls());
+    Store::Redis(Box::new(RedisStore::connect_to(&target).expect("seeds")))
+}
+
+#[tokio::test]
+async fn redis_cluster_store() {
+    let cluster = RedisCluster::start(3, 0);
+    suite(cluster_store(&cluster)).await;
+}
+
+#[tokio::test]
+async fn redis_cluster_store_takeover_and_concurrency() {
+    let cluster = RedisCluster::start(3, 0);
+    takeover(cluster_store(&cluster)).await;
+    concurrent_registrations(cluster_store(&cluster)).await;
+}
+
+#[tokio::test]
+async fn redis_cluster_store_reap_spares_a_gateway_that_came_back() {
+    let cluster = RedisCluster::start(3, 0);
+    reap_spares_a_gateway_that_came_back(cluster_store(&cluster)).await;
+}
+
+/// On a cluster the lifecycle events leave the scripts and go out sharded, in order.
+#[tokio::test]
+async fn redis_cluster_store_publishes_lifecycle_events() {
+    #[derive(Default)]
+    struct Events(std::sync::Mutex<Vec<(String, String)>>);
+    impl Deliver for Events {
+        fn deliver(&self, channel: &str, payload: &Bytes) {
+            let value: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
+            let kind = value["type"].as_str().unwrap_or_default().to_owned();
+            self.0
+                .lock()
+                .expect("lock")
+                .push((channel.to_owned(), kind));
+        }
+    }
+    let cluster = RedisCluster::start(3, 0);
+    let target = RedisTarget::Cluster(cluster.urls());
+    let broker = Broker::Redis(Box::new(RedisBroker::connect_to(&target).expect("seeds")));
+    let events = Arc::new(Events::default());
+    let subscriber = broker.subscriber(events.clone());
+    // Every presence event of user "u" in the default service.
+    let any_type = "sb:ev:0::4:core:8:presence:1:*:1:u".to_owned();
+    subscriber.subscribe(&any_type).await.expect("subscribe");
+    let store = cluster_store(&cluster);
+    store
+        .register(session("p1", "u", "g"))
+        .await
+        .expect("register");
+    store.unregister("p1", "g").await.expect("unregister");
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        seen = events.0.lock().expect("lock").clone();
+        if seen.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (any_type.clone(), "started".to_owned()),
+            (any_type, "stopped".to_owned())
+        ]
+    );
 }

@@ -1,28 +1,34 @@
 //! The session index in Redis.
 //!
-//! Keys (every variable part length-prefixed, so no value can forge another key):
-//! - `sb:s:<session>`: hash `info` (the protobuf `SessionInfo`), `uk`, `usk`, `gk`, `user`, `gw`,
+//! Keys (every variable part length-prefixed, so no value can forge another key), all with
+//! the hash tag `{sb}`:
+//! - `{sb}:s:<session>`: hash `info` (the protobuf `SessionInfo`), `uk`, `usk`, `gk`, `user`, `gw`,
 //!   `rk` (the resume key's hash), `svc` (its service, for its `stopped` event);
-//! - `sb:u:<service>:<user>`: set of the user's session ids;
-//! - `sb:us:<service>`: set of users with at least one session;
-//! - `sb:g:<gateway>`: set of the gateway's session ids;
-//! - `sb:gd:<gateway>`: hash `h`, `l`: the digest of that set (`switchboard_proto::digest`),
+//! - `{sb}:u:<service>:<user>`: set of the user's session ids;
+//! - `{sb}:us:<service>`: set of users with at least one session;
+//! - `{sb}:g:<gateway>`: set of the gateway's session ids;
+//! - `{sb}:gd:<gateway>`: hash `h`, `l`: the digest of that set (`switchboard_proto::digest`),
 //!   as two signed 32-bit halves, kept by every script that changes the set;
-//! - `sb:gw`: sorted set gateway → last heartbeat (ms since the epoch, Redis's clock);
-//! - `sb:t:<session>`: tombstone of a recently unregistered session (not re-learned).
+//! - `{sb}:gw`: sorted set gateway → last heartbeat (ms since the epoch, Redis's clock);
+//! - `{sb}:t:<session>`: tombstone of a recently unregistered session (not re-learned).
 //!
 //! Register, unregister and reap are Lua scripts, so each is atomic and registry replicas can
-//! run side by side. (The scripts derive some keys from stored fields, which a single Redis or
-//! a Redis with all keys in one slot accepts; sharding the registry would need hash tags.)
+//! run side by side. The tag keeps the whole index in one hash slot of a Redis Cluster, so
+//! every script stays one atomic step there too: the index changes once per login, logout
+//! and heartbeat, never per event, and one shard carries it (BENCHMARKS.md, "Redis Cluster").
+//!
+//! Lifecycle events are published by the scripts themselves on one Redis, in the same step. On
+//! a cluster their channels live in other slots, so the scripts hand them back and the store
+//! publishes them through the sharded broker right after.
 
 use std::fmt;
 use std::time::Duration;
 
+use bytes::Bytes;
 use prost::Message;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, Script};
-use switchboard_broker::StreamConfig;
+use redis::{AsyncCommands, Script, ScriptInvocation};
 use switchboard_broker::streams::LUA_PUBLISH_EVENT;
+use switchboard_broker::{Broker, RedisBroker, RedisConnection, RedisTarget, StreamConfig};
 use switchboard_proto::digest;
 use switchboard_proto::v1::{GatewayInfo, SessionInfo};
 
@@ -31,7 +37,7 @@ use crate::presence::Presence;
 use super::{GatewayDigest, Page, RegistryError, TOMBSTONE_TTL};
 
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(2);
-const GATEWAYS_KEY: &str = "sb:gw";
+const GATEWAYS_KEY: &str = "{sb}:gw";
 /// Sessions one reap script removes before it yields to other clients of Redis.
 const REAP_CHUNK: usize = 1000;
 
@@ -49,8 +55,15 @@ end
 /// Lifecycle events from the scripts (`crate::presence`): `fire(service, user, type, payload)`
 /// publishes on the 8 channels a `core/presence/<type>/<user>` event can match, and
 /// `stopped(service, user, id, reason)` builds and fires a session's `stopped` event from the
-/// fields the index keeps, so the reaper needs nothing else.
+/// fields the index keeps, so the reaper needs nothing else. With `DEFER` set (on a cluster)
+/// `fire` keeps each event as `{payload, channel...}` in `fired` instead, and a script's
+/// `done(result)` returns `{result, fired}` for the store to publish.
 const LUA_PRESENCE: &str = r#"
+local DEFER, fired = false, {}
+local function done(result)
+  if DEFER then return {result, fired} end
+  return result
+end
 local function fire(service, user, type, payload, size, ttl)
   -- Lengths are formatted once per field (Lua formats numbers through printf).
   local head = 'sb:ev:' .. string.len(service) .. ':' .. service .. ':4:core'
@@ -65,7 +78,12 @@ local function fire(service, user, type, payload, size, ttl)
       channels[#channels + 1] = head .. sub .. ':1:*:1:*'
     end
   end
-  publish_all(channels, payload, size, ttl)
+  if DEFER then
+    table.insert(channels, 1, payload)
+    fired[#fired + 1] = channels
+  else
+    publish_all(channels, payload, size, ttl)
+  end
 end
 local function stopped(service, user, id, reason, size, ttl)
   if not service or not user then return end
@@ -104,7 +122,7 @@ for n = 0, #KEYS / 7 - 1 do
       local f = redis.call('HMGET', KEYS[k + 1], 'uk', 'rk', 'gk', 'info', 'svc', 'user')
       if f[1] == KEYS[k + 2] and f[2] == ARGV[a + 6] then
         if redis.call('SREM', f[3], ARGV[a + 2]) == 1 then
-          xor_digest('sb:gd:' .. string.sub(f[3], 6), ARGV[a + 2])
+          xor_digest('{sb}:gd:' .. string.sub(f[3], 8), ARGV[a + 2])
         end
         redis.call('HSET', KEYS[k + 1], 'info', ARGV[a + 1], 'gk', KEYS[k + 4], 'gw', ARGV[a + 4],
           'rk', ARGV[a + 5])
@@ -135,7 +153,7 @@ for n = 0, #KEYS / 7 - 1 do
   end
   results[n + 1] = result
 end
-return results
+return done(results)
 "#;
 
 /// Unregisters each session of ARGV[5..] (pairs of id and reason) that ARGV[1] (a gateway
@@ -154,14 +172,14 @@ for i = 5, #ARGV, 2 do
     redis.call('SREM', f[1], id)
     if redis.call('SCARD', f[1]) == 0 then redis.call('SREM', f[2], f[4]) end
     if redis.call('SREM', f[3], id) == 1 then
-      xor_digest('sb:gd:' .. string.sub(f[3], 6), id)
+      xor_digest('{sb}:gd:' .. string.sub(f[3], 8), id)
     end
     redis.call('SET', KEYS[j * 2 + 2], '1', 'PX', ARGV[2])
     stopped(f[6], f[4], id, ARGV[i + 1], ARGV[3], ARGV[4])
     removed = removed + 1
   end
 end
-return removed
+return done(removed)
 "#;
 
 /// Records a heartbeat at Redis's time; returns the count and digest halves of the sessions
@@ -203,15 +221,15 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], 0, now - tonumber(ARGV[1]))
 /// is not silent (any more). The gateway is forgotten once it holds nothing.
 const REAP: &str = r#"
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not score then return -1 end
+if not score then return done(-1) end
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-if now - tonumber(score) <= tonumber(ARGV[2]) then return -1 end
+if now - tonumber(score) <= tonumber(ARGV[2]) then return done(-1) end
 local ids = redis.call('SPOP', KEYS[2], tonumber(ARGV[3]))
 local removed = 0
 for _, id in ipairs(ids) do
   xor_digest(KEYS[3], id)
-  local session_key = 'sb:s:' .. #id .. ':' .. id
+  local session_key = '{sb}:s:' .. #id .. ':' .. id
   local f = redis.call('HMGET', session_key, 'uk', 'usk', 'user', 'gw', 'svc')
   if f[1] and f[4] == ARGV[1] then
     redis.call('DEL', session_key)
@@ -226,7 +244,7 @@ if left == 0 then
   redis.call('ZREM', KEYS[1], ARGV[1])
   redis.call('DEL', KEYS[3])
 end
-return {removed, left}
+return done({removed, left})
 "#;
 
 /// What REGISTER did with one session.
@@ -263,27 +281,27 @@ fn part(value: &str) -> String {
 }
 
 fn session_key(session_id: &str) -> String {
-    format!("sb:s:{}", part(session_id))
+    format!("{{sb}}:s:{}", part(session_id))
 }
 
 fn user_key(service: &str, user: &str) -> String {
-    format!("sb:u:{}:{}", part(service), part(user))
+    format!("{{sb}}:u:{}:{}", part(service), part(user))
 }
 
 fn users_key(service: &str) -> String {
-    format!("sb:us:{}", part(service))
+    format!("{{sb}}:us:{}", part(service))
 }
 
 fn gateway_key(gateway_id: &str) -> String {
-    format!("sb:g:{}", part(gateway_id))
+    format!("{{sb}}:g:{}", part(gateway_id))
 }
 
 fn digest_key(gateway_id: &str) -> String {
-    format!("sb:gd:{}", part(gateway_id))
+    format!("{{sb}}:gd:{}", part(gateway_id))
 }
 
 fn tombstone_key(session_id: &str) -> String {
-    format!("sb:t:{}", part(session_id))
+    format!("{{sb}}:t:{}", part(session_id))
 }
 
 fn unavailable(error: impl fmt::Display) -> RegistryError {
@@ -293,7 +311,9 @@ fn unavailable(error: impl fmt::Display) -> RegistryError {
 /// The index in Redis; cheap to clone.
 #[derive(Clone)]
 pub struct RedisStore {
-    connection: ConnectionManager,
+    connection: RedisConnection,
+    /// On a cluster, where the scripts' lifecycle events are published after them.
+    events: Option<Broker>,
     register: Script,
     unregister: Script,
     heartbeat: Script,
@@ -316,11 +336,7 @@ impl RedisStore {
     /// [`RegistryError::Unavailable`] when Redis does not answer.
     pub async fn ping(&self) -> Result<(), RegistryError> {
         let mut connection = self.connection.clone();
-        redis::cmd("PING")
-            .query_async::<String>(&mut connection)
-            .await
-            .map(drop)
-            .map_err(unavailable)
+        Self::timed(connection.ping()).await
     }
 
     /// Creates a store on `url`; the connection is made (and remade) in the background.
@@ -328,29 +344,68 @@ impl RedisStore {
     /// # Errors
     /// [`RegistryError::Unavailable`] for an invalid URL.
     pub fn connect(url: &str) -> Result<Self, RegistryError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(OPERATION_TIMEOUT))
-            .set_response_timeout(Some(OPERATION_TIMEOUT))
-            .set_number_of_retries(1);
-        let connection =
-            ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?;
+        Self::connect_to(&RedisTarget::Single(url.to_owned()))
+    }
+
+    /// Creates a store on one Redis or a Redis Cluster; the connections are made (and remade)
+    /// in the background.
+    ///
+    /// # Errors
+    /// [`RegistryError::Unavailable`] for an invalid URL.
+    pub fn connect_to(target: &RedisTarget) -> Result<Self, RegistryError> {
+        let connection = target.connect(OPERATION_TIMEOUT).map_err(unavailable)?;
+        let (events, defer) = if target.is_cluster() {
+            let broker = RedisBroker::connect_to(target).map_err(unavailable)?;
+            (Some(Broker::Redis(Box::new(broker))), "DEFER = true\n")
+        } else {
+            (None, "")
+        };
+        let firing = |script: &str| {
+            Script::new(&format!(
+                "{LUA_PUBLISH_EVENT}{LUA_PRESENCE}{defer}{LUA_DIGEST}{script}"
+            ))
+        };
         Ok(Self {
             connection,
-            register: Script::new(&format!(
-                "{LUA_PUBLISH_EVENT}{LUA_PRESENCE}{LUA_DIGEST}{REGISTER}"
-            )),
-            unregister: Script::new(&format!(
-                "{LUA_PUBLISH_EVENT}{LUA_PRESENCE}{LUA_DIGEST}{UNREGISTER}"
-            )),
+            events,
+            register: firing(REGISTER),
+            unregister: firing(UNREGISTER),
             heartbeat: Script::new(HEARTBEAT),
             heard_gateways: Script::new(HEARD_GATEWAYS),
             silent_gateways: Script::new(SILENT_GATEWAYS),
-            reap: Script::new(&format!(
-                "{LUA_PUBLISH_EVENT}{LUA_PRESENCE}{LUA_DIGEST}{REAP}"
-            )),
+            reap: firing(REAP),
             streams: StreamConfig::default(),
         })
+    }
+
+    /// Runs a script that fires lifecycle events and returns its result. On a cluster the
+    /// script hands its events back, and they are published here, in order, right after.
+    async fn run_firing(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<redis::Value, RegistryError> {
+        let mut connection = self.connection.clone();
+        let value: redis::Value = Self::timed(invocation.invoke_async(&mut connection)).await?;
+        let Some(events) = &self.events else {
+            return Ok(value);
+        };
+        let (result, fired): (redis::Value, Vec<Vec<Vec<u8>>>) =
+            redis::from_redis_value(value).map_err(unavailable)?;
+        let batch: Vec<(Vec<String>, Bytes)> = fired
+            .into_iter()
+            .filter_map(|event| {
+                let mut parts = event.into_iter();
+                let payload = Bytes::from(parts.next()?);
+                let channels = parts
+                    .map(|channel| String::from_utf8_lossy(&channel).into_owned())
+                    .collect();
+                Some((channels, payload))
+            })
+            .collect();
+        if let Err(error) = events.publish_batch(&batch).await {
+            tracing::warn!(%error, events = batch.len(), "lifecycle events not published");
+        }
+        Ok(result)
     }
 
     /// Sets the streams the lifecycle events are positioned in (as the bus's).
@@ -381,7 +436,6 @@ impl RedisStore {
         relearn: bool,
         max_per_user: usize,
     ) -> Result<Vec<Registered>, RegistryError> {
-        let mut connection = self.connection.clone();
         let mut invocation = self.register.prepare_invoke();
         invocation
             .arg(if relearn { "1" } else { "0" })
@@ -412,7 +466,7 @@ impl RedisStore {
                 .arg(started);
         }
         let values: Vec<redis::Value> =
-            Self::timed(invocation.invoke_async(&mut connection)).await?;
+            redis::from_redis_value(self.run_firing(&invocation).await?).map_err(unavailable)?;
         values.into_iter().map(Registered::from_value).collect()
     }
 
@@ -465,7 +519,6 @@ impl RedisStore {
         if sessions.is_empty() {
             return Ok(());
         }
-        let mut connection = self.connection.clone();
         let mut invocation = self.unregister.prepare_invoke();
         invocation
             .arg(gateway_id)
@@ -479,7 +532,7 @@ impl RedisStore {
                 .arg(*session_id)
                 .arg(*reason);
         }
-        let _: i64 = Self::timed(invocation.invoke_async(&mut connection)).await?;
+        self.run_firing(&invocation).await?;
         Ok(())
     }
 
@@ -516,7 +569,7 @@ impl RedisStore {
 
     /// One `SSCAN` page of a set: its members and the cursor to go on with ("" at the end).
     async fn scan(
-        connection: &mut ConnectionManager,
+        connection: &mut RedisConnection,
         key: String,
         cursor: &str,
         limit: usize,
@@ -661,8 +714,7 @@ impl RedisStore {
                     .arg(REAP_CHUNK)
                     .arg(self.streams.history_size)
                     .arg(self.ttl_ms());
-                let outcome: redis::Value =
-                    Self::timed(invocation.invoke_async(&mut connection)).await?;
+                let outcome = self.run_firing(&invocation).await?;
                 let Ok((removed, left)) = redis::from_redis_value::<(usize, usize)>(outcome) else {
                     // The gateway heartbeated since it was found silent: it keeps its sessions.
                     break;
