@@ -2,6 +2,7 @@
 //! are interchangeable and survive restarts.
 
 mod memory;
+mod outbox;
 mod redis_store;
 
 use std::time::Duration;

@@ -535,3 +535,63 @@ async fn redis_cluster_store_publishes_lifecycle_events() {
         ]
     );
 }
+
+/// An event left in the outbox by a drainer that died holding the lock is published once the
+/// lock expires, by the next sweep.
+#[tokio::test]
+async fn redis_cluster_outbox_left_by_a_dead_drainer_is_published() {
+    let cluster = RedisCluster::start(3, 0);
+    let target = RedisTarget::Cluster(cluster.urls());
+    let broker = Broker::Redis(Box::new(RedisBroker::connect_to(&target).expect("seeds")));
+    #[derive(Default)]
+    struct Seen(std::sync::Mutex<Vec<Bytes>>);
+    impl Deliver for Seen {
+        fn deliver(&self, _channel: &str, payload: &Bytes) {
+            self.0.lock().expect("lock").push(payload.clone());
+        }
+    }
+    let seen = Arc::new(Seen::default());
+    let subscriber = broker.subscriber(seen.clone());
+    subscriber
+        .subscribe("left-behind")
+        .await
+        .expect("subscribe");
+    let owner = cluster
+        .owner_of(switchboard_broker::slot(b"{sb}"))
+        .to_string();
+    let cli = |args: &[&str]| {
+        let output = std::process::Command::new("redis-cli")
+            .args(["-p", &owner])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    };
+    assert_eq!(
+        cli(&["SET", "{sb}:outbox:lock", "dead", "PX", "1500"]),
+        "OK"
+    );
+    cli(&[
+        "XADD",
+        "{sb}:outbox",
+        "*",
+        "p",
+        "{\"n\":1}",
+        "c",
+        "left-behind",
+    ]);
+    let _store = cluster_store(&cluster);
+    let started = std::time::Instant::now();
+    while seen.0.lock().expect("lock").is_empty() && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        seen.0.lock().expect("lock").clone(),
+        vec![Bytes::from_static(b"{\"n\":1}")]
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(1000),
+        "not before the dead drainer's lock expired"
+    );
+    assert_eq!(cli(&["XLEN", "{sb}:outbox"]), "0");
+}

@@ -18,13 +18,13 @@
 //! and heartbeat, never per event, and one shard carries it (BENCHMARKS.md, "Redis Cluster").
 //!
 //! Lifecycle events are published by the scripts themselves on one Redis, in the same step. On
-//! a cluster their channels live in other slots, so the scripts hand them back and the store
-//! publishes them through the sharded broker right after.
+//! a cluster their channels live in other slots, so the scripts leave them in an outbox that
+//! the store publishes, in order, right after (`super::outbox`).
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use prost::Message;
 use redis::{AsyncCommands, Script, ScriptInvocation};
 use switchboard_broker::streams::LUA_PUBLISH_EVENT;
@@ -34,6 +34,7 @@ use switchboard_proto::v1::{GatewayInfo, SessionInfo};
 
 use crate::presence::Presence;
 
+use super::outbox::{self, OUTBOX_MAX, Outbox};
 use super::{GatewayDigest, Page, RegistryError, TOMBSTONE_TTL};
 
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(2);
@@ -56,14 +57,9 @@ end
 /// publishes on the 8 channels a `core/presence/<type>/<user>` event can match, and
 /// `stopped(service, user, id, reason)` builds and fires a session's `stopped` event from the
 /// fields the index keeps, so the reaper needs nothing else. With `DEFER` set (on a cluster)
-/// `fire` keeps each event as `{payload, channel...}` in `fired` instead, and a script's
-/// `done(result)` returns `{result, fired}` for the store to publish.
+/// `fire` appends each event to the outbox stream instead (see `crate::store::outbox`).
 const LUA_PRESENCE: &str = r#"
-local DEFER, fired = false, {}
-local function done(result)
-  if DEFER then return {result, fired} end
-  return result
-end
+local DEFER, OUTBOX_MAX = false, 0
 local function fire(service, user, type, payload, size, ttl)
   -- Lengths are formatted once per field (Lua formats numbers through printf).
   local head = 'sb:ev:' .. string.len(service) .. ':' .. service .. ':4:core'
@@ -79,8 +75,12 @@ local function fire(service, user, type, payload, size, ttl)
     end
   end
   if DEFER then
-    table.insert(channels, 1, payload)
-    fired[#fired + 1] = channels
+    local entry = {'p', payload}
+    for _, channel in ipairs(channels) do
+      entry[#entry + 1] = 'c'
+      entry[#entry + 1] = channel
+    end
+    redis.call('XADD', '{sb}:outbox', 'MAXLEN', '~', OUTBOX_MAX, '*', unpack(entry))
   else
     publish_all(channels, payload, size, ttl)
   end
@@ -153,7 +153,7 @@ for n = 0, #KEYS / 7 - 1 do
   end
   results[n + 1] = result
 end
-return done(results)
+return results
 "#;
 
 /// Unregisters each session of ARGV[5..] (pairs of id and reason) that ARGV[1] (a gateway
@@ -179,7 +179,7 @@ for i = 5, #ARGV, 2 do
     removed = removed + 1
   end
 end
-return done(removed)
+return removed
 "#;
 
 /// Records a heartbeat at Redis's time; returns the count and digest halves of the sessions
@@ -221,10 +221,10 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], 0, now - tonumber(ARGV[1]))
 /// is not silent (any more). The gateway is forgotten once it holds nothing.
 const REAP: &str = r#"
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not score then return done(-1) end
+if not score then return -1 end
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-if now - tonumber(score) <= tonumber(ARGV[2]) then return done(-1) end
+if now - tonumber(score) <= tonumber(ARGV[2]) then return -1 end
 local ids = redis.call('SPOP', KEYS[2], tonumber(ARGV[3]))
 local removed = 0
 for _, id in ipairs(ids) do
@@ -244,7 +244,7 @@ if left == 0 then
   redis.call('ZREM', KEYS[1], ARGV[1])
   redis.call('DEL', KEYS[3])
 end
-return done({removed, left})
+return {removed, left}
 "#;
 
 /// What REGISTER did with one session.
@@ -312,8 +312,8 @@ fn unavailable(error: impl fmt::Display) -> RegistryError {
 #[derive(Clone)]
 pub struct RedisStore {
     connection: RedisConnection,
-    /// On a cluster, where the scripts' lifecycle events are published after them.
-    events: Option<Broker>,
+    /// On a cluster, where the scripts leave their lifecycle events.
+    outbox: Option<Arc<Outbox>>,
     register: Script,
     unregister: Script,
     heartbeat: Script,
@@ -354,11 +354,22 @@ impl RedisStore {
     /// [`RegistryError::Unavailable`] for an invalid URL.
     pub fn connect_to(target: &RedisTarget) -> Result<Self, RegistryError> {
         let connection = target.connect(OPERATION_TIMEOUT).map_err(unavailable)?;
-        let (events, defer) = if target.is_cluster() {
+        let (outbox, defer) = if target.is_cluster() {
             let broker = RedisBroker::connect_to(target).map_err(unavailable)?;
-            (Some(Broker::Redis(Box::new(broker))), "DEFER = true\n")
+            let outbox = Arc::new(Outbox::new(
+                connection.clone(),
+                Broker::Redis(Box::new(broker)),
+                OPERATION_TIMEOUT,
+            ));
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(outbox::sweep(Arc::downgrade(&outbox)));
+            }
+            (
+                Some(outbox),
+                format!("DEFER, OUTBOX_MAX = true, {OUTBOX_MAX}\n"),
+            )
         } else {
-            (None, "")
+            (None, String::new())
         };
         let firing = |script: &str| {
             Script::new(&format!(
@@ -367,7 +378,7 @@ impl RedisStore {
         };
         Ok(Self {
             connection,
-            events,
+            outbox,
             register: firing(REGISTER),
             unregister: firing(UNREGISTER),
             heartbeat: Script::new(HEARTBEAT),
@@ -379,33 +390,19 @@ impl RedisStore {
     }
 
     /// Runs a script that fires lifecycle events and returns its result. On a cluster the
-    /// script hands its events back, and they are published here, in order, right after.
+    /// script leaves its events in the outbox, drained here right after.
     async fn run_firing(
         &self,
         invocation: &ScriptInvocation<'_>,
     ) -> Result<redis::Value, RegistryError> {
         let mut connection = self.connection.clone();
         let value: redis::Value = Self::timed(invocation.invoke_async(&mut connection)).await?;
-        let Some(events) = &self.events else {
-            return Ok(value);
-        };
-        let (result, fired): (redis::Value, Vec<Vec<Vec<u8>>>) =
-            redis::from_redis_value(value).map_err(unavailable)?;
-        let batch: Vec<(Vec<String>, Bytes)> = fired
-            .into_iter()
-            .filter_map(|event| {
-                let mut parts = event.into_iter();
-                let payload = Bytes::from(parts.next()?);
-                let channels = parts
-                    .map(|channel| String::from_utf8_lossy(&channel).into_owned())
-                    .collect();
-                Some((channels, payload))
-            })
-            .collect();
-        if let Err(error) = events.publish_batch(&batch).await {
-            tracing::warn!(%error, events = batch.len(), "lifecycle events not published");
+        if let Some(outbox) = &self.outbox
+            && let Err(error) = outbox.drain().await
+        {
+            tracing::warn!(?error, "lifecycle events wait in the outbox");
         }
-        Ok(result)
+        Ok(value)
     }
 
     /// Sets the streams the lifecycle events are positioned in (as the bus's).
