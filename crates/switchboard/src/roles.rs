@@ -112,8 +112,8 @@ pub async fn registry(
 ) -> anyhow::Result<()> {
     let config = settings.registry_config();
     let secret = settings.required_secret()?;
-    let store = RedisStore::connect(&settings.addresses.redis_url)
-        .map_err(|error| anyhow::anyhow!("invalid redis_url: {error:?}"))?
+    let store = RedisStore::connect_to(&settings.redis_target())
+        .map_err(|error| anyhow::anyhow!("invalid redis_url or redis_cluster: {error:?}"))?
         .with_streams(settings.stream_config());
     let store = Store::Redis(Box::new(store));
     let pinged = store.clone();
@@ -151,9 +151,8 @@ pub async fn bus(
     readiness: Arc<Readiness>,
 ) -> anyhow::Result<()> {
     let secret = settings.required_secret()?;
-    let broker = RedisBroker::connect(&settings.addresses.redis_url)
-        .await
-        .context("invalid redis_url")?
+    let broker = RedisBroker::connect_to(&settings.redis_target())
+        .context("invalid redis_url or redis_cluster")?
         .with_streams(settings.stream_config());
     let broker = Broker::Redis(Box::new(broker));
     let pinged = broker.clone();
@@ -228,9 +227,8 @@ pub async fn gateway(
 ) -> anyhow::Result<()> {
     let secret = settings.required_secret()?;
     let mut config = settings.gateway_config()?;
-    let broker = RedisBroker::connect(&settings.addresses.redis_url)
-        .await
-        .context("invalid redis_url")?
+    let broker = RedisBroker::connect_to(&settings.redis_target())
+        .context("invalid redis_url or redis_cluster")?
         .with_streams(settings.stream_config());
     let ws_listen = settings
         .addresses

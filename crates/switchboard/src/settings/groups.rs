@@ -50,6 +50,11 @@ pub struct Addresses {
     /// Redis of the registry, the bus and the gateways.
     #[arg(long, default_value = DEFAULT_REDIS_URL, hide_env_values = true)]
     pub redis_url: String,
+    /// Redis Cluster seed nodes, comma-separated (`host:port` or `redis://host:port`); when
+    /// set, the registry, the bus and the gateways use the cluster (sharded pub/sub) instead
+    /// of `redis_url` [default: none].
+    #[arg(long, hide_env_values = true)]
+    pub redis_cluster: Option<String>,
     /// This gateway's identity in the registry [default: a fresh UUID].
     #[arg(long)]
     pub gateway_id: Option<String>,

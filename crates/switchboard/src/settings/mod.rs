@@ -188,6 +188,14 @@ impl Settings {
         }
     }
 
+    /// Where Redis is: the cluster of `redis_cluster` when set, else `redis_url`.
+    pub fn redis_target(&self) -> switchboard_broker::RedisTarget {
+        switchboard_broker::RedisTarget::from_settings(
+            &self.addresses.redis_url,
+            self.addresses.redis_cluster.as_deref(),
+        )
+    }
+
     /// Returns the positioned streams' settings.
     pub fn stream_config(&self) -> switchboard_broker::StreamConfig {
         switchboard_broker::StreamConfig {

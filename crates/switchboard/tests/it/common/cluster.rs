@@ -1,6 +1,11 @@
 //! A cluster of real processes: a private redis-server, `switchboard auth`, `registry`, `bus`
 //! and N `switchboard gateway`s, all on free loopback ports. Gateway 0, 2… publish events into
 //! Redis themselves and gateway 1, 3… through the bus. Everything is killed on drop.
+//!
+//! With `SWITCHBOARD_TEST_REDIS=cluster` the processes run on a 3-master Redis Cluster
+//! (`--redis-cluster`, sharded pub/sub) instead: `scripts/test.sh` runs the suite that way too.
+//! Tests of what happens to the one Redis (stopped, restarted, its clients killed) ask for it
+//! with [`Cluster::start_on_one_redis`].
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -8,7 +13,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use switchboard_test_support::{RedisServer, free_port, wait_for_port};
+use switchboard_test_support::{RedisCluster, RedisServer, free_port, wait_for_port};
 
 /// The internal credential every process of a test cluster shares.
 pub(crate) const CLUSTER_SECRET: &str = "cluster-test-secret-0123456789";
@@ -23,9 +28,35 @@ struct Service {
     child: Option<Child>,
 }
 
+/// The Redis the processes share.
+pub(crate) enum Backend {
+    /// One redis-server (`--redis-url`).
+    Single(RedisServer),
+    /// A 3-master Redis Cluster (`--redis-cluster`).
+    Sharded(RedisCluster),
+}
+
+impl Backend {
+    /// The backend `SWITCHBOARD_TEST_REDIS` asks for: `cluster`, else one Redis.
+    fn from_env() -> Self {
+        match std::env::var("SWITCHBOARD_TEST_REDIS").as_deref() {
+            Ok("cluster") => Self::Sharded(RedisCluster::start(3, 0)),
+            _ => Self::Single(RedisServer::start()),
+        }
+    }
+
+    /// The flag and value that point a process at this Redis.
+    fn args(&self) -> [String; 2] {
+        match self {
+            Self::Single(redis) => ["--redis-url".to_owned(), redis.url()],
+            Self::Sharded(cluster) => ["--redis-cluster".to_owned(), cluster.urls().join(",")],
+        }
+    }
+}
+
 /// The running processes.
 pub(crate) struct Cluster {
-    pub(crate) redis: RedisServer,
+    pub(crate) backend: Backend,
     services: BTreeMap<String, Service>,
     log_dir: PathBuf,
     pub(crate) gateway_ports: Vec<u16>,
@@ -46,7 +77,32 @@ impl Cluster {
 
     /// [`Cluster::start`], each process with the variables `env` too.
     pub(crate) fn start_with_env(gateways: usize, env: &[(&str, &str)]) -> Cluster {
-        let redis = RedisServer::start();
+        Cluster::start_on(Backend::from_env(), gateways, env)
+    }
+
+    /// [`Cluster::start`] on one redis-server, whatever `SWITCHBOARD_TEST_REDIS` says: for
+    /// tests of what happens to it ([`Cluster::redis`]).
+    pub(crate) fn start_on_one_redis(gateways: usize) -> Cluster {
+        Cluster::start_on(Backend::Single(RedisServer::start()), gateways, &[])
+    }
+
+    /// The one redis-server of a cluster made by [`Cluster::start_on_one_redis`].
+    pub(crate) fn redis(&mut self) -> &mut RedisServer {
+        match &mut self.backend {
+            Backend::Single(redis) => redis,
+            Backend::Sharded(_) => panic!("this test cluster runs on a Redis Cluster"),
+        }
+    }
+
+    /// The ports of the Redis servers (every master of a Redis Cluster).
+    pub(crate) fn redis_ports(&self) -> Vec<u16> {
+        match &self.backend {
+            Backend::Single(redis) => vec![redis.port()],
+            Backend::Sharded(cluster) => cluster.master_ports(),
+        }
+    }
+
+    fn start_on(backend: Backend, gateways: usize, env: &[(&str, &str)]) -> Cluster {
         let log_dir = std::env::temp_dir().join(format!(
             "switchboard-cluster-{}-{}",
             std::process::id(),
@@ -54,7 +110,7 @@ impl Cluster {
         ));
         std::fs::create_dir_all(&log_dir).expect("log dir");
         let mut cluster = Cluster {
-            redis,
+            backend,
             services: BTreeMap::new(),
             log_dir,
             gateway_ports: Vec::new(),
@@ -66,7 +122,7 @@ impl Cluster {
                 .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
                 .collect(),
         };
-        let redis_url = cluster.redis.url();
+        let [redis_flag, redis_url] = cluster.backend.args();
         let (auth, registry, bus) = (free_port(), cluster.registry_port, cluster.bus_port);
         cluster.add(
             "auth",
@@ -86,7 +142,7 @@ impl Cluster {
                 "registry",
                 "--grpc-listen",
                 &format!("127.0.0.1:{registry}"),
-                "--redis-url",
+                &redis_flag,
                 &redis_url,
                 "--gateway-timeout",
                 "2s",
@@ -99,7 +155,7 @@ impl Cluster {
                 "bus",
                 "--grpc-listen",
                 &format!("127.0.0.1:{bus}"),
-                "--redis-url",
+                &redis_flag,
                 &redis_url,
             ],
         );
@@ -122,7 +178,7 @@ impl Cluster {
                     &format!("http://127.0.0.1:{registry}"),
                     "--bus-url",
                     &format!("http://127.0.0.1:{bus}"),
-                    "--redis-url",
+                    &redis_flag,
                     &redis_url,
                     "--heartbeat-interval",
                     "300ms",
