@@ -8,15 +8,37 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Returns a loopback port that was free a moment ago.
+/// Ports this process has handed out: the kernel may offer a port again once its probe
+/// listener is closed, before the test that got it has bound it.
+static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+/// Records `port` as handed out; false when it already was.
+fn give(port: u16) -> bool {
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if given.contains(&port) {
+        return false;
+    }
+    given.push(port);
+    true
+}
+
+/// Returns a loopback port that was free a moment ago and that no other caller in this
+/// process was given (tests run side by side and bind their ports later).
 ///
 /// # Panics
 /// When no port can be bound.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free loopback port")
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map(|address| address.port())
+            .expect("a free loopback port");
+        if give(port) {
+            return port;
+        }
+    }
 }
 
 /// Waits until something accepts TCP connections on `port`; false after `patience`.
@@ -122,13 +144,24 @@ struct ClusterNode {
     child: Option<Child>,
 }
 
-/// A port `p` such that `p` and its cluster bus port `p + 10000` were both free a moment ago.
+/// A port `p` such that `p` and its cluster bus port `p + 10000` were both free a moment ago,
+/// and that no other caller in this process was given. Both stay below the kernel's
+/// ephemeral range (32768 and up), which [`free_port`] draws from.
 fn free_cluster_port() -> u16 {
-    for _ in 0..1000 {
-        let port = 20_000 + (std::process::id() as u16 % 97) * 100 + free_port() % 100;
-        let bus = port + 10_000;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Ports 20000..22767 and their bus ports 30000..32767; each process starts somewhere
+    // else in the range.
+    const RANGE: u32 = 2_768;
+    let start = std::process::id().wrapping_mul(7919) % RANGE;
+    for _ in 0..RANGE {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % RANGE;
+        let Ok(port) = u16::try_from(20_000 + offset) else {
+            continue;
+        };
         if TcpListener::bind(("127.0.0.1", port)).is_ok()
-            && TcpListener::bind(("127.0.0.1", bus)).is_ok()
+            && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()
+            && give(port)
         {
             return port;
         }
@@ -164,14 +197,27 @@ impl RedisCluster {
         for node in &cluster.nodes {
             create.arg(format!("127.0.0.1:{}", node.port));
         }
-        let output = create
+        let mut creating = create
             .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
-            .output()
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
             .expect("redis-cli is installed (scripts/test.sh installs it)");
+        let started = Instant::now();
+        let created = loop {
+            if let Ok(Some(status)) = creating.try_wait() {
+                break status.success();
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                let _ = creating.kill();
+                let _ = creating.wait();
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
         assert!(
-            output.status.success(),
-            "redis-cli --cluster create: {}",
-            String::from_utf8_lossy(&output.stdout)
+            created,
+            "redis-cli --cluster create formed the cluster in 30 s"
         );
         let ports: Vec<u16> = cluster.nodes.iter().map(|node| node.port).collect();
         assert!(
@@ -181,9 +227,21 @@ impl RedisCluster {
         cluster
     }
 
+    /// Starts node `index`, on another port if its own turns out to be taken.
     fn spawn(&mut self, index: usize) {
+        for _ in 0..5 {
+            if self.try_spawn(index) {
+                return;
+            }
+            self.nodes[index].port = free_cluster_port();
+        }
+        panic!("no cluster node could start after 5 ports");
+    }
+
+    /// Starts node `index` on its port; false when it exited instead (the port was taken).
+    fn try_spawn(&mut self, index: usize) -> bool {
         let port = self.nodes[index].port;
-        let child = Command::new("redis-server")
+        let mut child = Command::new("redis-server")
             .args([
                 "--port",
                 &port.to_string(),
@@ -209,11 +267,16 @@ impl RedisCluster {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is installed (scripts/test.sh installs it)");
-        self.nodes[index].child = Some(child);
-        assert!(
-            wait_for_port(port, Duration::from_secs(10)),
-            "cluster node listens on {port}"
-        );
+        let listening = wait_for_port(port, Duration::from_secs(10));
+        // Something else may hold the port: then our server has exited.
+        std::thread::sleep(Duration::from_millis(50));
+        if listening && matches!(child.try_wait(), Ok(None)) {
+            self.nodes[index].child = Some(child);
+            return true;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
     }
 
     /// Waits until each node of `ports` answers `cluster_state:ok`; false after `patience`.
