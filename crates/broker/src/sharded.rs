@@ -10,7 +10,12 @@
 //!   subscribed again, on its new owner;
 //! - a lost node (process gone, failover) makes the subscriber unhealthy until every wanted
 //!   channel is confirmed subscribed again; the messages published meanwhile are the gap
-//!   that positioned streams repair.
+//!   that positioned streams repair;
+//! - every [`CANARY_INTERVAL`] a canary message goes through each shard: the subscriber holds
+//!   a private channel in the first slot of each slot range, subscribed (once) together with
+//!   the wanted channels, and `SPUBLISH`es to it. A canary that does not come back by the next
+//!   round means the shard's connection lost its subscriptions without a word (a connection
+//!   replaced under it), and everything is subscribed again.
 //!
 //! Messages go straight from the connection into the bounded hand-off.
 
@@ -28,7 +33,7 @@ use redis::{ProtocolVersion, PushInfo, PushKind, Value};
 use switchboard_sync::Lock;
 use tokio::sync::mpsc;
 
-use crate::connection::{RedisConnection, slot};
+use crate::connection::{slot, slot_tag};
 use crate::handoff::Handoff;
 use crate::redis_engine::{
     BACKOFF_MAX, BACKOFF_MIN, CloseOnDrop, Command, Inbox, OPERATION_TIMEOUT, SubscribeBatch,
@@ -40,8 +45,15 @@ use crate::{Deliver, SubscriberHealth};
 /// actor re-subscribes everything it wants.
 const CONTROL_QUEUE: usize = 4096;
 
+/// How often canaries go through every shard (at most; a shorter health check interval wins).
+pub(crate) const CANARY_INTERVAL: Duration = Duration::from_secs(1);
+/// The prefix of canary channels; never a channel of events (those start with `sb:ev`).
+const CANARY_PREFIX: &str = "sb:canary:";
+
 /// What the connection tells the actor besides messages.
 enum Control {
+    /// A canary came back on this channel.
+    Canary(String),
     /// The server (or our own `SUNSUBSCRIBE`) unsubscribed this channel.
     Unsubscribed(String),
     /// A node's connection closed.
@@ -97,7 +109,9 @@ impl AsyncPushSender for ShardPushes {
                     info.data.as_slice()
                 {
                     let channel = String::from_utf8_lossy(channel);
-                    if !self.leaving.drops(&channel) {
+                    if channel.starts_with(CANARY_PREFIX) {
+                        self.tell(Control::Canary(channel.into_owned()));
+                    } else if !self.leaving.drops(&channel) {
                         self.handoff.push(&channel, Bytes::copy_from_slice(payload));
                     }
                 }
@@ -154,9 +168,17 @@ pub(crate) async fn subscriber_actor(
     };
     let mut backoff = BACKOFF_MIN;
     let mut was_connected = false;
+    let canary_id = canary_id();
+    // The canary channels subscribed so far (one per slot range seen).
+    let mut canary_channels: HashSet<String> = HashSet::new();
     loop {
         overflowed.store(false, Ordering::Relaxed);
-        if !ssubscribe(&connection, wanted.channels.iter().chain(&wanted.leaving)).await {
+        let everything = wanted
+            .channels
+            .iter()
+            .chain(&wanted.leaving)
+            .chain(&canary_channels);
+        if !ssubscribe(&connection, everything).await {
             tracing::warn!(retry_in = ?backoff, "subscribing on the redis cluster failed");
             if !refuse_commands_for(&mut inbox, &mut wanted.channels, backoff).await {
                 return;
@@ -174,8 +196,10 @@ pub(crate) async fn subscriber_actor(
         }
         was_connected = true;
         backoff = BACKOFF_MIN;
-        let mut health = tokio::time::interval(health_check_interval);
+        let mut health = tokio::time::interval(health_check_interval.min(CANARY_INTERVAL));
         health.tick().await;
+        // Canaries sent in the last round and not back yet.
+        let mut canaries: HashSet<String> = HashSet::new();
         let unsubscribe_timer = tokio::time::sleep(UNSUBSCRIBE_DELAY);
         tokio::pin!(unsubscribe_timer);
         loop {
@@ -187,10 +211,16 @@ pub(crate) async fn subscriber_actor(
             }
             tokio::select! {
                 _ = health.tick() => {
-                    let mut pinged = RedisConnection::Cluster(connection.clone());
-                    let pong = tokio::time::timeout(OPERATION_TIMEOUT, pinged.ping()).await;
-                    if !matches!(pong, Ok(Ok(()))) || overflowed.load(Ordering::Relaxed) {
+                    if !canaries.is_empty() {
+                        tracing::warn!(shards = canaries.len(), "a canary did not come back");
                         break;
+                    }
+                    if overflowed.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    match send_canaries(&connection, &canary_id, &mut canary_channels).await {
+                        Some(sent) => canaries = sent,
+                        None => break,
                     }
                 }
                 command = inbox.recv() => match command {
@@ -212,6 +242,9 @@ pub(crate) async fn subscriber_actor(
                 }
                 control = control_rx.recv() => match control {
                     None => return,
+                    Some(Control::Canary(channel)) => {
+                        canaries.remove(&channel);
+                    }
                     Some(Control::Disconnected) => break,
                     Some(Control::Unsubscribed(channel)) => {
                         let again = wanted.channels.contains(&channel)
@@ -226,6 +259,67 @@ pub(crate) async fn subscriber_actor(
         state.set_connected(false);
         tracing::warn!("redis cluster subscriber lost a node, subscribing again");
     }
+}
+
+/// Names this subscriber's canary channels: the process and a counter.
+fn canary_id() -> String {
+    use std::sync::atomic::AtomicU64;
+    static SUBSCRIBERS: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_nanos())
+        .unwrap_or_default();
+    format!(
+        "{}-{nanos}-{}",
+        std::process::id(),
+        SUBSCRIBERS.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Publishes a canary into the first slot of every slot range, subscribing the channels of
+/// ranges not seen before (into `subscribed`); returns the channels published to, or `None`
+/// when the cluster did not answer.
+async fn send_canaries(
+    connection: &ClusterConnection,
+    id: &str,
+    subscribed: &mut HashSet<String>,
+) -> Option<HashSet<String>> {
+    let mut asking = connection.clone();
+    let ranges: Vec<Vec<Value>> = tokio::time::timeout(
+        OPERATION_TIMEOUT,
+        redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut asking),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let channels: HashSet<String> = ranges
+        .iter()
+        .filter_map(|range| match range.first() {
+            Some(Value::Int(start)) => u16::try_from(*start).ok(),
+            _ => None,
+        })
+        .map(|start| format!("{CANARY_PREFIX}{{{}}}:{id}", slot_tag(start)))
+        .collect();
+    let new: Vec<String> = channels.difference(subscribed).cloned().collect();
+    if !new.is_empty() {
+        if !ssubscribe(connection, &new).await {
+            return None;
+        }
+        subscribed.extend(new);
+    }
+    let sends = channels.iter().map(|channel| {
+        let mut connection = connection.clone();
+        async move {
+            redis::cmd("SPUBLISH")
+                .arg(channel)
+                .arg("1")
+                .query_async::<i64>(&mut connection)
+                .await
+        }
+    });
+    let sent =
+        tokio::time::timeout(OPERATION_TIMEOUT, futures_util::future::try_join_all(sends)).await;
+    matches!(sent, Ok(Ok(_))).then_some(channels)
 }
 
 /// Subscribes a batch and records it in `wanted`; false when a shard failed (the batch's
