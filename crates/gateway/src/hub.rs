@@ -198,6 +198,21 @@ mod tests {
                 .await
                 .expect("redis url"),
         ));
+        subscribes_answer_once_in_effect(broker).await;
+    }
+
+    /// The same on a Redis Cluster, where each channel's subscribe goes to its own shard.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sharded_subscribe_answers_once_its_channel_is_in_effect() {
+        let cluster = switchboard_test_support::RedisCluster::start(3, 0);
+        let target = switchboard_broker::RedisTarget::Cluster(cluster.urls());
+        let broker = Broker::Redis(Box::new(
+            switchboard_broker::RedisBroker::connect_to(&target).expect("seeds"),
+        ));
+        subscribes_answer_once_in_effect(broker).await;
+    }
+
+    async fn subscribes_answer_once_in_effect(broker: Broker) {
         let hub = Hub::new(&broker);
         for round in 0..200u64 {
             let key = EventKey {

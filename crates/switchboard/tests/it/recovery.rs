@@ -199,8 +199,16 @@ async fn a_cut_redis_subscriber_is_repaired_from_history() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(killed >= 2, "pub/sub connections cut: {killed}");
-    assert!(!read_offsets(&mut subscriber, &mut offsets, COUNT).await);
-    publisher.await.expect("publisher");
+    let ended = read_offsets(&mut subscriber, &mut offsets, COUNT).await;
+    // A publisher that failed says why before the subscriber's silence does.
+    if !ended || publisher.is_finished() {
+        publisher.await.expect("publisher");
+    }
+    assert!(
+        !ended,
+        "the subscriber went silent after {} events",
+        offsets.len()
+    );
     assert_exactly_once_in_order(&offsets, COUNT);
     assert!(
         cluster

@@ -241,7 +241,10 @@ impl Cluster {
         let service = self.services.get_mut(name).expect("known service");
         let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .args(&service.args)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("SWITCHBOARD_TEST_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
             .env("SWITCHBOARD_INTERNAL_SECRET", CLUSTER_SECRET)
             .env_remove("SWITCHBOARD_CONFIG")
             .envs(self.env.iter().map(|(name, value)| (name, value)))
@@ -318,6 +321,10 @@ impl Drop for Cluster {
         for name in names {
             self.kill(&name);
         }
-        let _ = std::fs::remove_dir_all(&self.log_dir);
+        if std::thread::panicking() {
+            eprintln!("the cluster's logs are kept in {}", self.log_dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.log_dir);
+        }
     }
 }
