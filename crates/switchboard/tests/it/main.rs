@@ -11,6 +11,7 @@ mod client;
 mod cluster;
 mod ctl;
 mod events;
+mod failover;
 mod frames;
 mod fuzz_commands;
 mod gelf;

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use crate::common::Client;
 use crate::common::cluster::{CLUSTER_ADMIN_PASSWORD, Cluster};
 
-async fn admin_at(cluster: &Cluster, index: usize) -> Client {
+pub(crate) async fn admin_at(cluster: &Cluster, index: usize) -> Client {
     Client::login_at(&cluster.ws_url(index), "admin", CLUSTER_ADMIN_PASSWORD).await
 }
 
@@ -43,7 +43,7 @@ fn publish_paced(
 
 /// Reads events of a positioned subscription, checking each one's offset matches its body's
 /// `n`, into `offsets`, until `until` (an offset) or the connection ends; true when it ended.
-async fn read_offsets(client: &mut Client, offsets: &mut Vec<u64>, until: u64) -> bool {
+pub(crate) async fn read_offsets(client: &mut Client, offsets: &mut Vec<u64>, until: u64) -> bool {
     while offsets.last().copied().unwrap_or(0) < until {
         let Some(frame) = client.next_within(Duration::from_secs(10)).await else {
             return true;
@@ -62,7 +62,7 @@ async fn read_offsets(client: &mut Client, offsets: &mut Vec<u64>, until: u64) -
     false
 }
 
-fn assert_exactly_once_in_order(offsets: &[u64], count: u64) {
+pub(crate) fn assert_exactly_once_in_order(offsets: &[u64], count: u64) {
     let expected: Vec<u64> = (1..=count).collect();
     if offsets != expected {
         let missing: Vec<u64> = expected

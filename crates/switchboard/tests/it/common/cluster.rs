@@ -86,6 +86,24 @@ impl Cluster {
         Cluster::start_on(Backend::Single(RedisServer::start()), gateways, &[])
     }
 
+    /// [`Cluster::start`] on a Redis Cluster of 3 masters with `replicas` replicas each,
+    /// whatever `SWITCHBOARD_TEST_REDIS` says: for failover tests ([`Cluster::redis_cluster`]).
+    pub(crate) fn start_on_redis_cluster(gateways: usize, replicas: usize) -> Cluster {
+        Cluster::start_on(
+            Backend::Sharded(RedisCluster::start(3, replicas)),
+            gateways,
+            &[],
+        )
+    }
+
+    /// The Redis Cluster of a cluster made by [`Cluster::start_on_redis_cluster`].
+    pub(crate) fn redis_cluster(&mut self) -> &mut RedisCluster {
+        match &mut self.backend {
+            Backend::Sharded(cluster) => cluster,
+            Backend::Single(_) => panic!("this test cluster runs on one redis-server"),
+        }
+    }
+
     /// The one redis-server of a cluster made by [`Cluster::start_on_one_redis`].
     pub(crate) fn redis(&mut self) -> &mut RedisServer {
         match &mut self.backend {
