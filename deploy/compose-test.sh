@@ -301,58 +301,85 @@ SWITCHBOARD_PROMETHEUS_PORT=$prometheus_port
 SWITCHBOARD_HEARTBEAT_INTERVAL=2s
 SWITCHBOARD_GATEWAY_TIMEOUT=6s
 EOF
-# The `observability` profile too: Prometheus must find and scrape every process.
-COMPOSE=("${COMPOSE_CMD[@]}" --profile observability -p "$PROJECT" --env-file "$state/compose.env" -f "$ROOT/docker-compose.yml")
-
-step "cluster: ${COMPOSE_CMD[*]} -p $PROJECT up -d --scale gateway=3 (ws://127.0.0.1:$port/api/ws)"
-cluster_started=1
-timeout 120 "${COMPOSE[@]}" down -v --remove-orphans --timeout 5 >/dev/null 2>&1 || true
-if ! timeout 240 "${COMPOSE[@]}" up -d --scale gateway=3 >"$state/up.log" 2>&1; then
-    cat "$state/up.log"
-    fail "compose up failed"
-fi
-
-step "waiting for every container to be healthy"
-healthy=""
-broken=0
-for _ in $(seq 1 120); do
-    states=$(docker ps -a --filter "label=com.docker.compose.project=$PROJECT" \
-        --format '{{.Label "com.docker.compose.service"}} {{.State}} {{.Status}}')
-    if [ "$(grep -c . <<<"$states")" -eq 9 ] && ! grep -qv '(healthy)' <<<"$states"; then
-        healthy=1
-        break
+# run_deployment LABEL CONTAINERS STEPS EXTRA_FILE: starts the deployment (docker-compose.yml, and
+# EXTRA_FILE when not empty) with three gateways, waits until its CONTAINERS long-running
+# containers are healthy, checks their limits, runs compose_test.py's STEPS ("all" or a list)
+# and takes it down again.
+run_deployment() {
+    local label=$1 expected=$2 steps=$3 extra=$4
+    COMPOSE=("${COMPOSE_CMD[@]}" -p "$PROJECT" --env-file "$state/compose.env" -f "$ROOT/docker-compose.yml")
+    if [ -n "$extra" ]; then
+        COMPOSE+=(-f "$ROOT/$extra")
+    else
+        # The `observability` profile too: Prometheus must find and scrape every process.
+        COMPOSE+=(--profile observability)
     fi
-    # A container that keeps restarting or exits will not get healthy: stop waiting soon.
-    if grep -qE ' (restarting|exited|dead) ' <<<"$states"; then broken=$((broken + 1)); else broken=0; fi
-    [ "$broken" -lt 15 ] || break
-    sleep 1
-done
-timeout 60 "${COMPOSE[@]}" ps
-[ -n "$healthy" ] || fail "the cluster did not become healthy"
 
-step "limits, restart policies, users"
-limits_ok=1
-for id in $(docker ps -q --filter "label=com.docker.compose.project=$PROJECT"); do
-    read -r cname cpus mem restart <<<"$(docker inspect -f \
-        '{{.Name}} {{.HostConfig.NanoCpus}} {{.HostConfig.Memory}} {{.HostConfig.RestartPolicy.Name}}' "$id")"
-    uid=$(timeout 20 docker exec "$id" id -u)
-    printf '   %-38s cpus=%s memory=%sMiB restart=%s uid=%s\n' \
-        "${cname#/}" "$(awk "BEGIN { print $cpus / 1e9 }")" "$((mem / 1048576))" "$restart" "$uid"
-    { [ "$cpus" -gt 0 ] && [ "$mem" -gt 0 ] && [ "$restart" = unless-stopped ]; } || limits_ok=""
-    case "$cname" in *_gateway_* | *-gateway-* | *_auth_* | *-auth-* | *_registry_* | *-registry-* | *_bus_* | *-bus-*)
-        [ "$uid" = 10001 ] || limits_ok="" ;;
-    esac
-done
-[ -n "$limits_ok" ] || fail "a container lacks its limits, its restart policy or its non-root user"
+    step "$label: ${COMPOSE_CMD[*]} -p $PROJECT up -d --scale gateway=3 (ws://127.0.0.1:$port/api/ws)"
+    cluster_started=1
+    timeout 120 "${COMPOSE[@]}" down -v --remove-orphans --timeout 5 >/dev/null 2>&1 || true
+    if ! timeout 300 "${COMPOSE[@]}" up -d --scale gateway=3 >"$state/up.log" 2>&1; then
+        cat "$state/up.log"
+        fail "compose up failed"
+    fi
 
-# --- black-box test --------------------------------------------------------------------------
-step "black-box test: deploy/compose_test.py against ws://127.0.0.1:$port/api/ws"
-set +e
-timeout 480 python3 -u deploy/compose_test.py \
-    --url "ws://127.0.0.1:$port/api/ws" --password "$password" --project "$PROJECT" \
-    --prometheus "http://127.0.0.1:$prometheus_port" \
-    --compose "$(printf '%q ' "${COMPOSE[@]}")" 2>&1 | tee "$state/test.log" | grep -v '^compose: [0-9]* passed'  # printed last
-test_rc=${PIPESTATUS[0]}
-set -e
-passed_line=$(grep -E '^compose: [0-9]+ passed, [0-9]+ failed$' "$state/test.log" | tail -1 || true)
-[ "$test_rc" -eq 0 ] || fail "the black-box test failed (exit $test_rc)"
+    step "$label: waiting for every container to be healthy"
+    local healthy="" broken=0 states
+    for _ in $(seq 1 120); do
+        # A one-shot container (the Redis Cluster's `redis-cluster`) must have exited with 0.
+        states=$(docker ps -a --filter "label=com.docker.compose.project=$PROJECT" \
+            --format '{{.Label "com.docker.compose.service"}} {{.State}} {{.Status}}' |
+            grep -v '^redis-cluster exited Exited (0)' || true)
+        if [ "$(grep -c . <<<"$states")" -eq "$expected" ] && ! grep -qv '(healthy)' <<<"$states"; then
+            healthy=1
+            break
+        fi
+        # A container that keeps restarting or exits will not get healthy: stop waiting soon.
+        if grep -qE ' (restarting|exited|dead) ' <<<"$states"; then broken=$((broken + 1)); else broken=0; fi
+        [ "$broken" -lt 15 ] || break
+        sleep 1
+    done
+    timeout 60 "${COMPOSE[@]}" ps
+    [ -n "$healthy" ] || fail "$label did not become healthy"
+
+    step "$label: limits, restart policies, users"
+    local limits_ok=1 id cname cpus mem restart uid
+    for id in $(docker ps -q --filter "label=com.docker.compose.project=$PROJECT"); do
+        read -r cname cpus mem restart <<<"$(docker inspect -f \
+            '{{.Name}} {{.HostConfig.NanoCpus}} {{.HostConfig.Memory}} {{.HostConfig.RestartPolicy.Name}}' "$id")"
+        uid=$(timeout 20 docker exec "$id" id -u)
+        printf '   %-38s cpus=%s memory=%sMiB restart=%s uid=%s\n' \
+            "${cname#/}" "$(awk "BEGIN { print $cpus / 1e9 }")" "$((mem / 1048576))" "$restart" "$uid"
+        { [ "$cpus" -gt 0 ] && [ "$mem" -gt 0 ] && [ "$restart" = unless-stopped ]; } || limits_ok=""
+        case "$cname" in *_gateway_* | *-gateway-* | *_auth_* | *-auth-* | *_registry_* | *-registry-* | *_bus_* | *-bus-*)
+            [ "$uid" = 10001 ] || limits_ok="" ;;
+        esac
+    done
+    [ -n "$limits_ok" ] || fail "a container lacks its limits, its restart policy or its non-root user"
+
+    step "$label: black-box test: deploy/compose_test.py against ws://127.0.0.1:$port/api/ws"
+    set +e
+    timeout 480 python3 -u deploy/compose_test.py \
+        --url "ws://127.0.0.1:$port/api/ws" --password "$password" --project "$PROJECT" \
+        --prometheus "http://127.0.0.1:$prometheus_port" --steps "$steps" \
+        --redis-service "$([ -n "$extra" ] && echo redis-2 || echo redis)" \
+        --compose "$(printf '%q ' "${COMPOSE[@]}")" 2>&1 | tee "$state/test.log" | grep -v '^compose: [0-9]* passed'  # printed last
+    local test_rc=${PIPESTATUS[0]}
+    set -e
+    local line
+    line=$(grep -E '^compose: [0-9]+ passed, [0-9]+ failed$' "$state/test.log" | tail -1 || true)
+    passed_line="${passed_line:+$passed_line; }$label: ${line#compose: }"
+    [ "$test_rc" -eq 0 ] || fail "$label: the black-box test failed (exit $test_rc)"
+
+    step "$label: teardown"
+    timeout 120 "${COMPOSE[@]}" down -v --remove-orphans --timeout 5 >"$state/down.log" 2>&1 ||
+        { cat "$state/down.log"; fail "teardown failed"; }
+    cluster_started=""
+}
+
+# One Redis: every step, Prometheus included (9 containers: redis, auth, registry, bus, three
+# gateways, lb, prometheus).
+run_deployment "one Redis" 9 all ""
+# A 3-master Redis Cluster (11 containers and the one-shot redis-cluster), once: the fault is a
+# restart of one of its masters.
+run_deployment "Redis Cluster" 11 "spread events user_list session_cmd kill redis" deploy/redis-cluster.yml

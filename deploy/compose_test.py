@@ -535,7 +535,7 @@ async def step_kill(cluster):
 
 
 async def step_redis(cluster):
-    redis = (await containers("redis"))[0]
+    redis = (await containers(OPTS.redis_service))[0]
     ticker = Ticker(cluster, "redis")
     await asyncio.sleep(0.5)
     log(f"docker restart {short(redis)} under traffic")
@@ -684,15 +684,15 @@ async def step_prometheus(cluster):
 
 
 STEPS = [
-    ("clients spread over three gateways", step_spread),
-    ("Prometheus scrapes every service", step_prometheus),
-    ("events fired through each gateway reach every client", step_events),
-    ("user list sees every session", step_user_list),
-    ("session cmd crosses containers", step_session_cmd),
-    ("docker kill of a gateway under traffic", step_kill),
-    ("Redis restart", step_redis),
-    ("scale to 4 gateways and back to 2", step_scale),
-    ("docker stop of a gateway drains with 1001", step_stop),
+    ("spread", "clients spread over three gateways", step_spread),
+    ("prometheus", "Prometheus scrapes every service", step_prometheus),
+    ("events", "events fired through each gateway reach every client", step_events),
+    ("user_list", "user list sees every session", step_user_list),
+    ("session_cmd", "session cmd crosses containers", step_session_cmd),
+    ("kill", "docker kill of a gateway under traffic", step_kill),
+    ("redis", "Redis restart", step_redis),
+    ("scale", "scale to 4 gateways and back to 2", step_scale),
+    ("stop", "docker stop of a gateway drains with 1001", step_stop),
 ]
 
 
@@ -700,7 +700,12 @@ async def main():
     cluster = Cluster()
     passed = failed = skipped = 0
     try:
-        for title, step in STEPS:
+        wanted = OPTS.steps.split()
+        unknown = set(wanted) - {key for key, _, _ in STEPS} - {"all"}
+        expect(not unknown, f"known steps (not {sorted(unknown)})")
+        for key, title, step in STEPS:
+            if "all" not in wanted and key not in wanted:
+                continue
             if failed:
                 skipped += 1
                 continue
@@ -725,5 +730,8 @@ if __name__ == "__main__":
     parser.add_argument("--project", required=True, help="the Compose project name")
     parser.add_argument("--prometheus", required=True, help="Prometheus, http://127.0.0.1:PORT")
     parser.add_argument("--compose", required=True, help="the Compose command with -p, --env-file and -f")
+    parser.add_argument("--steps", default="all", help="the steps to run, by key, or all")
+    parser.add_argument("--redis-service", default="redis",
+                        help="the Redis service the Redis step restarts (a master of a cluster)")
     parser.parse_args(namespace=OPTS)
     sys.exit(asyncio.run(main()))
