@@ -7,6 +7,9 @@
 #   bench/switchboard.sh start      # prints nothing; PIDs in bench/run/*.pid, logs in bench/run/*.log
 #   bench/switchboard.sh pids       # comma-separated PIDs: gateways, auth, registry, bus, redis
 #   bench/switchboard.sh stop
+#
+# SWITCHBOARD_BENCH_REDIS=cluster runs a 3-master Redis Cluster instead (:6391-6393, cluster
+# bus ports +10000, no replicas) and points every service at it (sharded pub/sub).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 RUN="$ROOT/bench/run"
@@ -34,9 +37,27 @@ case "${1:-}" in
   start)
     [ -x "$BIN" ] || (cd "$ROOT" && cargo build --release -p switchboard)
     ulimit -n "$(ulimit -Hn)"
-    start_one redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no
-    wait_port "$REDIS_PORT"
-    export SWITCHBOARD_REDIS_URL="redis://127.0.0.1:$REDIS_PORT" RUST_LOG=warn
+    if [ "${SWITCHBOARD_BENCH_REDIS:-}" = cluster ]; then
+      seeds=""
+      for n in 1 2 3; do
+        port=$((REDIS_PORT + n - 1))
+        rm -f "$RUN/nodes-$port.conf"
+        (cd "$RUN" && start_one "redis$n" redis-server --port "$port" --bind 127.0.0.1 --save '' \
+          --appendonly no --cluster-enabled yes --cluster-config-file "nodes-$port.conf")
+        wait_port "$port"
+        seeds="$seeds${seeds:+,}127.0.0.1:$port"
+      done
+      redis-cli --cluster create ${seeds//,/ } --cluster-yes > "$RUN/cluster-create.log"
+      for _ in $(seq 1 100); do
+        redis-cli -p "$REDIS_PORT" cluster info | grep -q cluster_state:ok && break
+        sleep 0.1
+      done
+      export SWITCHBOARD_REDIS_CLUSTER="$seeds" RUST_LOG=warn
+    else
+      start_one redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no
+      wait_port "$REDIS_PORT"
+      export SWITCHBOARD_REDIS_URL="redis://127.0.0.1:$REDIS_PORT" RUST_LOG=warn
+    fi
     # Every load-generator connection comes from 127.0.0.1, up to 200 at once before login:
     # lift the per-address cap on connections waiting to log in (the peers have none).
     export SWITCHBOARD_MAX_PRELOGIN_PER_ADDRESS="${SWITCHBOARD_MAX_PRELOGIN_PER_ADDRESS:-0}"
@@ -53,14 +74,14 @@ case "${1:-}" in
     ;;
   pids)
     pids=""
-    for name in gateway1 gateway2 auth registry bus redis; do
+    for name in gateway1 gateway2 auth registry bus redis redis1 redis2 redis3; do
       [ -f "$RUN/$name.pid" ] && pids="$pids${pids:+,}$(cat "$RUN/$name.pid")"
     done
     echo "$pids"
     ;;
   stop)
     # Gateways first, so they can unregister their sessions while the services still run.
-    for name in gateway1 gateway2 auth registry bus redis; do
+    for name in gateway1 gateway2 auth registry bus redis redis1 redis2 redis3; do
       pidfile="$RUN/$name.pid"
       [ -f "$pidfile" ] || continue
       pid="$(cat "$pidfile")"
