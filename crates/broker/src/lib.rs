@@ -18,6 +18,7 @@ mod memory;
 mod redis_engine;
 mod sharded;
 pub mod streams;
+mod subscriber;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,8 +28,9 @@ use bytes::Bytes;
 pub use connection::{RedisConnection, RedisTarget, SLOTS, slot, slot_tag};
 pub use handoff::{HANDOFF_BYTES, HANDOFF_MESSAGES};
 pub use memory::MemoryBroker;
-pub use redis_engine::{RedisBroker, RedisSubscriber};
+pub use redis_engine::RedisBroker;
 pub use streams::{HISTORY_PAGE, History, StreamConfig, StreamTop};
+pub use subscriber::RedisSubscriber;
 
 /// Why a broker operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -35,7 +35,7 @@ use tokio::sync::mpsc;
 
 use crate::connection::{slot, slot_tag};
 use crate::handoff::Handoff;
-use crate::redis_engine::{
+use crate::subscriber::{
     BACKOFF_MAX, BACKOFF_MIN, CloseOnDrop, Command, Inbox, OPERATION_TIMEOUT, SubscribeBatch,
     UNSUBSCRIBE_DELAY, Wanted, refuse_commands_for, unavailable,
 };
