@@ -9,16 +9,20 @@
 //! published, so two changes of one session (a takeover racing a stop) reach subscribers in
 //! the order Redis applied them, whichever replica made them.
 //!
-//! Delivery is at least once: a drainer that dies between publishing and deleting leaves
-//! those entries for the next one (after [`LOCK_TTL`]). The stream is bounded ([`OUTBOX_MAX`]
-//! entries, oldest dropped) for when the shards are unreachable for long.
+//! A drainer renews its lock before each page and deletes a page only while it still holds
+//! it; it lets go after [`DRAIN_BUDGET`], well within the lock's TTL, and the sweep goes on.
+//! Delivery is at least once: a drainer that dies between publishing and deleting leaves those
+//! entries for the next one (after [`LOCK_TTL`]), and a page that reached some shards but not
+//! all (a master failing over) is published again, to all, on the next attempt. The stream is
+//! bounded ([`OUTBOX_MAX`] entries, oldest dropped) for when the shards are unreachable for long.
 
-use std::sync::Weak;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
 use redis::Script;
-use switchboard_broker::{Broker, RedisConnection};
+use switchboard_broker::{Broker, RedisConnection, StreamConfig};
 
 use super::RegistryError;
 
@@ -34,12 +38,35 @@ pub(crate) const OUTBOX_MAX: usize = 100_000;
 const PAGE: usize = 256;
 /// How often each registry checks for entries nobody drained (a drainer died).
 pub(crate) const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How long one drain goes on before letting go of the lock (the sweep continues).
+pub(crate) const DRAIN_BUDGET: Duration = Duration::from_millis(2500);
 
-/// Deletes the lock only if it still holds this drainer's token.
+/// Deletes the lock (KEYS[1]) only if it still holds this drainer's token (ARGV[1]).
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 ";
+/// Renews the lock (KEYS[1]) for ARGV[2] ms if it still holds token ARGV[1]; 1 if so.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+";
+/// Deletes the entries ARGV[2..] of the outbox (KEYS[2]) if the lock (KEYS[1]) still holds
+/// token ARGV[1]; -1 if it does not.
+const DELETE: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+return redis.call('XDEL', KEYS[2], unpack(ARGV, 2))
+";
+
+/// How a drainer's hold of the lock ended.
+enum Drained {
+    /// Nothing left in the outbox.
+    Empty,
+    /// It held the lock for [`DRAIN_BUDGET`].
+    OutOfBudget,
+    /// Its lock expired and may be someone else's.
+    LockLost,
+}
 
 /// Publishes the outbox; cheap to clone.
 #[derive(Clone)]
@@ -47,8 +74,12 @@ pub(crate) struct Outbox {
     connection: RedisConnection,
     broker: Broker,
     release: Script,
-    /// Names this drainer in the lock.
-    token: String,
+    renew: Script,
+    delete: Script,
+    /// Names this process in its lock tokens.
+    token_base: String,
+    /// Counts the locks taken, so each holds a token of its own.
+    taken: Arc<AtomicU64>,
     timeout: Duration,
 }
 
@@ -63,7 +94,12 @@ fn unavailable(error: impl std::fmt::Display) -> RegistryError {
 }
 
 impl Outbox {
-    pub(crate) fn new(connection: RedisConnection, broker: Broker, timeout: Duration) -> Self {
+    /// An outbox, and its sweep, which stops when the outbox is dropped.
+    pub(crate) fn start(
+        connection: RedisConnection,
+        broker: Broker,
+        timeout: Duration,
+    ) -> Arc<Self> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|elapsed| elapsed.as_nanos())
@@ -72,9 +108,42 @@ impl Outbox {
             connection,
             broker,
             release: Script::new(RELEASE),
-            token: format!("{}-{nanos}", std::process::id()),
+            renew: Script::new(RENEW),
+            delete: Script::new(DELETE),
+            token_base: format!("{}-{nanos}", std::process::id()),
+            taken: Arc::new(AtomicU64::new(0)),
             timeout,
         }
+        .started()
+    }
+
+    fn started(self) -> Arc<Self> {
+        let outbox = Arc::new(self);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(sweep(Arc::downgrade(&outbox)));
+        }
+        outbox
+    }
+
+    /// The same outbox publishing with `streams` (its events' positions and history).
+    pub(crate) fn with_streams(&self, streams: StreamConfig) -> Arc<Self> {
+        let broker = match &self.broker {
+            Broker::Redis(redis) => {
+                Broker::Redis(Box::new((**redis).clone().with_streams(streams)))
+            }
+            other => other.clone(),
+        };
+        Self {
+            connection: self.connection.clone(),
+            broker,
+            release: self.release.clone(),
+            renew: self.renew.clone(),
+            delete: self.delete.clone(),
+            token_base: self.token_base.clone(),
+            taken: Arc::clone(&self.taken),
+            timeout: self.timeout,
+        }
+        .started()
     }
 
     async fn timed<T>(
@@ -96,11 +165,16 @@ impl Outbox {
     pub(crate) async fn drain(&self) -> Result<(), RegistryError> {
         let mut connection = self.connection.clone();
         loop {
+            let token = format!(
+                "{}-{}",
+                self.token_base,
+                self.taken.fetch_add(1, Ordering::Relaxed)
+            );
             let taken: Option<String> = self
                 .timed(
                     redis::cmd("SET")
                         .arg(LOCK_KEY)
-                        .arg(&self.token)
+                        .arg(&token)
                         .arg("NX")
                         .arg("PX")
                         .arg(u64::try_from(LOCK_TTL.as_millis()).unwrap_or(u64::MAX))
@@ -110,12 +184,18 @@ impl Outbox {
             if taken.is_none() {
                 return Ok(());
             }
-            let drained = self.drain_locked(&mut connection).await;
+            let drained = self.drain_locked(&mut connection, &token).await;
             let mut release = self.release.key(LOCK_KEY);
-            release.arg(&self.token);
+            release.arg(&token);
             let released: Result<i64, _> = self.timed(release.invoke_async(&mut connection)).await;
-            drained?;
+            let drained = drained?;
             released?;
+            match drained {
+                Drained::Empty => {}
+                // No hold outlives the lock's TTL, and no caller drains for long: the next
+                // change or the sweep goes on. Whoever holds it now publishes from there.
+                Drained::OutOfBudget | Drained::LockLost => return Ok(()),
+            }
             // An entry added while we held the lock, by a caller that found it taken.
             let left: u64 = self
                 .timed(
@@ -130,8 +210,25 @@ impl Outbox {
         }
     }
 
-    async fn drain_locked(&self, connection: &mut RedisConnection) -> Result<(), RegistryError> {
+    /// Publishes pages while this drainer holds the lock (renewed before each page) and its
+    /// budget lasts.
+    async fn drain_locked(
+        &self,
+        connection: &mut RedisConnection,
+        token: &str,
+    ) -> Result<Drained, RegistryError> {
+        let started = tokio::time::Instant::now();
+        let ttl_ms = u64::try_from(LOCK_TTL.as_millis()).unwrap_or(u64::MAX);
         loop {
+            if started.elapsed() > DRAIN_BUDGET {
+                return Ok(Drained::OutOfBudget);
+            }
+            let mut renew = self.renew.key(LOCK_KEY);
+            renew.arg(token).arg(ttl_ms);
+            let held: i64 = self.timed(renew.invoke_async(connection)).await?;
+            if held != 1 {
+                return Ok(Drained::LockLost);
+            }
             let entries: Vec<(String, Vec<Vec<u8>>)> = self
                 .timed(
                     redis::cmd("XRANGE")
@@ -144,7 +241,7 @@ impl Outbox {
                 )
                 .await?;
             if entries.is_empty() {
-                return Ok(());
+                return Ok(Drained::Empty);
             }
             let batch: Vec<(Vec<String>, Bytes)> =
                 entries.iter().map(|(_, fields)| event_of(fields)).collect();
@@ -152,12 +249,15 @@ impl Outbox {
                 .publish_batch(&batch)
                 .await
                 .map_err(unavailable)?;
-            let mut delete = redis::cmd("XDEL");
-            delete.arg(OUTBOX_KEY);
+            let mut delete = self.delete.key(LOCK_KEY);
+            delete.key(OUTBOX_KEY).arg(token);
             for (id, _) in &entries {
                 delete.arg(id);
             }
-            let _: u64 = self.timed(delete.query_async(connection)).await?;
+            let deleted: i64 = self.timed(delete.invoke_async(connection)).await?;
+            if deleted < 0 {
+                return Ok(Drained::LockLost);
+            }
         }
     }
 }

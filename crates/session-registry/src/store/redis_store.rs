@@ -1,16 +1,16 @@
 //! The session index in Redis.
 //!
-//! Keys (every variable part length-prefixed, so no value can forge another key), all with
-//! the hash tag `{sb}`:
-//! - `{sb}:s:<session>`: hash `info` (the protobuf `SessionInfo`), `uk`, `usk`, `gk`, `user`, `gw`,
+//! Keys (every variable part length-prefixed, so no value can forge another key), under the
+//! prefix `sb:`, or `{sb}:` on a Redis Cluster (a hash tag: one slot for the whole index):
+//! - `sb:s:<session>`: hash `info` (the protobuf `SessionInfo`), `uk`, `usk`, `gk`, `user`, `gw`,
 //!   `rk` (the resume key's hash), `svc` (its service, for its `stopped` event);
-//! - `{sb}:u:<service>:<user>`: set of the user's session ids;
-//! - `{sb}:us:<service>`: set of users with at least one session;
-//! - `{sb}:g:<gateway>`: set of the gateway's session ids;
-//! - `{sb}:gd:<gateway>`: hash `h`, `l`: the digest of that set (`switchboard_proto::digest`),
+//! - `sb:u:<service>:<user>`: set of the user's session ids;
+//! - `sb:us:<service>`: set of users with at least one session;
+//! - `sb:g:<gateway>`: set of the gateway's session ids;
+//! - `sb:gd:<gateway>`: hash `h`, `l`: the digest of that set (`switchboard_proto::digest`),
 //!   as two signed 32-bit halves, kept by every script that changes the set;
-//! - `{sb}:gw`: sorted set gateway → last heartbeat (ms since the epoch, Redis's clock);
-//! - `{sb}:t:<session>`: tombstone of a recently unregistered session (not re-learned).
+//! - `sb:gw`: sorted set gateway → last heartbeat (ms since the epoch, Redis's clock);
+//! - `sb:t:<session>`: tombstone of a recently unregistered session (not re-learned).
 //!
 //! Register, unregister and reap are Lua scripts, so each is atomic and registry replicas can
 //! run side by side. The tag keeps the whole index in one hash slot of a Redis Cluster, so
@@ -34,11 +34,10 @@ use switchboard_proto::v1::{GatewayInfo, SessionInfo};
 
 use crate::presence::Presence;
 
-use super::outbox::{self, OUTBOX_MAX, Outbox};
+use super::outbox::{OUTBOX_MAX, Outbox};
 use super::{GatewayDigest, Page, RegistryError, TOMBSTONE_TTL};
 
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(2);
-const GATEWAYS_KEY: &str = "{sb}:gw";
 /// Sessions one reap script removes before it yields to other clients of Redis.
 const REAP_CHUNK: usize = 1000;
 
@@ -122,7 +121,7 @@ for n = 0, #KEYS / 7 - 1 do
       local f = redis.call('HMGET', KEYS[k + 1], 'uk', 'rk', 'gk', 'info', 'svc', 'user')
       if f[1] == KEYS[k + 2] and f[2] == ARGV[a + 6] then
         if redis.call('SREM', f[3], ARGV[a + 2]) == 1 then
-          xor_digest('{sb}:gd:' .. string.sub(f[3], 8), ARGV[a + 2])
+          xor_digest(P .. 'gd:' .. string.sub(f[3], #P + 3), ARGV[a + 2])
         end
         redis.call('HSET', KEYS[k + 1], 'info', ARGV[a + 1], 'gk', KEYS[k + 4], 'gw', ARGV[a + 4],
           'rk', ARGV[a + 5])
@@ -172,7 +171,7 @@ for i = 5, #ARGV, 2 do
     redis.call('SREM', f[1], id)
     if redis.call('SCARD', f[1]) == 0 then redis.call('SREM', f[2], f[4]) end
     if redis.call('SREM', f[3], id) == 1 then
-      xor_digest('{sb}:gd:' .. string.sub(f[3], 8), id)
+      xor_digest(P .. 'gd:' .. string.sub(f[3], #P + 3), id)
     end
     redis.call('SET', KEYS[j * 2 + 2], '1', 'PX', ARGV[2])
     stopped(f[6], f[4], id, ARGV[i + 1], ARGV[3], ARGV[4])
@@ -229,7 +228,7 @@ local ids = redis.call('SPOP', KEYS[2], tonumber(ARGV[3]))
 local removed = 0
 for _, id in ipairs(ids) do
   xor_digest(KEYS[3], id)
-  local session_key = '{sb}:s:' .. #id .. ':' .. id
+  local session_key = P .. 's:' .. #id .. ':' .. id
   local f = redis.call('HMGET', session_key, 'uk', 'usk', 'user', 'gw', 'svc')
   if f[1] and f[4] == ARGV[1] then
     redis.call('DEL', session_key)
@@ -280,28 +279,41 @@ fn part(value: &str) -> String {
     format!("{}:{value}", value.len())
 }
 
-fn session_key(session_id: &str) -> String {
-    format!("{{sb}}:s:{}", part(session_id))
+/// The index's key names under its prefix: `sb:` on one Redis, `{sb}:` on a cluster.
+#[derive(Debug, Clone, Copy)]
+struct Keys {
+    prefix: &'static str,
 }
 
-fn user_key(service: &str, user: &str) -> String {
-    format!("{{sb}}:u:{}:{}", part(service), part(user))
-}
+impl Keys {
+    fn session(self, session_id: &str) -> String {
+        format!("{}s:{}", self.prefix, part(session_id))
+    }
 
-fn users_key(service: &str) -> String {
-    format!("{{sb}}:us:{}", part(service))
-}
+    fn user(self, service: &str, user: &str) -> String {
+        format!("{}u:{}:{}", self.prefix, part(service), part(user))
+    }
 
-fn gateway_key(gateway_id: &str) -> String {
-    format!("{{sb}}:g:{}", part(gateway_id))
-}
+    fn users(self, service: &str) -> String {
+        format!("{}us:{}", self.prefix, part(service))
+    }
 
-fn digest_key(gateway_id: &str) -> String {
-    format!("{{sb}}:gd:{}", part(gateway_id))
-}
+    fn gateway(self, gateway_id: &str) -> String {
+        format!("{}g:{}", self.prefix, part(gateway_id))
+    }
 
-fn tombstone_key(session_id: &str) -> String {
-    format!("{{sb}}:t:{}", part(session_id))
+    fn digest(self, gateway_id: &str) -> String {
+        format!("{}gd:{}", self.prefix, part(gateway_id))
+    }
+
+    fn tombstone(self, session_id: &str) -> String {
+        format!("{}t:{}", self.prefix, part(session_id))
+    }
+
+    /// The sorted set of gateways by last heartbeat.
+    fn gateways(self) -> String {
+        format!("{}gw", self.prefix)
+    }
 }
 
 fn unavailable(error: impl fmt::Display) -> RegistryError {
@@ -312,6 +324,7 @@ fn unavailable(error: impl fmt::Display) -> RegistryError {
 #[derive(Clone)]
 pub struct RedisStore {
     connection: RedisConnection,
+    keys: Keys,
     /// On a cluster, where the scripts leave their lifecycle events.
     outbox: Option<Arc<Outbox>>,
     register: Script,
@@ -354,16 +367,16 @@ impl RedisStore {
     /// [`RegistryError::Unavailable`] for an invalid URL.
     pub fn connect_to(target: &RedisTarget) -> Result<Self, RegistryError> {
         let connection = target.connect(OPERATION_TIMEOUT).map_err(unavailable)?;
+        let keys = Keys {
+            prefix: if target.is_cluster() { "{sb}:" } else { "sb:" },
+        };
         let (outbox, defer) = if target.is_cluster() {
             let broker = RedisBroker::connect_to(target).map_err(unavailable)?;
-            let outbox = Arc::new(Outbox::new(
+            let outbox = Outbox::start(
                 connection.clone(),
                 Broker::Redis(Box::new(broker)),
                 OPERATION_TIMEOUT,
-            ));
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(outbox::sweep(Arc::downgrade(&outbox)));
-            }
+            );
             (
                 Some(outbox),
                 format!("DEFER, OUTBOX_MAX = true, {OUTBOX_MAX}\n"),
@@ -371,13 +384,15 @@ impl RedisStore {
         } else {
             (None, String::new())
         };
+        let prefix = format!("local P = '{}'\n", keys.prefix);
         let firing = |script: &str| {
             Script::new(&format!(
-                "{LUA_PUBLISH_EVENT}{LUA_PRESENCE}{defer}{LUA_DIGEST}{script}"
+                "{prefix}{LUA_PUBLISH_EVENT}{LUA_PRESENCE}{defer}{LUA_DIGEST}{script}"
             ))
         };
         Ok(Self {
             connection,
+            keys,
             outbox,
             register: firing(REGISTER),
             unregister: firing(UNREGISTER),
@@ -390,7 +405,8 @@ impl RedisStore {
     }
 
     /// Runs a script that fires lifecycle events and returns its result. On a cluster the
-    /// script leaves its events in the outbox, drained here right after.
+    /// script leaves its events in the outbox, drained right after (for at most
+    /// `outbox::DRAIN_BUDGET`): the caller's answer waits for its events, as on one Redis.
     async fn run_firing(
         &self,
         invocation: &ScriptInvocation<'_>,
@@ -408,6 +424,9 @@ impl RedisStore {
     /// Sets the streams the lifecycle events are positioned in (as the bus's).
     pub fn with_streams(mut self, streams: StreamConfig) -> Self {
         self.streams = streams;
+        if let Some(outbox) = &self.outbox {
+            self.outbox = Some(outbox.with_streams(streams));
+        }
         self
     }
 
@@ -446,13 +465,13 @@ impl RedisStore {
                 Presence::started_event(session)
             };
             invocation
-                .key(session_key(&session.session_id))
-                .key(user_key(&session.service, &session.user))
-                .key(users_key(&session.service))
-                .key(gateway_key(&session.gateway_id))
-                .key(GATEWAYS_KEY)
-                .key(tombstone_key(&session.session_id))
-                .key(digest_key(&session.gateway_id))
+                .key(self.keys.session(&session.session_id))
+                .key(self.keys.user(&session.service, &session.user))
+                .key(self.keys.users(&session.service))
+                .key(self.keys.gateway(&session.gateway_id))
+                .key(self.keys.gateways())
+                .key(self.keys.tombstone(&session.session_id))
+                .key(self.keys.digest(&session.gateway_id))
                 .arg(session.encode_to_vec())
                 .arg(&session.session_id)
                 .arg(&session.user)
@@ -524,8 +543,8 @@ impl RedisStore {
             .arg(self.ttl_ms());
         for (session_id, reason) in sessions {
             invocation
-                .key(session_key(session_id))
-                .key(tombstone_key(session_id))
+                .key(self.keys.session(session_id))
+                .key(self.keys.tombstone(session_id))
                 .arg(*session_id)
                 .arg(*reason);
         }
@@ -540,7 +559,8 @@ impl RedisStore {
         limit: usize,
     ) -> Result<Page<(String, Vec<String>)>, RegistryError> {
         let mut connection = self.connection.clone();
-        let (users, next) = Self::scan(&mut connection, users_key(service), cursor, limit).await?;
+        let (users, next) =
+            Self::scan(&mut connection, self.keys.users(service), cursor, limit).await?;
         if users.is_empty() {
             return Ok(Page {
                 items: Vec::new(),
@@ -549,7 +569,7 @@ impl RedisStore {
         }
         let mut pipe = redis::pipe();
         for user in &users {
-            pipe.smembers(user_key(service, user));
+            pipe.smembers(self.keys.user(service, user));
         }
         let sessions: Vec<Vec<String>> = Self::timed(pipe.query_async(&mut connection)).await?;
         let items = users
@@ -592,8 +612,13 @@ impl RedisStore {
         limit: usize,
     ) -> Result<Page<String>, RegistryError> {
         let mut connection = self.connection.clone();
-        let (items, next) =
-            Self::scan(&mut connection, gateway_key(gateway_id), cursor, limit).await?;
+        let (items, next) = Self::scan(
+            &mut connection,
+            self.keys.gateway(gateway_id),
+            cursor,
+            limit,
+        )
+        .await?;
         Ok(Page { items, next })
     }
 
@@ -604,7 +629,7 @@ impl RedisStore {
         let mut connection = self.connection.clone();
         let mut pipe = redis::pipe();
         for session_id in session_ids {
-            pipe.hget(session_key(session_id), "info");
+            pipe.hget(self.keys.session(session_id), "info");
         }
         let encoded: Vec<Option<Vec<u8>>> = Self::timed(pipe.query_async(&mut connection)).await?;
         Ok(encoded
@@ -621,7 +646,7 @@ impl RedisStore {
     ) -> Result<Vec<SessionInfo>, RegistryError> {
         let mut connection = self.connection.clone();
         let mut session_ids: Vec<String> =
-            Self::timed(connection.smembers(user_key(service, user))).await?;
+            Self::timed(connection.smembers(self.keys.user(service, user))).await?;
         session_ids.sort();
         let sessions = self.infos(&session_ids).await?;
         if sessions.is_empty() {
@@ -645,9 +670,9 @@ impl RedisStore {
         let mut connection = self.connection.clone();
         let mut invocation = self.heartbeat.prepare_invoke();
         invocation
-            .key(GATEWAYS_KEY)
-            .key(gateway_key(gateway_id))
-            .key(digest_key(gateway_id))
+            .key(self.keys.gateways())
+            .key(self.keys.gateway(gateway_id))
+            .key(self.keys.digest(gateway_id))
             .arg(gateway_id)
             .arg(control_addr);
         let (count, high, low): (u64, i64, i64) =
@@ -665,7 +690,7 @@ impl RedisStore {
         let mut connection = self.connection.clone();
         let mut invocation = self.heard_gateways.prepare_invoke();
         invocation
-            .key(GATEWAYS_KEY)
+            .key(self.keys.gateways())
             .arg(u64::try_from(within.as_millis()).unwrap_or(u64::MAX));
         let heard: Vec<(String, u64)> =
             Self::timed(invocation.invoke_async(&mut connection)).await?;
@@ -674,8 +699,8 @@ impl RedisStore {
         }
         let mut pipe = redis::pipe();
         for (gateway_id, _) in &heard {
-            pipe.hget(digest_key(gateway_id), "addr")
-                .scard(gateway_key(gateway_id));
+            pipe.hget(self.keys.digest(gateway_id), "addr")
+                .scard(self.keys.gateway(gateway_id));
         }
         let details: Vec<(Option<String>, u64)> =
             Self::timed(pipe.query_async(&mut connection)).await?;
@@ -696,16 +721,18 @@ impl RedisStore {
     pub(crate) async fn reap(&self, timeout: Duration) -> Result<usize, RegistryError> {
         let mut connection = self.connection.clone();
         let mut invocation = self.silent_gateways.prepare_invoke();
-        invocation.key(GATEWAYS_KEY).arg(timeout.as_millis() as u64);
+        invocation
+            .key(self.keys.gateways())
+            .arg(timeout.as_millis() as u64);
         let dead: Vec<String> = Self::timed(invocation.invoke_async(&mut connection)).await?;
         let mut reaped = 0;
         for gateway_id in dead {
             loop {
                 let mut invocation = self.reap.prepare_invoke();
                 invocation
-                    .key(GATEWAYS_KEY)
-                    .key(gateway_key(&gateway_id))
-                    .key(digest_key(&gateway_id))
+                    .key(self.keys.gateways())
+                    .key(self.keys.gateway(&gateway_id))
+                    .key(self.keys.digest(&gateway_id))
                     .arg(&gateway_id)
                     .arg(timeout.as_millis() as u64)
                     .arg(REAP_CHUNK)
