@@ -66,11 +66,23 @@ enum Control {
 struct Leaving {
     count: AtomicUsize,
     channels: Mutex<HashSet<String>>,
+    /// Channels of our own SUNSUBSCRIBEs whose confirmations have not come yet.
+    unsubscribing: Mutex<HashSet<String>>,
 }
 
 impl Leaving {
     fn drops(&self, channel: &str) -> bool {
         self.count.load(Ordering::Acquire) > 0 && self.channels.locked().contains(channel)
+    }
+
+    /// Expects the confirmations of an SUNSUBSCRIBE of `channels`.
+    fn unsubscribing(&self, channels: &[String]) {
+        self.unsubscribing.locked().extend(channels.iter().cloned());
+    }
+
+    /// True (once) when `channel`'s unsubscribe is the confirmation of our own.
+    fn confirmed(&self, channel: &str) -> bool {
+        self.unsubscribing.locked().remove(channel)
     }
 
     /// Copies the actor's set, when either is not empty.
@@ -119,7 +131,10 @@ impl AsyncPushSender for ShardPushes {
             PushKind::SUnsubscribe => {
                 if let Some(Value::BulkString(channel)) = info.data.first() {
                     let channel = String::from_utf8_lossy(channel).into_owned();
-                    self.tell(Control::Unsubscribed(channel));
+                    // The confirmation of our own SUNSUBSCRIBE needs no answer.
+                    if !self.leaving.confirmed(&channel) {
+                        self.tell(Control::Unsubscribed(channel));
+                    }
                 }
             }
             PushKind::Disconnection => self.tell(Control::Disconnected),
@@ -173,19 +188,28 @@ pub(crate) async fn subscriber_actor(
     let mut canary_channels: HashSet<String> = HashSet::new();
     loop {
         overflowed.store(false, Ordering::Relaxed);
+        // Confirmations still expected from before are not coming (or no longer matter).
+        leaving.unsubscribing.locked().clear();
         let everything = wanted
             .channels
             .iter()
             .chain(&wanted.leaving)
             .chain(&canary_channels);
-        if !ssubscribe(&connection, everything).await {
+        // A first canary round proves the cluster answers (with nothing wanted yet, the
+        // subscribe above sends nothing); the next tick checks that the canaries came back.
+        let first_round = if ssubscribe(&connection, everything).await {
+            send_canaries(&connection, &canary_id, &mut canary_channels).await
+        } else {
+            None
+        };
+        let Some(first_round) = first_round else {
             tracing::warn!(retry_in = ?backoff, "subscribing on the redis cluster failed");
             if !refuse_commands_for(&mut inbox, &mut wanted.channels, backoff).await {
                 return;
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
             continue;
-        }
+        };
         state.set_connected(true);
         if was_connected {
             state.reconnected();
@@ -195,11 +219,10 @@ pub(crate) async fn subscriber_actor(
             );
         }
         was_connected = true;
-        backoff = BACKOFF_MIN;
         let mut health = tokio::time::interval(health_check_interval.min(CANARY_INTERVAL));
         health.tick().await;
         // Canaries sent in the last round and not back yet.
-        let mut canaries: HashSet<String> = HashSet::new();
+        let mut canaries: HashSet<String> = first_round;
         let unsubscribe_timer = tokio::time::sleep(UNSUBSCRIBE_DELAY);
         tokio::pin!(unsubscribe_timer);
         loop {
@@ -215,6 +238,8 @@ pub(crate) async fn subscriber_actor(
                         tracing::warn!(shards = canaries.len(), "a canary did not come back");
                         break;
                     }
+                    // A whole round came back: the subscriber is healthy again.
+                    backoff = BACKOFF_MIN;
                     if overflowed.load(Ordering::Relaxed) {
                         break;
                     }
@@ -235,8 +260,9 @@ pub(crate) async fn subscriber_actor(
                 },
                 () = &mut unsubscribe_timer, if wanted.leave_at.is_some() => {
                     wanted.leave_at = None;
-                    let leaving: Vec<String> = wanted.leaving.drain().collect();
-                    if !sunsubscribe(&mut connection, &leaving).await {
+                    let leaving_now: Vec<String> = wanted.leaving.drain().collect();
+                    leaving.unsubscribing(&leaving_now);
+                    if !sunsubscribe(&mut connection, &leaving_now).await {
                         break;
                     }
                 }
@@ -258,6 +284,12 @@ pub(crate) async fn subscriber_actor(
         }
         state.set_connected(false);
         tracing::warn!("redis cluster subscriber lost a node, subscribing again");
+        if backoff > BACKOFF_MIN
+            && !refuse_commands_for(&mut inbox, &mut wanted.channels, backoff).await
+        {
+            return;
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 
