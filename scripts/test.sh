@@ -43,7 +43,7 @@ echo "== cargo test: the process-cluster tests again, on a 3-master Redis Cluste
 # Every test that starts the services on Redis (tests/it/common/cluster.rs) lives in these
 # modules; the broker, registry and gateway crates test their cluster paths in the run above.
 # Left out: the frozen-bus test (no Redis in it) and the cut-subscriber storm, which the
-# sharded subscriber does not yet pass reliably (BENCHMARKS.md, "Redis Cluster": known gaps).
+# sharded subscriber does not yet pass reliably (docs/OPERATIONS.md, "On a Redis Cluster").
 SWITCHBOARD_TEST_REDIS=cluster cargo test -j "$jobs" --locked -p switchboard --test it -- \
     cluster:: ctl:: operations:: presence:: recovery:: takeover:: traces:: \
     --skip recovery::send_event_is_unavailable_while_the_bus_is_frozen \
