@@ -208,6 +208,11 @@ pub fn slot_tag(slot: u16) -> &'static str {
     &tags[usize::from(slot % SLOTS)]
 }
 
+/// `{tag}` of `slot` ([`slot_tag`] in braces): in a key's name, it puts the key in that slot.
+pub(crate) fn hash_tag(slot: u16) -> String {
+    format!("{{{}}}", slot_tag(slot))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,12 +12,12 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::connection::{RedisConnection, RedisTarget, slot, slot_tag};
+use crate::connection::{RedisConnection, RedisTarget, hash_tag, slot};
 use crate::handoff::Handoff;
 use crate::streams::{History, LUA_PUBLISH_EVENT, StreamConfig, StreamTop};
 use crate::subscriber::{
-    BACKOFF_MAX, BACKOFF_MIN, CloseOnDrop, Command, Inbox, OPERATION_TIMEOUT, RedisSubscriber,
-    SubscribeBatch, UNSUBSCRIBE_DELAY, Wanted, refuse_commands_for, unavailable,
+    CloseOnDrop, Command, Inbox, OPERATION_TIMEOUT, RedisSubscriber, Retry, SubscribeBatch,
+    UNSUBSCRIBE_DELAY, Wanted, unavailable,
 };
 use crate::{BrokerError, Deliver, SubscriberHealth};
 
@@ -122,7 +122,7 @@ enum SubscribeVia {
 /// The `{tag}` that puts a key in `channel`'s slot on a cluster; "" on one Redis.
 fn key_tag(sharded: bool, channel: &str) -> String {
     if sharded {
-        format!("{{{}}}", slot_tag(slot(channel.as_bytes())))
+        hash_tag(slot(channel.as_bytes()))
     } else {
         String::new()
     }
@@ -329,7 +329,7 @@ impl RedisBroker {
             }
         }
         let calls = by_slot.into_iter().map(|(slot, events)| {
-            let tag = format!("{{{}}}", slot_tag(slot));
+            let tag = hash_tag(slot);
             let mut invocation = self.publish_script.key(format!("sb:streams{tag}"));
             invocation
                 .arg(self.streams.history_size)
@@ -391,8 +391,7 @@ async fn subscriber_actor(
     let handoff = Handoff::start(Arc::clone(&sink));
     let _close = CloseOnDrop(Arc::clone(&handoff));
     let mut wanted = Wanted::default();
-    let mut backoff = BACKOFF_MIN;
-    let mut was_connected = false;
+    let mut retry = Retry::new();
     loop {
         let connected = tokio::time::timeout(OPERATION_TIMEOUT, client.get_async_pubsub()).await;
         let pubsub = match connected {
@@ -402,34 +401,24 @@ async fn subscriber_actor(
                     Ok(Err(error)) => error.to_string(),
                     _ => "connect timed out".to_owned(),
                 };
-                tracing::warn!(%error, retry_in = ?backoff, "redis subscriber connection failed");
-                if !refuse_commands_for(&mut inbox, &mut wanted.channels, backoff).await {
+                tracing::warn!(%error, retry_in = ?retry.backoff(), "redis subscriber connection failed");
+                if !retry.wait(&mut inbox, &mut wanted.channels).await {
                     return;
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
             }
         };
         let (mut redis_sink, mut stream) = pubsub.split();
         wanted.connection_lost();
         if !resubscribe_all(&mut redis_sink, &wanted.channels).await {
-            tracing::warn!(retry_in = ?backoff, "re-subscribing after reconnection failed");
-            if !refuse_commands_for(&mut inbox, &mut wanted.channels, backoff).await {
+            tracing::warn!(retry_in = ?retry.backoff(), "re-subscribing after reconnection failed");
+            if !retry.wait(&mut inbox, &mut wanted.channels).await {
                 return;
             }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
             continue;
         }
-        state.set_connected(true);
-        if was_connected {
-            state.reconnected();
-            tracing::info!(
-                channels = wanted.channels.len(),
-                "redis subscriber reconnected and re-subscribed"
-            );
-        }
-        was_connected = true;
-        backoff = BACKOFF_MIN;
+        retry.connected(&state, wanted.channels.len());
+        retry.healthy();
         // A connection dropped without a reset (NAT, failover) only shows when we talk.
         let mut health = tokio::time::interval(health_check_interval);
         health.tick().await;

@@ -33,10 +33,10 @@ use redis::{ProtocolVersion, PushInfo, PushKind, Value};
 use switchboard_sync::Lock;
 use tokio::sync::mpsc;
 
-use crate::connection::{slot, slot_tag};
+use crate::connection::{hash_tag, slot};
 use crate::handoff::Handoff;
 use crate::subscriber::{
-    BACKOFF_MAX, BACKOFF_MIN, CloseOnDrop, Command, Inbox, OPERATION_TIMEOUT, SubscribeBatch,
+    BACKOFF_MAX, CloseOnDrop, Command, Inbox, OPERATION_TIMEOUT, Retry, SubscribeBatch,
     UNSUBSCRIBE_DELAY, Wanted, refuse_commands_for, unavailable,
 };
 use crate::{Deliver, SubscriberHealth};
@@ -181,8 +181,7 @@ pub(crate) async fn subscriber_actor(
             return;
         }
     };
-    let mut backoff = BACKOFF_MIN;
-    let mut was_connected = false;
+    let mut retry = Retry::new();
     let canary_id = canary_id();
     // The canary channels subscribed so far (one per slot range seen).
     let mut canary_channels: HashSet<String> = HashSet::new();
@@ -203,22 +202,13 @@ pub(crate) async fn subscriber_actor(
             None
         };
         let Some(first_round) = first_round else {
-            tracing::warn!(retry_in = ?backoff, "subscribing on the redis cluster failed");
-            if !refuse_commands_for(&mut inbox, &mut wanted.channels, backoff).await {
+            tracing::warn!(retry_in = ?retry.backoff(), "subscribing on the redis cluster failed");
+            if !retry.wait(&mut inbox, &mut wanted.channels).await {
                 return;
             }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
             continue;
         };
-        state.set_connected(true);
-        if was_connected {
-            state.reconnected();
-            tracing::info!(
-                channels = wanted.channels.len(),
-                "redis cluster subscriber re-subscribed every channel"
-            );
-        }
-        was_connected = true;
+        retry.connected(&state, wanted.channels.len());
         let mut health = tokio::time::interval(health_check_interval.min(CANARY_INTERVAL));
         health.tick().await;
         // Canaries sent in the last round and not back yet.
@@ -239,7 +229,7 @@ pub(crate) async fn subscriber_actor(
                         break;
                     }
                     // A whole round came back: the subscriber is healthy again.
-                    backoff = BACKOFF_MIN;
+                    retry.healthy();
                     if overflowed.load(Ordering::Relaxed) {
                         break;
                     }
@@ -284,12 +274,9 @@ pub(crate) async fn subscriber_actor(
         }
         state.set_connected(false);
         tracing::warn!("redis cluster subscriber lost a node, subscribing again");
-        if backoff > BACKOFF_MIN
-            && !refuse_commands_for(&mut inbox, &mut wanted.channels, backoff).await
-        {
+        if !retry.after_loss(&mut inbox, &mut wanted.channels).await {
             return;
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 
@@ -330,7 +317,7 @@ async fn send_canaries(
             Some(Value::Int(start)) => u16::try_from(*start).ok(),
             _ => None,
         })
-        .map(|start| format!("{CANARY_PREFIX}{{{}}}:{id}", slot_tag(start)))
+        .map(|start| format!("{CANARY_PREFIX}{}:{id}", hash_tag(start)))
         .collect();
     let new: Vec<String> = channels.difference(subscribed).cloned().collect();
     if !new.is_empty() {

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::BrokerError;
 use crate::handoff::Handoff;
+use crate::{BrokerError, SubscriberHealth};
 
 /// How long one Redis operation may take before it counts as unavailable.
 pub(crate) const OPERATION_TIMEOUT: Duration = Duration::from_secs(2);
@@ -20,6 +20,65 @@ pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 pub(crate) fn unavailable(error: impl fmt::Display) -> BrokerError {
     BrokerError::Unavailable(error.to_string())
+}
+
+/// How an actor waits between attempts to (re)subscribe: capped exponential backoff, and
+/// whether it was ever connected (so a later success counts as a reconnection).
+pub(crate) struct Retry {
+    backoff: Duration,
+    was_connected: bool,
+}
+
+impl Retry {
+    pub(crate) fn new() -> Self {
+        Self {
+            backoff: BACKOFF_MIN,
+            was_connected: false,
+        }
+    }
+
+    /// The wait before the next attempt.
+    pub(crate) fn backoff(&self) -> Duration {
+        self.backoff
+    }
+
+    /// After a failed attempt: refuses commands for the current wait, then doubles it. False
+    /// when the subscriber was dropped meanwhile.
+    pub(crate) async fn wait(&mut self, inbox: &mut Inbox, channels: &mut HashSet<String>) -> bool {
+        let waited = refuse_commands_for(inbox, channels, self.backoff).await;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        waited
+    }
+
+    /// After a connection was lost: the first loss since a healthy spell retries at once, each
+    /// one after it waits (and doubles the wait). False when the subscriber was dropped.
+    pub(crate) async fn after_loss(
+        &mut self,
+        inbox: &mut Inbox,
+        channels: &mut HashSet<String>,
+    ) -> bool {
+        if self.backoff > BACKOFF_MIN {
+            return self.wait(inbox, channels).await;
+        }
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        true
+    }
+
+    /// Every wanted channel is subscribed: the subscriber is connected again (`state`), and a
+    /// success after the first counts as a reconnection.
+    pub(crate) fn connected(&mut self, state: &SubscriberHealth, channels: usize) {
+        state.set_connected(true);
+        if self.was_connected {
+            state.reconnected();
+            tracing::info!(channels, "redis subscriber re-subscribed every channel");
+        }
+        self.was_connected = true;
+    }
+
+    /// The connection is healthy: the next failure waits the shortest time again.
+    pub(crate) fn healthy(&mut self) {
+        self.backoff = BACKOFF_MIN;
+    }
 }
 
 /// A request to the subscriber actor.
