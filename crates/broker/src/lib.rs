@@ -16,6 +16,7 @@ mod connection;
 mod handoff;
 mod memory;
 mod redis_engine;
+mod shard_check;
 mod sharded;
 pub mod streams;
 mod subscriber;

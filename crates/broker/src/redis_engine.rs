@@ -418,7 +418,6 @@ async fn subscriber_actor(
             continue;
         }
         retry.connected(&state, wanted.channels.len());
-        retry.healthy();
         // A connection dropped without a reset (NAT, failover) only shows when we talk.
         let mut health = tokio::time::interval(health_check_interval);
         health.tick().await;

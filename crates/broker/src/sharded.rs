@@ -11,11 +11,9 @@
 //! - a lost node (process gone, failover) makes the subscriber unhealthy until every wanted
 //!   channel is confirmed subscribed again; the messages published meanwhile are the gap
 //!   that positioned streams repair;
-//! - every [`CANARY_INTERVAL`] a canary message goes through each shard: the subscriber holds
-//!   a private channel in the first slot of each slot range, subscribed (once) together with
-//!   the wanted channels, and `SPUBLISH`es to it. A canary that does not come back by the next
-//!   round means the shard's connection lost its subscriptions without a word (a connection
-//!   replaced under it), and everything is subscribed again.
+//! - every [`CANARY_INTERVAL`] a round proves each shard connection still holds the
+//!   subscriptions and delivers (subscription counts and canaries, `shard_check`); a failed
+//!   round subscribes everything again.
 //!
 //! Messages go straight from the connection into the bounded hand-off.
 
@@ -33,8 +31,9 @@ use redis::{ProtocolVersion, PushInfo, PushKind, Value};
 use switchboard_sync::Lock;
 use tokio::sync::mpsc;
 
-use crate::connection::{hash_tag, slot};
+use crate::connection::slot;
 use crate::handoff::Handoff;
+use crate::shard_check::{CANARY_INTERVAL, CANARY_PREFIX, ShardMap, canary_id, publish_canaries};
 use crate::subscriber::{
     BACKOFF_MAX, CloseOnDrop, Command, Inbox, OPERATION_TIMEOUT, Retry, SubscribeBatch,
     UNSUBSCRIBE_DELAY, Wanted, refuse_commands_for, unavailable,
@@ -44,11 +43,6 @@ use crate::{Deliver, SubscriberHealth};
 /// Control pushes (unsubscribes, disconnections) queued for the actor at most; past it the
 /// actor re-subscribes everything it wants.
 const CONTROL_QUEUE: usize = 4096;
-
-/// How often canaries go through every shard (at most; a shorter health check interval wins).
-pub(crate) const CANARY_INTERVAL: Duration = Duration::from_secs(1);
-/// The prefix of canary channels; never a channel of events (those start with `sb:ev`).
-const CANARY_PREFIX: &str = "sb:canary:";
 
 /// What the connection tells the actor besides messages.
 enum Control {
@@ -189,6 +183,10 @@ pub(crate) async fn subscriber_actor(
         overflowed.store(false, Ordering::Relaxed);
         // Confirmations still expected from before are not coming (or no longer matter).
         leaving.unsubscribing.locked().clear();
+        // What the connection told before this attempt is answered by it: a storm of cut
+        // connections leaves a queue of disconnections, each of which would otherwise start
+        // one more attempt after this one succeeded.
+        while control_rx.try_recv().is_ok() {}
         let everything = wanted
             .channels
             .iter()
@@ -197,7 +195,7 @@ pub(crate) async fn subscriber_actor(
         // A first canary round proves the cluster answers (with nothing wanted yet, the
         // subscribe above sends nothing); the next tick checks that the canaries came back.
         let first_round = if ssubscribe(&connection, everything).await {
-            send_canaries(&connection, &canary_id, &mut canary_channels).await
+            prove(&connection, &canary_id, &mut canary_channels, &wanted).await
         } else {
             None
         };
@@ -228,12 +226,10 @@ pub(crate) async fn subscriber_actor(
                         tracing::warn!(shards = canaries.len(), "a canary did not come back");
                         break;
                     }
-                    // A whole round came back: the subscriber is healthy again.
-                    retry.healthy();
                     if overflowed.load(Ordering::Relaxed) {
                         break;
                     }
-                    match send_canaries(&connection, &canary_id, &mut canary_channels).await {
+                    match prove(&connection, &canary_id, &mut canary_channels, &wanted).await {
                         Some(sent) => canaries = sent,
                         None => break,
                     }
@@ -280,65 +276,36 @@ pub(crate) async fn subscriber_actor(
     }
 }
 
-/// Names this subscriber's canary channels: the process and a counter.
-fn canary_id() -> String {
-    use std::sync::atomic::AtomicU64;
-    static SUBSCRIBERS: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_nanos())
-        .unwrap_or_default();
-    format!(
-        "{}-{nanos}-{}",
-        std::process::id(),
-        SUBSCRIBERS.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Publishes a canary into the first slot of every slot range, subscribing the channels of
-/// ranges not seen before (into `subscribed`); returns the channels published to, or `None`
-/// when the cluster did not answer.
-async fn send_canaries(
+/// One round of proof (`shard_check`): reads the slot map, subscribes the canaries of slot
+/// ranges not seen before (into `canaries`), checks that every shard connection still holds
+/// its subscriptions and publishes the canaries. Returns the canaries published, or `None`
+/// when the cluster did not answer or subscriptions were lost: everything is subscribed again.
+async fn prove(
     connection: &ClusterConnection,
     id: &str,
-    subscribed: &mut HashSet<String>,
+    canaries: &mut HashSet<String>,
+    wanted: &Wanted,
 ) -> Option<HashSet<String>> {
-    let mut asking = connection.clone();
-    let ranges: Vec<Vec<Value>> = tokio::time::timeout(
-        OPERATION_TIMEOUT,
-        redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut asking),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    let channels: HashSet<String> = ranges
-        .iter()
-        .filter_map(|range| match range.first() {
-            Some(Value::Int(start)) => u16::try_from(*start).ok(),
-            _ => None,
-        })
-        .map(|start| format!("{CANARY_PREFIX}{}:{id}", hash_tag(start)))
-        .collect();
-    let new: Vec<String> = channels.difference(subscribed).cloned().collect();
+    let map = ShardMap::read(connection).await?;
+    let current = map.canaries(id);
+    let new: Vec<String> = current.difference(canaries).cloned().collect();
     if !new.is_empty() {
         if !ssubscribe(connection, &new).await {
             return None;
         }
-        subscribed.extend(new);
+        canaries.extend(new);
     }
-    let sends = channels.iter().map(|channel| {
-        let mut connection = connection.clone();
-        async move {
-            redis::cmd("SPUBLISH")
-                .arg(channel)
-                .arg("1")
-                .query_async::<i64>(&mut connection)
-                .await
-        }
-    });
-    let sent =
-        tokio::time::timeout(OPERATION_TIMEOUT, futures_util::future::try_join_all(sends)).await;
-    matches!(sent, Ok(Ok(_))).then_some(channels)
+    let subscribed = wanted
+        .channels
+        .iter()
+        .chain(&wanted.leaving)
+        .chain(canaries.iter());
+    if !map.subscriptions_intact(connection, subscribed).await {
+        return None;
+    }
+    publish_canaries(connection, &current)
+        .await
+        .then_some(current)
 }
 
 /// Subscribes a batch and records it in `wanted`; false when a shard failed (the batch's

@@ -50,8 +50,9 @@ impl Retry {
         waited
     }
 
-    /// After a connection was lost: the first loss since a healthy spell retries at once, each
-    /// one after it waits (and doubles the wait). False when the subscriber was dropped.
+    /// After a connection was lost: the first loss since everything was subscribed retries at
+    /// once, each one after it waits (and doubles the wait). False when the subscriber was
+    /// dropped.
     pub(crate) async fn after_loss(
         &mut self,
         inbox: &mut Inbox,
@@ -64,8 +65,8 @@ impl Retry {
         true
     }
 
-    /// Every wanted channel is subscribed: the subscriber is connected again (`state`), and a
-    /// success after the first counts as a reconnection.
+    /// Every wanted channel is subscribed: the subscriber is connected again (`state`), a
+    /// success after the first counts as a reconnection, and the next loss retries at once.
     pub(crate) fn connected(&mut self, state: &SubscriberHealth, channels: usize) {
         state.set_connected(true);
         if self.was_connected {
@@ -73,10 +74,6 @@ impl Retry {
             tracing::info!(channels, "redis subscriber re-subscribed every channel");
         }
         self.was_connected = true;
-    }
-
-    /// The connection is healthy: the next failure waits the shortest time again.
-    pub(crate) fn healthy(&mut self) {
         self.backoff = BACKOFF_MIN;
     }
 }
