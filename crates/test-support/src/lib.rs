@@ -294,36 +294,25 @@ impl RedisCluster {
         false
     }
 
-    /// Waits until every replica has everything its master wrote (their replication offsets
-    /// equal); false after `patience`. Replication is asynchronous: a master killed before
-    /// this loses what its replica had not received.
+    /// Waits until every replica has everything its master had written when this was called
+    /// (its acknowledged offset reaches the master's offset of then); false after `patience`.
+    /// Replication is asynchronous: a master killed before this loses what its replica had not
+    /// received. (Masters that keep being written to are never equal to their replicas at one
+    /// instant: replicas acknowledge once a second.)
     pub fn wait_for_replication(&self, patience: Duration) -> bool {
         let started = Instant::now();
+        let targets: Vec<(u16, u64)> = self
+            .master_ports()
+            .into_iter()
+            .map(|port| {
+                let offset = Self::replication(port).0.unwrap_or(u64::MAX);
+                (port, offset)
+            })
+            .collect();
         while started.elapsed() < patience {
-            let caught_up = self.master_ports().iter().all(|port| {
-                let info = Command::new("redis-cli")
-                    .args(["-p", &port.to_string(), "info", "replication"])
-                    .output()
-                    .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
-                    .unwrap_or_default();
-                let field = |line: &str, key: &str| {
-                    line.split(',')
-                        .find_map(|part| part.strip_prefix(key))
-                        .map(str::to_owned)
-                };
-                let master = info
-                    .lines()
-                    .find_map(|line| line.strip_prefix("master_repl_offset:"))
-                    .map(|offset| offset.trim().to_owned());
-                let replicas: Vec<(Option<String>, Option<String>)> = info
-                    .lines()
-                    .filter(|line| line.starts_with("slave") && line.contains("offset="))
-                    .map(|line| (field(line, "offset="), field(line, "state=")))
-                    .collect();
-                !replicas.is_empty()
-                    && replicas.iter().all(|(offset, state)| {
-                        offset.is_some() && *offset == master && state.as_deref() == Some("online")
-                    })
+            let caught_up = targets.iter().all(|(port, target)| {
+                let (_, replicas) = Self::replication(*port);
+                !replicas.is_empty() && replicas.iter().all(|offset| offset >= target)
             });
             if caught_up {
                 return true;
@@ -331,6 +320,29 @@ impl RedisCluster {
             std::thread::sleep(Duration::from_millis(100));
         }
         false
+    }
+
+    /// A master's replication offset and the offsets its online replicas acknowledged.
+    fn replication(port: u16) -> (Option<u64>, Vec<u64>) {
+        let info = Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "info", "replication"])
+            .output()
+            .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+            .unwrap_or_default();
+        let master = info
+            .lines()
+            .find_map(|line| line.strip_prefix("master_repl_offset:"))
+            .and_then(|offset| offset.trim().parse().ok());
+        let replicas = info
+            .lines()
+            .filter(|line| line.starts_with("slave") && line.contains("state=online"))
+            .filter_map(|line| {
+                line.split(',')
+                    .find_map(|part| part.strip_prefix("offset="))
+                    .and_then(|offset| offset.trim().parse().ok())
+            })
+            .collect();
+        (master, replicas)
     }
 
     fn info(port: u16) -> String {
