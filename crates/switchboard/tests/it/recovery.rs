@@ -29,13 +29,22 @@ fn publish_paced(
             tick.tick().await;
             for _ in 0..per_ms.min(count - n) {
                 n += 1;
-                publisher
-                    .ok(
-                        "event",
-                        "send_event",
-                        json!({"class": class, "body": {"n": n}}),
-                    )
-                    .await;
+                let send = publisher.ok(
+                    "event",
+                    "send_event",
+                    json!({"class": class, "body": {"n": n}}),
+                );
+                tokio::pin!(send);
+                // A slow answer is named, so a silent subscriber can be told from a stuck
+                // publisher.
+                if tokio::time::timeout(Duration::from_secs(1), &mut send)
+                    .await
+                    .is_err()
+                {
+                    eprintln!("publisher: send_event {n} unanswered after 1 s");
+                    send.await;
+                    eprintln!("publisher: send_event {n} answered");
+                }
             }
         }
     })
@@ -163,7 +172,9 @@ async fn a_sigkilled_gateway_loses_nothing_its_subscribers_recover() {
 #[tokio::test]
 async fn a_cut_redis_subscriber_is_repaired_from_history() {
     const COUNT: u64 = 3000;
-    let cluster = Cluster::start(2);
+    // History for 5 s of the publisher: on a Redis Cluster a subscription lost without a word
+    // is found by the subscriber's next check, up to a second later.
+    let cluster = Cluster::start_with_env(2, &[("SWITCHBOARD_HISTORY_SIZE", "5000")]);
     let mut subscriber = admin_at(&cluster, 0).await;
     subscriber
         .ok(

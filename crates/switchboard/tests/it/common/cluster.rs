@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use switchboard_test_support::{RedisCluster, RedisServer, free_port, wait_for_port};
 
@@ -288,12 +288,32 @@ impl Cluster {
         }
     }
 
-    /// Sends `signal` (e.g. "STOP", "CONT") to `name`.
+    /// Sends `signal` (e.g. "STOP", "CONT") to `name`; after "STOP", returns once the process
+    /// is stopped.
+    ///
+    /// # Panics
+    /// When `name` is not running or the signal cannot be sent.
     pub(crate) fn signal(&self, name: &str, signal: &str) {
-        if let Some(child) = self.services.get(name).and_then(|s| s.child.as_ref()) {
-            let _ = Command::new("kill")
-                .args([&format!("-{signal}"), &child.id().to_string()])
-                .status();
+        let pid = self
+            .services
+            .get(name)
+            .and_then(|service| service.child.as_ref())
+            .map(std::process::Child::id)
+            .unwrap_or_else(|| panic!("{name} runs"));
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .is_ok_and(|status| status.success());
+        assert!(sent, "kill -{signal} {name} ({pid})");
+        if signal == "STOP" {
+            let started = Instant::now();
+            while process_state(pid) != Some('T') {
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "{name} ({pid}) stops"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
     }
 
@@ -345,4 +365,11 @@ impl Drop for Cluster {
             let _ = std::fs::remove_dir_all(&self.log_dir);
         }
     }
+}
+
+/// The state letter of process `pid` (`T` when stopped), from `/proc`.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The state follows the command name, which is in parentheses and may contain spaces.
+    stat.rsplit_once(") ")?.1.chars().next()
 }
