@@ -42,12 +42,8 @@ cargo test -j "$jobs" --workspace --locked 2>&1 | tee "$log"
 echo "== cargo test: the process-cluster tests again, on a 3-master Redis Cluster"
 # Every test that starts the services on Redis (tests/it/common/cluster.rs) lives in these
 # modules; the broker, registry and gateway crates test their cluster paths in the run above.
-# Left out: the frozen-bus test (no Redis in it) and the cut-subscriber storm, which the
-# sharded subscriber does not yet pass reliably (docs/OPERATIONS.md, "On a Redis Cluster").
 SWITCHBOARD_TEST_REDIS=cluster cargo test -j "$jobs" --locked -p switchboard --test it -- \
-    cluster:: ctl:: operations:: presence:: recovery:: takeover:: traces:: \
-    --skip recovery::send_event_is_unavailable_while_the_bus_is_frozen \
-    --skip recovery::a_cut_redis_subscriber_is_repaired_from_history 2>&1 | tee -a "$log"
+    cluster:: ctl:: operations:: presence:: recovery:: takeover:: traces:: 2>&1 | tee -a "$log"
 # One closing line for the cargo tests (cargo prints one per test binary).
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "summary: %d passed, %d failed\n", passed, failed }' "$log"
 
