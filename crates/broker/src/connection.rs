@@ -8,14 +8,15 @@
 //! whatever the channel's name holds.
 
 use std::fmt;
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::{ClusterClientBuilder, ClusterConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, Value};
+use switchboard_sync::Lock;
 
 /// Hash slots of a Redis Cluster.
 pub const SLOTS: u16 = 16_384;
@@ -80,9 +81,9 @@ impl RedisTarget {
                 let config = ClusterConfig::new()
                     .set_connection_timeout(timeout)
                     .set_response_timeout(timeout);
-                Ok(RedisConnection::Cluster(
-                    client.get_pending_async_connection_with_config(config),
-                ))
+                Ok(RedisConnection::Cluster(ClusterCommands::new(
+                    client, config,
+                )))
             }
         }
     }
@@ -104,7 +105,104 @@ pub enum RedisConnection {
     /// One server, reconnected on failure.
     Single(ConnectionManager),
     /// A cluster: one connection per node, following `MOVED` and failovers.
-    Cluster(ClusterConnection),
+    Cluster(ClusterCommands),
+}
+
+/// How long a cluster connection may fail without a success before it is made anew (and at
+/// most how often that happens).
+pub(crate) const REMAKE_AFTER: Duration = Duration::from_secs(5);
+
+/// A redis-rs cluster connection that is made anew when it stops recovering by itself.
+///
+/// redis-rs 1.8 repairs a cluster connection in the background, but once it has lost every
+/// node (the whole cluster restarted) its slot refresh can fail for good: it retries at once,
+/// forever, without going back to the seed nodes, and every command fails. So a connection
+/// that answers "no connections found", or nothing but errors for [`REMAKE_AFTER`], is
+/// replaced by a new one from the seeds (at most once per [`REMAKE_AFTER`]).
+#[derive(Clone)]
+pub struct ClusterCommands {
+    shared: Arc<Remade>,
+}
+
+impl fmt::Debug for ClusterCommands {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClusterCommands")
+    }
+}
+
+struct Remade {
+    client: ClusterClient,
+    config: ClusterConfig,
+    state: Mutex<RemadeState>,
+}
+
+struct RemadeState {
+    connection: ClusterConnection,
+    /// Counts the connections made: a failure only replaces the one that failed.
+    generation: u64,
+    last_success: Instant,
+    made_at: Instant,
+}
+
+impl ClusterCommands {
+    fn new(client: ClusterClient, config: ClusterConfig) -> Self {
+        let connection = client.get_pending_async_connection_with_config(config.clone());
+        let now = Instant::now();
+        Self {
+            shared: Arc::new(Remade {
+                client,
+                config,
+                state: Mutex::new(RemadeState {
+                    connection,
+                    generation: 0,
+                    last_success: now,
+                    made_at: now,
+                }),
+            }),
+        }
+    }
+
+    /// The current connection and its generation.
+    fn current(&self) -> (u64, ClusterConnection) {
+        let state = self.shared.state.locked();
+        (state.generation, state.connection.clone())
+    }
+
+    /// Notes how a command on connection `generation` ended, and makes a new connection when
+    /// that one has stopped recovering.
+    fn outcome<T>(&self, generation: u64, result: &Result<T, RedisError>) {
+        let mut state = self.shared.state.locked();
+        if state.generation != generation {
+            return;
+        }
+        let now = Instant::now();
+        let Err(error) = result else {
+            state.last_success = now;
+            return;
+        };
+        let stuck = error.kind() == ErrorKind::ClusterConnectionNotFound
+            || now.duration_since(state.last_success) >= REMAKE_AFTER;
+        if stuck && now.duration_since(state.made_at) >= REMAKE_AFTER {
+            tracing::warn!(%error, "redis cluster connection made anew from the seed nodes");
+            state.connection = self
+                .shared
+                .client
+                .get_pending_async_connection_with_config(self.shared.config.clone());
+            state.generation += 1;
+            state.made_at = now;
+        }
+    }
+
+    /// Runs `command` on the current connection.
+    async fn run<T, F>(&self, command: impl FnOnce(ClusterConnection) -> F) -> Result<T, RedisError>
+    where
+        F: Future<Output = Result<T, RedisError>>,
+    {
+        let (generation, connection) = self.current();
+        let result = command(connection).await;
+        self.outcome(generation, &result);
+        result
+    }
 }
 
 impl fmt::Debug for RedisConnection {
@@ -128,13 +226,17 @@ impl RedisConnection {
                 .await
                 .map(drop),
             Self::Cluster(cluster) => cluster
-                .route_command(
-                    redis::cmd("PING"),
-                    RoutingInfo::MultiNode((
-                        MultipleNodeRoutingInfo::AllMasters,
-                        Some(ResponsePolicy::AllSucceeded),
-                    )),
-                )
+                .run(|mut connection| async move {
+                    connection
+                        .route_command(
+                            redis::cmd("PING"),
+                            RoutingInfo::MultiNode((
+                                MultipleNodeRoutingInfo::AllMasters,
+                                Some(ResponsePolicy::AllSucceeded),
+                            )),
+                        )
+                        .await
+                })
                 .await
                 .map(drop),
         }
@@ -145,7 +247,9 @@ impl ConnectionLike for RedisConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Self::Single(connection) => connection.req_packed_command(cmd),
-            Self::Cluster(connection) => connection.req_packed_command(cmd),
+            Self::Cluster(cluster) => Box::pin(cluster.run(move |mut connection| async move {
+                connection.req_packed_command(cmd).await
+            })),
         }
     }
 
@@ -157,14 +261,16 @@ impl ConnectionLike for RedisConnection {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Self::Single(connection) => connection.req_packed_commands(cmd, offset, count),
-            Self::Cluster(connection) => connection.req_packed_commands(cmd, offset, count),
+            Self::Cluster(cluster) => Box::pin(cluster.run(move |mut connection| async move {
+                connection.req_packed_commands(cmd, offset, count).await
+            })),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Self::Single(connection) => connection.get_db(),
-            Self::Cluster(connection) => connection.get_db(),
+            Self::Cluster(_) => 0,
         }
     }
 }

@@ -162,13 +162,15 @@ pub(crate) async fn subscriber_actor(
         .use_protocol(ProtocolVersion::RESP3)
         .build();
     let mut wanted = Wanted::default();
-    let mut connection = match built {
-        Ok(client) => client.get_pending_async_connection_with_config(
-            ClusterConfig::new()
-                .set_connection_timeout(OPERATION_TIMEOUT)
-                .set_response_timeout(OPERATION_TIMEOUT)
-                .set_push_sender(pushes),
-        ),
+    let config = ClusterConfig::new()
+        .set_connection_timeout(OPERATION_TIMEOUT)
+        .set_response_timeout(OPERATION_TIMEOUT)
+        .set_push_sender(pushes);
+    let (client, mut connection) = match built {
+        Ok(client) => {
+            let connection = client.get_pending_async_connection_with_config(config.clone());
+            (client, connection)
+        }
         Err(error) => {
             tracing::error!(%error, "invalid redis cluster seeds");
             while refuse_commands_for(&mut inbox, &mut wanted.channels, BACKOFF_MAX).await {}
@@ -201,6 +203,9 @@ pub(crate) async fn subscriber_actor(
         };
         let Some(first_round) = first_round else {
             tracing::warn!(retry_in = ?retry.backoff(), "subscribing on the redis cluster failed");
+            // The next attempt starts from the seed nodes: a redis-rs cluster connection that
+            // lost every node can stay unable to recover (`connection::ClusterCommands`).
+            connection = client.get_pending_async_connection_with_config(config.clone());
             if !retry.wait(&mut inbox, &mut wanted.channels).await {
                 return;
             }
