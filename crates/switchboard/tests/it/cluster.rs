@@ -191,12 +191,12 @@ async fn killed_gateway_sessions_are_reaped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_delivery_resumes_without_restarts() {
-    let mut cluster = Cluster::start_on_one_redis(2);
+    let mut cluster = Cluster::start(2);
     let mut a = admin_at(&cluster, 0).await;
     let mut b = admin_at(&cluster, 1).await;
     a.ok("event", "subscribe", json!({"class": "r"})).await;
     b.ok("event", "subscribe", json!({"class": "r"})).await;
-    cluster.redis().stop();
+    cluster.stop_redis();
     // Sockets stay; what needs Redis answers unavailable.
     assert_eq!(
         a.error_code("event", "send_event", json!({"class": "r"}))
@@ -209,7 +209,7 @@ async fn redis_restart_delivery_resumes_without_restarts() {
         "unavailable"
     );
     a.ok("session", "ping", json!({})).await;
-    cluster.redis().restart();
+    cluster.restart_redis();
 
     // Delivery resumes on both gateways once they have re-subscribed.
     let started = Instant::now();

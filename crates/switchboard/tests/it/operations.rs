@@ -39,7 +39,7 @@ async fn until_ready_is(addresses: &[(&str, SocketAddr)], status: u16, patience:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_redis_within_five_seconds() {
-    let mut cluster = Cluster::start_on_one_redis(1);
+    let mut cluster = Cluster::start(1);
     let depends_on_redis = [
         ("gateway0", cluster.admin_addr("gateway0")),
         ("registry", cluster.admin_addr("registry")),
@@ -49,7 +49,7 @@ async fn readiness_follows_redis_within_five_seconds() {
     let auth = cluster.admin_addr("auth");
     assert_eq!(ready_status(auth).await, 200);
 
-    cluster.redis().stop();
+    cluster.stop_redis();
     until_ready_is(&depends_on_redis, 503, FOLLOW).await;
     let (_, why) = admin_get(cluster.admin_addr("gateway0"), "/health/ready").await;
     assert!(why.contains("redis subscriber"), "{why}");
@@ -60,7 +60,7 @@ async fn readiness_follows_redis_within_five_seconds() {
     );
     assert_eq!(ready_status(auth).await, 200);
 
-    cluster.redis().restart();
+    cluster.restart_redis();
     until_ready_is(&depends_on_redis, 200, FOLLOW).await;
 }
 

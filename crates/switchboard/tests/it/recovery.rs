@@ -233,7 +233,7 @@ async fn a_cut_redis_subscriber_is_repaired_from_history() {
 /// are not recovered, and a live positioned subscription is told of the gap.
 #[tokio::test]
 async fn a_redis_restart_starts_a_new_epoch() {
-    let mut cluster = Cluster::start_on_one_redis(2);
+    let mut cluster = Cluster::start(2);
     let mut live = admin_at(&cluster, 0).await;
     let opened = live
         .ok(
@@ -253,7 +253,7 @@ async fn a_redis_restart_starts_a_new_epoch() {
         .await;
     assert_eq!(live.next().await["pos"]["offset"], 1);
 
-    cluster.redis().restart();
+    cluster.restart_redis();
     let started = Instant::now();
     let reply = loop {
         assert!(

@@ -4,8 +4,9 @@
 //!
 //! With `SWITCHBOARD_TEST_REDIS=cluster` the processes run on a 3-master Redis Cluster
 //! (`--redis-cluster`, sharded pub/sub) instead: `scripts/test.sh` runs the suite that way too.
-//! Tests of what happens to the one Redis (stopped, restarted, its clients killed) ask for it
-//! with [`Cluster::start_on_one_redis`].
+//! Tests of what happens to Redis (stopped, restarted empty, its clients killed) run on
+//! either: [`Cluster::stop_redis`] and [`Cluster::restart_redis`] act on the one server or on
+//! every node of the cluster.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -80,12 +81,6 @@ impl Cluster {
         Cluster::start_on(Backend::from_env(), gateways, env)
     }
 
-    /// [`Cluster::start`] on one redis-server, whatever `SWITCHBOARD_TEST_REDIS` says: for
-    /// tests of what happens to it ([`Cluster::redis`]).
-    pub(crate) fn start_on_one_redis(gateways: usize) -> Cluster {
-        Cluster::start_on(Backend::Single(RedisServer::start()), gateways, &[])
-    }
-
     /// [`Cluster::start`] on a Redis Cluster of 3 masters with `replicas` replicas each,
     /// whatever `SWITCHBOARD_TEST_REDIS` says: for failover tests ([`Cluster::redis_cluster`]).
     pub(crate) fn start_on_redis_cluster(gateways: usize, replicas: usize) -> Cluster {
@@ -104,11 +99,20 @@ impl Cluster {
         }
     }
 
-    /// The one redis-server of a cluster made by [`Cluster::start_on_one_redis`].
-    pub(crate) fn redis(&mut self) -> &mut RedisServer {
+    /// Kills Redis: the server, or every node of the Redis Cluster.
+    pub(crate) fn stop_redis(&mut self) {
         match &mut self.backend {
-            Backend::Single(redis) => redis,
-            Backend::Sharded(_) => panic!("this test cluster runs on a Redis Cluster"),
+            Backend::Single(redis) => redis.stop(),
+            Backend::Sharded(cluster) => cluster.stop(),
+        }
+    }
+
+    /// Starts Redis again, empty: the server, or every node of the Redis Cluster (with its
+    /// slots, without data).
+    pub(crate) fn restart_redis(&mut self) {
+        match &mut self.backend {
+            Backend::Single(redis) => redis.restart(),
+            Backend::Sharded(cluster) => cluster.restart(),
         }
     }
 
