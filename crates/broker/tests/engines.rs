@@ -698,3 +698,189 @@ async fn redis_cluster_restarted_whole_resumes_publishing_and_delivery() {
         "publishing and delivery resumed after the restart"
     );
 }
+
+/// A plain connection to one node of `cluster`, to look at its state.
+async fn node_connection(port: u16) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect")
+}
+
+/// The calls of `command` (as `INFO commandstats` names it) summed over every master.
+async fn cluster_calls(cluster: &RedisCluster, command: &str) -> u64 {
+    let mut calls = 0;
+    for port in cluster.master_ports() {
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut node_connection(port).await)
+            .await
+            .expect("info");
+        calls += stats
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|calls| calls.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    calls
+}
+
+/// The shard channels subscribed on any master, out of `channels`.
+async fn cluster_subscribed(cluster: &RedisCluster, channels: &[String]) -> Vec<String> {
+    let mut subscribed = Vec::new();
+    for port in cluster.master_ports() {
+        let active: Vec<String> = redis::cmd("PUBSUB")
+            .arg("SHARDCHANNELS")
+            .query_async(&mut node_connection(port).await)
+            .await
+            .expect("shardchannels");
+        subscribed.extend(
+            active
+                .into_iter()
+                .filter(|channel| channels.contains(channel)),
+        );
+    }
+    subscribed
+}
+
+/// The subscriber's checks (subscription counts and canaries, every round) never take a
+/// healthy cluster subscription for a lost one, even at a round every 50 ms.
+#[tokio::test]
+async fn redis_cluster_health_checks_keep_a_healthy_subscription() {
+    let cluster = RedisCluster::start(3, 0);
+    let engine = RedisBroker::connect_to(&RedisTarget::Cluster(cluster.urls()))
+        .expect("seeds")
+        .with_health_check_interval(Duration::from_millis(50));
+    let broker = Broker::Redis(Box::new(engine.clone()));
+    let recorder = Arc::new(Recorder::default());
+    let subscriber = broker.subscriber(recorder.clone());
+    let channels: Vec<String> = (0..30).map(|n| format!("steady-{n}")).collect();
+    subscriber
+        .subscribe_many(&channels)
+        .await
+        .expect("subscribe");
+    for n in 0..20u8 {
+        broker
+            .publish(&channels, Bytes::from(vec![n]))
+            .await
+            .expect("publish");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let got = recorder.wait_for(600).await;
+    assert_eq!(got.len(), 600, "every message across many checks");
+    assert_eq!(
+        engine.reconnections(),
+        0,
+        "a healthy subscription is never subscribed again"
+    );
+}
+
+/// Channels left on a cluster are unsubscribed (one SUNSUBSCRIBE per slot at most, however
+/// the leaves were spread between other subscribes); a channel joined again stays.
+#[tokio::test]
+async fn redis_cluster_left_channels_are_unsubscribed() {
+    let cluster = RedisCluster::start(3, 0);
+    let broker = cluster_broker(&cluster, StreamConfig::default());
+    let recorder = Arc::new(Recorder::default());
+    let subscriber = broker.subscriber(recorder.clone());
+    let channels: Vec<String> = (0..100).map(|n| format!("left-{n}")).collect();
+    subscriber
+        .subscribe_many(&channels)
+        .await
+        .expect("subscribe");
+    assert_eq!(cluster_subscribed(&cluster, &channels).await.len(), 100);
+    let before = cluster_calls(&cluster, "sunsubscribe").await;
+    let joined: Vec<String> = (0..channels.len()).map(|n| format!("joined-{n}")).collect();
+    let mut commands: Vec<BoxFuture<'_, Result<(), BrokerError>>> = Vec::new();
+    for (channel, other) in channels.iter().zip(&joined) {
+        commands.push(subscriber.unsubscribe(channel).boxed());
+        commands.push(subscriber.subscribe(other).boxed());
+    }
+    let outcomes = futures_util::future::join_all(commands).await;
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    subscriber.subscribe("left-0").await.expect("joined again");
+    broker
+        .publish(&channels, Bytes::from_static(b"after"))
+        .await
+        .expect("publish");
+    assert_eq!(
+        recorder.wait_for(1).await,
+        vec![("left-0".into(), Bytes::from_static(b"after"))],
+    );
+    let mut remaining = Vec::new();
+    for _ in 0..200 {
+        remaining = cluster_subscribed(&cluster, &channels).await;
+        if remaining.len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(remaining, vec!["left-0".to_owned()], "only left-0 stays");
+    let slots: std::collections::HashSet<u16> = channels
+        .iter()
+        .map(|channel| switchboard_broker::slot(channel.as_bytes()))
+        .collect();
+    let unsubscribes = cluster_calls(&cluster, "sunsubscribe").await - before;
+    assert!(
+        unsubscribes <= u64::try_from(slots.len()).unwrap_or(u64::MAX),
+        "99 channels in {} slots went out in {unsubscribes} SUNSUBSCRIBEs",
+        slots.len()
+    );
+}
+
+/// On a cluster too: a stream's keys expire, a stream lost (every master flushed) starts a
+/// new epoch, and a stream kept alive by its events alone stays positioned.
+#[tokio::test]
+async fn redis_cluster_streams_expire_renew_their_epoch_and_stay_alive() {
+    let cluster = RedisCluster::start(3, 0);
+    let broker = cluster_broker(&cluster, small_streams());
+    let before = broker.open_stream("s").await.expect("open");
+    let slot = switchboard_broker::slot(b"s");
+    let key = format!("sb:pos:{{{}}}s", switchboard_broker::slot_tag(slot));
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut node_connection(cluster.owner_of(slot)).await)
+        .await
+        .expect("pttl");
+    assert!(ttl > 0 && ttl <= 60_000, "{key} expires: {ttl}");
+    for port in cluster.master_ports() {
+        let _: () = redis::cmd("FLUSHALL")
+            .query_async(&mut node_connection(port).await)
+            .await
+            .expect("flush");
+    }
+    let after = broker.open_stream("s").await.expect("open");
+    assert_ne!(
+        after.epoch, before.epoch,
+        "a lost stream starts a new epoch"
+    );
+    assert_eq!(after.offset, 0);
+
+    let broker = cluster_broker(
+        &cluster,
+        StreamConfig {
+            history_size: 100,
+            history_ttl: Duration::from_millis(600),
+        },
+    );
+    broker.open_stream("kept").await.expect("open");
+    let recorder = Arc::new(Recorder::default());
+    let sub = broker.subscriber(recorder.clone());
+    sub.subscribe("kept").await.expect("subscribe");
+    for _ in 0..8 {
+        broker
+            .publish(&["kept".into()], Bytes::from_static(b"{\"class\":\"c\"}"))
+            .await
+            .expect("publish");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let offsets: Vec<u64> = recorder
+        .wait_for(8)
+        .await
+        .iter()
+        .filter_map(|(_, payload)| offset_of(payload))
+        .collect();
+    assert_eq!(offsets, (1..=8).collect::<Vec<u64>>());
+}
