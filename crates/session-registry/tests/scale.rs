@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use prost::Message;
+use switchboard_broker::RedisTarget;
 use switchboard_proto::digest;
 use switchboard_proto::internal::{InternalSecret, SecuredChannel};
 use switchboard_proto::v1::session_registry_client::SessionRegistryClient;
@@ -14,7 +15,7 @@ use switchboard_proto::v1::{
     RegisterRequest, RelearnRequest, SessionInfo,
 };
 use switchboard_session_registry::{Config, RedisStore, Store};
-use switchboard_test_support::RedisServer;
+use switchboard_test_support::{RedisCluster, RedisServer};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 
@@ -97,6 +98,19 @@ async fn gateway_session_count(client: &mut SessionRegistryClient<SecuredChannel
 async fn fifty_thousand_sessions_of_one_gateway() {
     let redis = RedisServer::start();
     let store = Store::Redis(Box::new(RedisStore::connect(&redis.url()).expect("url")));
+    fifty_thousand_sessions_of_one_gateway_in(store).await;
+}
+
+/// The same on a 3-master Redis Cluster, where the whole index sits in one slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_thousand_sessions_of_one_gateway_on_a_cluster() {
+    let cluster = RedisCluster::start(3, 0);
+    let target = RedisTarget::Cluster(cluster.urls());
+    let store = Store::Redis(Box::new(RedisStore::connect_to(&target).expect("seeds")));
+    fifty_thousand_sessions_of_one_gateway_in(store).await;
+}
+
+async fn fifty_thousand_sessions_of_one_gateway_in(store: Store) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

@@ -490,6 +490,31 @@ async fn redis_cluster_store_reap_spares_a_gateway_that_came_back() {
     reap_spares_a_gateway_that_came_back(cluster_store(&cluster)).await;
 }
 
+#[tokio::test]
+async fn redis_cluster_store_down_is_unavailable_then_recovers() {
+    let mut cluster = RedisCluster::start(3, 0);
+    let store = cluster_store(&cluster);
+    store
+        .register(session("a", "u", "g"))
+        .await
+        .expect("register");
+    cluster.stop();
+    assert!(matches!(
+        store.lookup("a").await,
+        Err(RegistryError::Unavailable(_))
+    ));
+    cluster.restart();
+    let mut recovered = false;
+    for _ in 0..100 {
+        if store.register(session("b", "u", "g")).await.is_ok() {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "the store reconnects by itself");
+}
+
 /// On a cluster the lifecycle events leave the scripts and go out sharded, in order.
 #[tokio::test]
 async fn redis_cluster_store_publishes_lifecycle_events() {
