@@ -140,7 +140,8 @@ struct RemadeState {
     connection: ClusterConnection,
     /// Counts the connections made: a failure only replaces the one that failed.
     generation: u64,
-    last_success: Instant,
+    /// The first failure since the last success, if the last command failed.
+    failing_since: Option<Instant>,
     made_at: Instant,
 }
 
@@ -155,7 +156,7 @@ impl ClusterCommands {
                 state: Mutex::new(RemadeState {
                     connection,
                     generation: 0,
-                    last_success: now,
+                    failing_since: None,
                     made_at: now,
                 }),
             }),
@@ -177,11 +178,12 @@ impl ClusterCommands {
         }
         let now = Instant::now();
         let Err(error) = result else {
-            state.last_success = now;
+            state.failing_since = None;
             return;
         };
+        let failing_since = *state.failing_since.get_or_insert(now);
         let stuck = error.kind() == ErrorKind::ClusterConnectionNotFound
-            || now.duration_since(state.last_success) >= REMAKE_AFTER;
+            || now.duration_since(failing_since) >= REMAKE_AFTER;
         if stuck && now.duration_since(state.made_at) >= REMAKE_AFTER {
             tracing::warn!(%error, "redis cluster connection made anew from the seed nodes");
             state.connection = self
@@ -190,6 +192,7 @@ impl ClusterCommands {
                 .get_pending_async_connection_with_config(self.shared.config.clone());
             state.generation += 1;
             state.made_at = now;
+            state.failing_since = None;
         }
     }
 
