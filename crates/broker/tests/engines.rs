@@ -8,6 +8,7 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use switchboard_broker::{
     Broker, BrokerError, Deliver, History, MemoryBroker, RedisBroker, RedisTarget, StreamConfig,
+    Subscriber,
 };
 use switchboard_test_support::{RedisCluster, RedisServer};
 
@@ -254,6 +255,33 @@ async fn redis_subscribers(redis: &RedisServer, channels: &[String]) -> Vec<i64>
     counts.into_iter().map(|(_, count)| count).collect()
 }
 
+/// Leaves `channels` one by one between other connections' subscribes, all queued at once
+/// as under churn; then joins "left-0" again and checks that it alone delivers.
+async fn leave_all_but_left_0(
+    broker: &Broker,
+    subscriber: &Subscriber,
+    recorder: &Recorder,
+    channels: &[String],
+) {
+    let joined: Vec<String> = (0..channels.len()).map(|n| format!("joined-{n}")).collect();
+    let mut commands: Vec<BoxFuture<'_, Result<(), BrokerError>>> = Vec::new();
+    for (channel, other) in channels.iter().zip(&joined) {
+        commands.push(subscriber.unsubscribe(channel).boxed());
+        commands.push(subscriber.subscribe(other).boxed());
+    }
+    let outcomes = futures_util::future::join_all(commands).await;
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    subscriber.subscribe("left-0").await.expect("joined again");
+    broker
+        .publish(channels, Bytes::from_static(b"after"))
+        .await
+        .expect("publish");
+    assert_eq!(
+        recorder.wait_for(1).await,
+        vec![("left-0".into(), Bytes::from_static(b"after"))],
+    );
+}
+
 #[tokio::test]
 async fn redis_left_channels_are_unsubscribed_together() {
     let redis = RedisServer::start();
@@ -271,25 +299,7 @@ async fn redis_left_channels_are_unsubscribed_together() {
             .iter()
             .all(|&n| n == 1)
     );
-    // Left one by one between other connections' subscribes, all queued at once, as under
-    // churn; then "left-0" is joined again.
-    let joined: Vec<String> = (0..channels.len()).map(|n| format!("joined-{n}")).collect();
-    let mut commands: Vec<BoxFuture<'_, Result<(), BrokerError>>> = Vec::new();
-    for (channel, other) in channels.iter().zip(&joined) {
-        commands.push(subscriber.unsubscribe(channel).boxed());
-        commands.push(subscriber.subscribe(other).boxed());
-    }
-    let outcomes = futures_util::future::join_all(commands).await;
-    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
-    subscriber.subscribe("left-0").await.expect("joined again");
-    broker
-        .publish(&channels, Bytes::from_static(b"after"))
-        .await
-        .expect("publish");
-    assert_eq!(
-        recorder.wait_for(1).await,
-        vec![("left-0".into(), Bytes::from_static(b"after"))],
-    );
+    leave_all_but_left_0(&broker, &subscriber, &recorder, &channels).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(
         recorder.take().is_empty(),
@@ -463,20 +473,17 @@ async fn redis_streams_and_a_lost_stream_gets_a_new_epoch() {
     assert_eq!(after.offset, 0);
 }
 
+/// Streams that keep a stream for 600 ms after its last open or event.
+fn short_lived_streams() -> StreamConfig {
+    StreamConfig {
+        history_size: 100,
+        history_ttl: Duration::from_millis(600),
+    }
+}
+
 /// A stream kept alive by its events alone (no open since the first) goes on positioning
 /// them past its TTL: publishers never mistake it for a channel without a stream.
-#[tokio::test]
-async fn redis_a_stream_kept_alive_by_events_stays_positioned() {
-    let redis = RedisServer::start();
-    let broker = Broker::Redis(Box::new(
-        RedisBroker::connect(&redis.url())
-            .await
-            .expect("url")
-            .with_streams(StreamConfig {
-                history_size: 100,
-                history_ttl: Duration::from_millis(600),
-            }),
-    ));
+async fn kept_alive_by_events(broker: Broker) {
     broker.open_stream("kept").await.expect("open");
     let recorder = Arc::new(Recorder::default());
     let sub = broker.subscriber(recorder.clone());
@@ -492,12 +499,21 @@ async fn redis_a_stream_kept_alive_by_events_stays_positioned() {
         .wait_for(8)
         .await
         .iter()
-        .map(|(_, payload)| {
-            let value: serde_json::Value = serde_json::from_slice(payload).expect("JSON");
-            value["pos"]["offset"].as_u64().unwrap_or(0)
-        })
+        .filter_map(|(_, payload)| offset_of(payload))
         .collect();
     assert_eq!(offsets, (1..=8).collect::<Vec<u64>>());
+}
+
+#[tokio::test]
+async fn redis_a_stream_kept_alive_by_events_stays_positioned() {
+    let redis = RedisServer::start();
+    let broker = Broker::Redis(Box::new(
+        RedisBroker::connect(&redis.url())
+            .await
+            .expect("url")
+            .with_streams(short_lived_streams()),
+    ));
+    kept_alive_by_events(broker).await;
 }
 
 /// A broker on a Redis Cluster: sharded pub/sub, one script call per slot.
@@ -589,47 +605,55 @@ async fn redis_cluster_engine_delivers_like_one_redis_and_follows_a_moved_slot()
     assert_eq!(cluster.owner_of(slot), to);
 }
 
+/// A cluster broker whose subscriber has `channel`, one event delivered on it.
+async fn delivering(cluster: &RedisCluster, channel: &str) -> (Broker, Arc<Recorder>, Subscriber) {
+    let broker = cluster_broker(cluster, StreamConfig::default());
+    let recorder = Arc::new(Recorder::default());
+    let sub = broker.subscriber(recorder.clone());
+    sub.subscribe(channel).await.expect("subscribe");
+    broker
+        .publish(&[channel.to_owned()], Bytes::from_static(b"before"))
+        .await
+        .expect("publish");
+    assert_eq!(recorder.wait_for(1).await.len(), 1);
+    (broker, recorder, sub)
+}
+
+/// Publishes `after` on `channel` until it is accepted and delivered; false after 30 s.
+async fn resumes(broker: &Broker, recorder: &Recorder, channel: &str) -> bool {
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        if broker
+            .publish(&[channel.to_owned()], Bytes::from_static(b"after"))
+            .await
+            .is_ok()
+            && recorder
+                .wait_for(1)
+                .await
+                .iter()
+                .any(|(_, payload)| payload.as_ref() == b"after")
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 /// A master killed under a subscriber: once its replica has taken over, the subscriber is
 /// subscribed there and delivery resumes.
 #[tokio::test]
 async fn redis_cluster_failover_resumes_delivery() {
     let mut cluster = RedisCluster::start(3, 1);
-    let broker = cluster_broker(&cluster, StreamConfig::default());
-    let recorder = Arc::new(Recorder::default());
-    let sub = broker.subscriber(recorder.clone());
+    let (broker, recorder, _sub) = delivering(&cluster, "failing-over").await;
     let channel = "failing-over".to_owned();
-    sub.subscribe(&channel).await.expect("subscribe");
-    broker
-        .publish(
-            std::slice::from_ref(&channel),
-            Bytes::from_static(b"before"),
-        )
-        .await
-        .expect("publish");
-    assert_eq!(recorder.wait_for(1).await.len(), 1);
     assert!(cluster.wait_for_replication(Duration::from_secs(10)));
     let victim = cluster.owner_of(switchboard_broker::slot(channel.as_bytes()));
     cluster.kill(victim);
     let Broker::Redis(redis) = &broker else {
         unreachable!("a Redis broker")
     };
-    let started = std::time::Instant::now();
-    let mut delivered = false;
-    while started.elapsed() < Duration::from_secs(30) && !delivered {
-        if broker
-            .publish(std::slice::from_ref(&channel), Bytes::from_static(b"after"))
-            .await
-            .is_ok()
-        {
-            delivered = recorder
-                .wait_for(1)
-                .await
-                .iter()
-                .any(|(_, payload)| payload.as_ref() == b"after");
-        } else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    let delivered = resumes(&broker, &recorder, &channel).await;
     assert!(delivered, "delivery resumed after the failover");
     assert!(
         redis.reconnections() >= 1,
@@ -647,19 +671,8 @@ async fn redis_cluster_failover_resumes_delivery() {
 #[tokio::test]
 async fn redis_cluster_restarted_whole_resumes_publishing_and_delivery() {
     let mut cluster = RedisCluster::start(3, 0);
-    let broker = cluster_broker(&cluster, StreamConfig::default());
-    let recorder = Arc::new(Recorder::default());
-    let sub = broker.subscriber(recorder.clone());
+    let (broker, recorder, _sub) = delivering(&cluster, "restarted").await;
     let channel = "restarted".to_owned();
-    sub.subscribe(&channel).await.expect("subscribe");
-    broker
-        .publish(
-            std::slice::from_ref(&channel),
-            Bytes::from_static(b"before"),
-        )
-        .await
-        .expect("publish");
-    assert_eq!(recorder.wait_for(1).await.len(), 1);
 
     // Longer than REMAKE_AFTER: the command connection is made anew from the seeds while
     // the cluster is gone, and that one must find the cluster when it is back.
@@ -677,22 +690,7 @@ async fn redis_cluster_restarted_whole_resumes_publishing_and_delivery() {
     }
     cluster.restart();
 
-    let started = std::time::Instant::now();
-    let mut delivered = false;
-    while started.elapsed() < Duration::from_secs(30) && !delivered {
-        if broker
-            .publish(std::slice::from_ref(&channel), Bytes::from_static(b"after"))
-            .await
-            .is_ok()
-        {
-            delivered = recorder
-                .wait_for(1)
-                .await
-                .iter()
-                .any(|(_, payload)| payload.as_ref() == b"after");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let delivered = resumes(&broker, &recorder, &channel).await;
     assert!(
         delivered,
         "publishing and delivery resumed after the restart"
@@ -792,23 +790,7 @@ async fn redis_cluster_left_channels_are_unsubscribed() {
         .expect("subscribe");
     assert_eq!(cluster_subscribed(&cluster, &channels).await.len(), 100);
     let before = cluster_calls(&cluster, "sunsubscribe").await;
-    let joined: Vec<String> = (0..channels.len()).map(|n| format!("joined-{n}")).collect();
-    let mut commands: Vec<BoxFuture<'_, Result<(), BrokerError>>> = Vec::new();
-    for (channel, other) in channels.iter().zip(&joined) {
-        commands.push(subscriber.unsubscribe(channel).boxed());
-        commands.push(subscriber.subscribe(other).boxed());
-    }
-    let outcomes = futures_util::future::join_all(commands).await;
-    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
-    subscriber.subscribe("left-0").await.expect("joined again");
-    broker
-        .publish(&channels, Bytes::from_static(b"after"))
-        .await
-        .expect("publish");
-    assert_eq!(
-        recorder.wait_for(1).await,
-        vec![("left-0".into(), Bytes::from_static(b"after"))],
-    );
+    leave_all_but_left_0(&broker, &subscriber, &recorder, &channels).await;
     let mut remaining = Vec::new();
     for _ in 0..200 {
         remaining = cluster_subscribed(&cluster, &channels).await;
@@ -858,29 +840,5 @@ async fn redis_cluster_streams_expire_renew_their_epoch_and_stay_alive() {
     );
     assert_eq!(after.offset, 0);
 
-    let broker = cluster_broker(
-        &cluster,
-        StreamConfig {
-            history_size: 100,
-            history_ttl: Duration::from_millis(600),
-        },
-    );
-    broker.open_stream("kept").await.expect("open");
-    let recorder = Arc::new(Recorder::default());
-    let sub = broker.subscriber(recorder.clone());
-    sub.subscribe("kept").await.expect("subscribe");
-    for _ in 0..8 {
-        broker
-            .publish(&["kept".into()], Bytes::from_static(b"{\"class\":\"c\"}"))
-            .await
-            .expect("publish");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let offsets: Vec<u64> = recorder
-        .wait_for(8)
-        .await
-        .iter()
-        .filter_map(|(_, payload)| offset_of(payload))
-        .collect();
-    assert_eq!(offsets, (1..=8).collect::<Vec<u64>>());
+    kept_alive_by_events(cluster_broker(&cluster, short_lived_streams())).await;
 }

@@ -440,22 +440,21 @@ async fn redis_store() {
     suite(Store::Redis(Box::new(store))).await;
 }
 
-#[tokio::test]
-async fn redis_store_down_is_unavailable_then_recovers() {
-    let mut redis = RedisServer::start();
-    let store = Store::Redis(Box::new(RedisStore::connect(&redis.url()).expect("url")));
+/// `store` answers unavailable while Redis is down, and registers again on its own once it is
+/// back; `power(false)` stops Redis, `power(true)` starts it again.
+async fn down_then_recovers(store: Store, mut power: impl FnMut(bool)) {
     store
         .register(session("a", "u", "g"))
         .await
         .expect("register");
-    redis.stop();
+    power(false);
     assert!(matches!(
         store.lookup("a").await,
         Err(RegistryError::Unavailable(_))
     ));
-    redis.restart();
+    power(true);
     let mut recovered = false;
-    for _ in 0..50 {
+    for _ in 0..100 {
         if store.register(session("b", "u", "g")).await.is_ok() {
             recovered = true;
             break;
@@ -463,6 +462,13 @@ async fn redis_store_down_is_unavailable_then_recovers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(recovered, "the store reconnects by itself");
+}
+
+#[tokio::test]
+async fn redis_store_down_is_unavailable_then_recovers() {
+    let mut redis = RedisServer::start();
+    let store = Store::Redis(Box::new(RedisStore::connect(&redis.url()).expect("url")));
+    down_then_recovers(store, |up| if up { redis.restart() } else { redis.stop() }).await;
 }
 
 /// A store on a fresh 3-master Redis Cluster.
@@ -494,25 +500,14 @@ async fn redis_cluster_store_reap_spares_a_gateway_that_came_back() {
 async fn redis_cluster_store_down_is_unavailable_then_recovers() {
     let mut cluster = RedisCluster::start(3, 0);
     let store = cluster_store(&cluster);
-    store
-        .register(session("a", "u", "g"))
-        .await
-        .expect("register");
-    cluster.stop();
-    assert!(matches!(
-        store.lookup("a").await,
-        Err(RegistryError::Unavailable(_))
-    ));
-    cluster.restart();
-    let mut recovered = false;
-    for _ in 0..100 {
-        if store.register(session("b", "u", "g")).await.is_ok() {
-            recovered = true;
-            break;
+    down_then_recovers(store, |up| {
+        if up {
+            cluster.restart();
+        } else {
+            cluster.stop();
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(recovered, "the store reconnects by itself");
+    })
+    .await;
 }
 
 /// On a cluster the lifecycle events leave the scripts and go out sharded, in order.
