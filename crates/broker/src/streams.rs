@@ -19,24 +19,27 @@ pub const DEFAULT_HISTORY_SIZE: usize = 1000;
 pub const DEFAULT_HISTORY_TTL: Duration = Duration::from_secs(300);
 
 /// The Lua functions that publish an event, for every script that publishes (the broker's
-/// batches, the registry's lifecycle events): `publish_event(channel, payload, history size,
-/// history TTL in ms)` and `publish_all(channels, ...)`. A channel with a stream (its meta hash
-/// exists) takes the next offset, keeps the event in its history and is published with its
-/// position; any other channel gets a plain PUBLISH. `publish_all` first asks, in one command
-/// each, whether any of the channels has a stream and which have subscribers, and publishes
-/// only to those (an event matches up to 8 channels, most of them with nobody on them).
-/// Within a script no SUBSCRIBE can come between the count and the PUBLISH.
+/// batches, the registry's lifecycle events): `publish_all(channels, payload, history size,
+/// history TTL in ms)`. A channel with a stream (its meta hash exists) takes the next offset
+/// and keeps the event in its history; a channel with a subscriber is published to, with the
+/// event's position if it has a stream. `publish_all` first asks, in one command each,
+/// whether any of the channels has a stream and which have subscribers, and publishes only to
+/// those (an event matches up to 8 channels, most of them with nobody on them). Within a
+/// script no SUBSCRIBE can come between the count and the PUBLISH.
 ///
 /// On a Redis Cluster a caller sets `KP` to `{tag}` of the slot its channels share (see
 /// [`crate::slot_tag`]) by calling `sharded('{tag}')`, which puts the stream keys in that
 /// slot and publishes with `SPUBLISH`.
 pub const LUA_PUBLISH_EVENT: &str = r#"
 local KP, PUB, NUMSUB = '', 'PUBLISH', 'NUMSUB'
+-- Whether this call has renewed `sb:streams` yet: once per call is enough, every event of a
+-- call is published at the same instant.
+local STREAMS_RENEWED = false
 local function sharded(tag)
   KP = tag
   if KP ~= '' then PUB, NUMSUB = 'SPUBLISH', 'SHARDNUMSUB' end
 end
-local function publish_event(channel, payload, size, ttl)
+local function publish_event(channel, payload, size, ttl, subscribed)
   local meta = 'sb:pos:' .. KP .. channel
   local found = redis.call('HMGET', meta, 'epoch', 'name')
   if found[1] then
@@ -45,27 +48,35 @@ local function publish_event(channel, payload, size, ttl)
     redis.call('XADD', history, 'MAXLEN', size, offset .. '-1', 'p', payload)
     redis.call('PEXPIRE', meta, ttl)
     redis.call('PEXPIRE', history, ttl)
-    redis.call('SET', 'sb:streams' .. KP, '1', 'PX', ttl)
-    redis.call(PUB, channel, '{"pos":{"stream":"' .. found[2] .. '","epoch":"' ..
-      found[1] .. '","offset":' .. offset .. '},' .. string.sub(payload, 2))
-  else
+    if not STREAMS_RENEWED then
+      redis.call('SET', 'sb:streams' .. KP, '1', 'PX', ttl)
+      STREAMS_RENEWED = true
+    end
+    if subscribed then
+      redis.call(PUB, channel, '{"pos":{"stream":"' .. found[2] .. '","epoch":"' ..
+        found[1] .. '","offset":' .. offset .. '},' .. string.sub(payload, 2))
+    end
+  elseif subscribed then
     redis.call(PUB, channel, payload)
   end
 end
 local function publish_all(channels, payload, size, ttl)
   if #channels == 0 then return end
   -- `sb:streams` lives while any stream may: without it, no channel has one.
+  local streams = false
   if redis.call('EXISTS', 'sb:streams' .. KP) == 1 then
     local metas = {}
     for i, channel in ipairs(channels) do metas[i] = 'sb:pos:' .. KP .. channel end
-    if redis.call('EXISTS', unpack(metas)) > 0 then
-      for _, channel in ipairs(channels) do publish_event(channel, payload, size, ttl) end
-      return
-    end
+    streams = redis.call('EXISTS', unpack(metas)) > 0
   end
   local counts = redis.call('PUBSUB', NUMSUB, unpack(channels))
   for i, channel in ipairs(channels) do
-    if counts[2 * i] > 0 then redis.call(PUB, channel, payload) end
+    local subscribed = counts[2 * i] > 0
+    if streams then
+      publish_event(channel, payload, size, ttl, subscribed)
+    elseif subscribed then
+      redis.call(PUB, channel, payload)
+    end
   end
 end
 "#;

@@ -426,6 +426,24 @@ async fn streams_suite(broker: Broker) {
             "the history keeps the payload without position"
         );
     }
+
+    // A stream nobody subscribes to still positions and keeps every event of its channel.
+    let quiet = broker.open_stream("quiet").await.expect("open");
+    broker
+        .publish(&["quiet".into(), "s".into()], event(6))
+        .await
+        .expect("publish");
+    let got = recorder.wait_for(1).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(offset_of(&got[0].1), Some(6));
+    let history = broker
+        .read_history("quiet", &quiet.epoch, 0, 100, 100)
+        .await;
+    assert_eq!(
+        offsets(history.expect("read")),
+        Some((1, vec![1])),
+        "the unsubscribed stream"
+    );
 }
 
 fn small_streams() -> StreamConfig {
