@@ -33,6 +33,9 @@ pub(crate) const CANARY_PREFIX: &str = "sb:canary:";
 pub(crate) struct ShardMap {
     /// Per master address, its slot ranges (first, last).
     masters: BTreeMap<String, Vec<(u16, u16)>>,
+    /// Every range (first, last, master address), sorted by first slot: a channel's master
+    /// is found by binary search, however fragmented migrations left the slot map.
+    ranges: Vec<(u16, u16, String)>,
 }
 
 impl ShardMap {
@@ -63,7 +66,20 @@ impl ShardMap {
                 masters.entry(address).or_default().push((first, last));
             }
         }
-        Some(Self { masters })
+        Some(Self::new(masters))
+    }
+
+    fn new(masters: BTreeMap<String, Vec<(u16, u16)>>) -> Self {
+        let mut ranges: Vec<(u16, u16, String)> = masters
+            .iter()
+            .flat_map(|(master, ranges)| {
+                ranges
+                    .iter()
+                    .map(move |(first, last)| (*first, *last, master.clone()))
+            })
+            .collect();
+        ranges.sort_unstable();
+        Self { masters, ranges }
     }
 
     /// The canary channels of subscriber `id`: one in the first slot of each range.
@@ -128,12 +144,10 @@ impl ShardMap {
     }
 
     fn master_of(&self, at: u16) -> Option<&str> {
-        self.masters.iter().find_map(|(master, ranges)| {
-            ranges
-                .iter()
-                .any(|(first, last)| (*first..=*last).contains(&at))
-                .then_some(master.as_str())
-        })
+        // The last range starting at or before `at`, if it reaches that far.
+        let after = self.ranges.partition_point(|(first, _, _)| *first <= at);
+        let (_, last, master) = self.ranges.get(after.checked_sub(1)?)?;
+        (at <= *last).then_some(master.as_str())
     }
 }
 
@@ -180,7 +194,34 @@ pub(crate) fn canary_id() -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::shard_subscriptions;
+    use std::collections::BTreeMap;
+
+    use super::{ShardMap, shard_subscriptions};
+
+    #[test]
+    fn finds_the_master_of_a_slot_in_a_fragmented_map() {
+        let masters = BTreeMap::from([
+            ("a:1".to_owned(), vec![(0, 99), (200, 200), (5000, 16383)]),
+            ("b:2".to_owned(), vec![(100, 199), (201, 4000)]),
+        ]);
+        let map = ShardMap::new(masters);
+        let cases = [
+            (0, Some("a:1")),
+            (99, Some("a:1")),
+            (100, Some("b:2")),
+            (199, Some("b:2")),
+            (200, Some("a:1")),
+            (201, Some("b:2")),
+            (4000, Some("b:2")),
+            (4001, None),
+            (4999, None),
+            (5000, Some("a:1")),
+            (16383, Some("a:1")),
+        ];
+        for (slot, master) in cases {
+            assert_eq!(map.master_of(slot), master, "slot {slot}");
+        }
+    }
 
     #[test]
     fn reads_the_shard_subscription_count_of_client_info() {
