@@ -23,10 +23,10 @@ use crate::{BrokerError, Deliver, SubscriberHealth};
 
 /// Publishes a batch laid out in ARGV as history size, history TTL in ms, the slot tag (""
 /// on one Redis: see `sharded` in [`LUA_PUBLISH_EVENT`]), then per event: channel count,
-/// payload, channels. A channel with a stream (its meta hash exists) takes the next offset,
-/// keeps the event in its history and is published with its position; any other channel gets
-/// a plain PUBLISH. One script call, so offsets have no gaps and a stream's events are
-/// published in offset order. Channels are arguments rather than keys (pub/sub channels are
+/// payload, channels. A channel with a stream (its meta hash exists) takes the next offset and
+/// keeps the event in its history; a channel with a subscriber is published to, with the
+/// position if it has a stream (see [`LUA_PUBLISH_EVENT`]). One script call, so offsets have
+/// no gaps and a stream's events are published in offset order. Channels are arguments rather than keys (pub/sub channels are
 /// not keys); on a cluster every channel of a call is in the slot of its one key, KEYS[1].
 const PUBLISH_BATCH: &str = r"
 local size = ARGV[1]
