@@ -27,7 +27,8 @@ struct Cli {
     /// TOML settings file; flags and SWITCHBOARD_* variables override its keys.
     #[arg(long, env = "SWITCHBOARD_CONFIG", global = true)]
     config: Option<PathBuf>,
-    /// Runtime worker threads [default: one per core].
+    /// Runtime worker threads; 0 is one per core, 1 runs every task on the main thread
+    /// [default: one per core].
     #[arg(long, env = "SWITCHBOARD_WORKER_THREADS", global = true)]
     worker_threads: Option<usize>,
     /// Log lines as `text`, or `json`: one object per line.
@@ -218,11 +219,17 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(code) => return code,
     };
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // One worker needs no work stealing: the main thread runs every task itself.
+    let mut runtime = match cli.worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(0) | None => tokio::runtime::Builder::new_multi_thread(),
+        Some(threads) => {
+            let mut runtime = tokio::runtime::Builder::new_multi_thread();
+            runtime.worker_threads(threads);
+            runtime
+        }
+    };
     runtime.enable_all();
-    if let Some(threads) = cli.worker_threads {
-        runtime.worker_threads(threads.max(1));
-    }
     match runtime.build() {
         Ok(runtime) => runtime.block_on(run(cli)),
         Err(error) => {

@@ -179,12 +179,18 @@ impl Cluster {
                 &format!("127.0.0.1:{bus}"),
                 &redis_flag,
                 &redis_url,
+                // One worker: the current-thread runtime (odd gateways too).
+                "--worker-threads",
+                "1",
             ],
         );
         for index in 0..gateways {
             let (ws, control) = (free_port(), free_port());
-            // Even gateways publish into Redis themselves, odd ones through the bus.
-            let via_bus = if index % 2 == 1 { "true" } else { "false" };
+            // Even gateways publish into Redis themselves on the default runtime (a worker
+            // per core); odd ones publish through the bus on one worker thread.
+            let odd = index % 2 == 1;
+            let via_bus = if odd { "true" } else { "false" };
+            let workers = if odd { "1" } else { "0" };
             cluster.add(
                 &format!("gateway{index}"),
                 vec![ws, control],
@@ -212,6 +218,8 @@ impl Cluster {
                     via_bus,
                     "--max-recover",
                     "5000",
+                    "--worker-threads",
+                    workers,
                 ],
             );
             cluster.gateway_ports.push(ws);
