@@ -35,8 +35,12 @@ local KP, PUB, NUMSUB = '', 'PUBLISH', 'NUMSUB'
 -- Whether this call has renewed `sb:streams` yet: once per call is enough, every event of a
 -- call is published at the same instant.
 local STREAMS_RENEWED = false
+-- Whether `sb:streams` exists, asked once per call: only opening a stream (another script)
+-- creates it, and a call that finds it renews it.
+local STREAMS_EXIST = nil
 local function sharded(tag)
   KP = tag
+  STREAMS_RENEWED, STREAMS_EXIST = false, nil
   if KP ~= '' then PUB, NUMSUB = 'SPUBLISH', 'SHARDNUMSUB' end
 end
 local function publish_event(channel, payload, size, ttl, subscribed)
@@ -64,7 +68,10 @@ local function publish_all(channels, payload, size, ttl)
   if #channels == 0 then return end
   -- `sb:streams` lives while any stream may: without it, no channel has one.
   local streams = false
-  if redis.call('EXISTS', 'sb:streams' .. KP) == 1 then
+  if STREAMS_EXIST == nil then
+    STREAMS_EXIST = redis.call('EXISTS', 'sb:streams' .. KP) == 1
+  end
+  if STREAMS_EXIST then
     local metas = {}
     for i, channel in ipairs(channels) do metas[i] = 'sb:pos:' .. KP .. channel end
     streams = redis.call('EXISTS', unpack(metas)) > 0
