@@ -35,11 +35,13 @@ local KP, PUB, NUMSUB = '', 'PUBLISH', 'NUMSUB'
 -- Whether this call has renewed `sb:streams` yet: once per call is enough, every event of a
 -- call is published at the same instant.
 local STREAMS_RENEWED = false
--- Whether `sb:streams` exists, asked once per call: only opening a stream (another script)
--- creates it, and a call that finds it renews it.
+-- Whether `sb:streams` exists, asked once per call: a script runs atomically, with keys'
+-- expiry frozen, and no publishing script deletes it (opening a stream, another script,
+-- creates it).
 local STREAMS_EXIST = nil
 local function sharded(tag)
   KP = tag
+  -- Another tag means other keys.
   STREAMS_RENEWED, STREAMS_EXIST = false, nil
   if KP ~= '' then PUB, NUMSUB = 'SPUBLISH', 'SHARDNUMSUB' end
 end
