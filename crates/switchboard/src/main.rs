@@ -28,6 +28,7 @@ struct Cli {
     #[arg(long, env = "SWITCHBOARD_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Runtime worker threads; 0 is one per core, 1 runs every task on the main thread
+    /// (blocking work, such as password hashing, still goes to the blocking pool)
     /// [default: one per core].
     #[arg(long, env = "SWITCHBOARD_WORKER_THREADS", global = true)]
     worker_threads: Option<usize>,

@@ -187,7 +187,9 @@ impl Cluster {
         for index in 0..gateways {
             let (ws, control) = (free_port(), free_port());
             // Even gateways publish into Redis themselves on the default runtime (a worker
-            // per core); odd ones publish through the bus on one worker thread.
+            // per core); odd ones publish through the bus on one worker thread, like the bus:
+            // the current-thread runtime is tested on the bus path, the multi-thread one on
+            // the direct path and in the registry and auth.
             let odd = index % 2 == 1;
             let via_bus = if odd { "true" } else { "false" };
             let workers = if odd { "1" } else { "0" };
